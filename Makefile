@@ -1,0 +1,67 @@
+# pgwasm: every entry point for the Go, Node and browser toolchains.
+# `make` alone lists the targets.
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+GO      ?= go
+BUILD   ?= build
+BIN     := $(BUILD)/bin
+PGWASM  := $(BIN)/pgwasm
+AGENT   := $(BIN)/pgwasm-agent
+IMAGE   ?= $(BUILD)/image
+MEMORY  ?= 128
+LISTEN  ?= 127.0.0.1:8080
+
+.PHONY: help setup build image snapshot run test test-go test-vm fuzz bench lint clean FORCE
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: ## install what the build and tests need (apt packages, npm modules); idempotent
+	@scripts/setup.sh
+
+build: $(PGWASM) $(AGENT) ## build the pgwasm binary and the guest agent
+
+$(PGWASM): FORCE
+	@mkdir -p $(BIN)
+	$(GO) build -trimpath -o $@ ./cmd/pgwasm
+
+# The agent runs inside the 32-bit VM: a static linux/386 binary. GO386=sse2
+# matches v86's CPU (SSE2/SSE3, no SSE4).
+$(AGENT): FORCE
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 GOOS=linux GOARCH=386 GO386=sse2 $(GO) build -trimpath -ldflags='-s -w' -o $@ ./guest/agent
+
+image: setup build ## build the VM image into build/image (a cache hit when inputs are unchanged)
+	$(PGWASM) image build --out $(IMAGE) --agent $(AGENT)
+
+snapshot: image ## boot the image headless and save state-$(MEMORY).bin.zst (cached)
+	$(PGWASM) image snapshot --image $(IMAGE) --memory $(MEMORY)
+
+run: snapshot ## build what is missing, then serve the page on http://$(LISTEN)
+	$(PGWASM) serve --listen $(LISTEN) --image $(IMAGE)
+
+test: setup ## run the whole suite: Go unit tests, then the real VM tests
+	$(MAKE) --no-print-directory test-go
+	$(MAKE) --no-print-directory test-vm
+
+test-go: build ## Go unit and loopback integration tests (no VM), fuzz seed corpora included
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) test -count=1 ./...
+
+test-vm: snapshot ## boot the real VM (headless v86 in Node) and test it end to end
+	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) test -count=1 -timeout 30m -v ./test/vm/...
+
+FUZZTIME ?= 20s
+fuzz: ## run every fuzz target for FUZZTIME each
+	@scripts/fuzz.sh $(FUZZTIME)
+
+bench: snapshot ## measure sizes and speeds and write docs/BENCHMARKS.md
+	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) run ./cmd/pgwasm-bench -out docs/BENCHMARKS.md
+
+clean: ## remove build outputs (keeps the download cache in build/cache)
+	rm -rf $(BIN) $(IMAGE)
+
+FORCE:

@@ -1,0 +1,19 @@
+package cli
+
+import (
+	"context"
+	"errors"
+
+	"github.com/peterbourgon/ff/v3/ffcli"
+)
+
+// TODO(owner of this file): replace with the real command.
+func newImageSnapshotCommand(e *env) *ffcli.Command {
+	return &ffcli.Command{
+		Name:      "snapshot",
+		FlagSet:   newFlagSet("snapshot", e),
+		Options:   envOptions(),
+		ShortHelp: "not implemented yet",
+		Exec:      func(context.Context, []string) error { return errors.New("snapshot: not implemented yet") },
+	}
+}

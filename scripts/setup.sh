@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need on a Debian machine. Idempotent and
+# quiet when everything is already there, so every make target can call it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: dpkg-deb and apt-get unpack and resolve the image's packages;
+# postgresql gives the tests a real server and psql; zstd compresses states in
+# shell tools; nodejs/npm run v86 headless.
+packages=(apt dpkg util-linux postgresql postgresql-client zstd nodejs npm ca-certificates)
+
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+# Node may come from a non-Debian install that already provides node and npm.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+	tmp=()
+	for p in "${missing[@]}"; do [[ $p == nodejs || $p == npm ]] || tmp+=("$p"); done
+	missing=("${tmp[@]+"${tmp[@]}"}")
+fi
+if ((${#missing[@]})); then
+	echo "setup: installing ${missing[*]}"
+	sudo=""
+	[[ $(id -u) == 0 ]] || sudo=sudo
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# npm modules, pinned by the committed lock files; reinstalled only when a lock
+# file changes.
+for dir in harness; do
+	[[ -f $dir/package-lock.json ]] || continue
+	stamp=$dir/node_modules/.lock-hash
+	want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+	if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+		echo "setup: npm ci in $dir"
+		(cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+		echo "$want" >"$stamp"
+	fi
+done
