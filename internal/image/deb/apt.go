@@ -1,0 +1,308 @@
+// Package deb resolves, downloads and unpacks Debian i386 packages with the
+// host's own apt tools, in a private apt state directory so the build never
+// changes the host's apt setup.
+package deb
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Package is one resolved binary package.
+type Package struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	Arch    string `json:"arch"`
+	SHA256  string `json:"sha256"`
+	Size    int64  `json:"size"`
+	// Path is the downloaded .deb on this machine; not part of the manifest.
+	Path string `json:"-"`
+}
+
+// Apt runs apt-get and apt-cache against a private state directory.
+type Apt struct {
+	Dir     string   // private state: lists, cache, sources, downloaded debs
+	Mirror  string   // archive URI, read from the host (MirrorFromHost)
+	Suites  []string // e.g. bookworm (kernel) and trixie (PostgreSQL 17)
+	Arch    string   // i386
+	Keyring string   // Signed-By keyring for the archive
+	// MaxListAge is how old the package lists may be before Update fetches
+	// them again; a rebuild soon after a build reuses them.
+	MaxListAge time.Duration
+	Logger     *slog.Logger
+}
+
+// ErrUnknownPackage is returned when a requested package does not exist for
+// the architecture in the configured suites.
+var ErrUnknownPackage = errors.New("unknown package")
+
+func (a *Apt) options() []string {
+	return []string{
+		"-o", "Dir::State=" + filepath.Join(a.Dir, "state"),
+		"-o", "Dir::State::Lists=" + filepath.Join(a.Dir, "lists"),
+		"-o", "Dir::State::status=" + filepath.Join(a.Dir, "status"),
+		"-o", "Dir::Cache=" + filepath.Join(a.Dir, "cache"),
+		"-o", "Dir::Etc::sourcelist=" + filepath.Join(a.Dir, "sources.list"),
+		"-o", "Dir::Etc::sourceparts=-",
+		"-o", "Dir::Etc::preferencesparts=" + filepath.Join(a.Dir, "preferences.d"),
+		"-o", "Dir::Etc::preferences=" + filepath.Join(a.Dir, "preferences"),
+		"-o", "APT::Architecture=" + a.Arch,
+		"-o", "APT::Architectures::=" + a.Arch,
+		"-o", "APT::Get::AllowUnauthenticated=false",
+		"-o", "Debug::NoLocking=1",
+		// Downloads land in a directory the _apt sandbox user may not own.
+		"-o", "APT::Sandbox::User=root",
+		"-q",
+	}
+}
+
+func (a *Apt) sourcesList() string {
+	var b strings.Builder
+	b.WriteString("# written by pgwasm image build from the host's apt configuration\n")
+	for _, s := range a.Suites {
+		fmt.Fprintf(&b, "deb [arch=%s signed-by=%s] %s %s main\n", a.Arch, a.Keyring, a.Mirror, s)
+	}
+	return b.String()
+}
+
+// Update writes the private sources list and fetches package lists unless
+// fresh ones for the same sources are already there.
+func (a *Apt) Update(ctx context.Context) error {
+	for _, d := range []string{"state", "lists/partial", "cache/archives/partial", "preferences.d", "debs"} {
+		if err := os.MkdirAll(filepath.Join(a.Dir, d), 0o755); err != nil {
+			return fmt.Errorf("cannot create apt state directory: %w", err)
+		}
+	}
+	if err := writeIfChanged(filepath.Join(a.Dir, "status"), ""); err != nil {
+		return err
+	}
+	srcPath := filepath.Join(a.Dir, "sources.list")
+	want := a.sourcesList()
+	old, _ := os.ReadFile(srcPath)
+	stamp := filepath.Join(a.Dir, "lists", ".updated")
+	if string(old) == want {
+		if st, err := os.Stat(stamp); err == nil && time.Since(st.ModTime()) < a.MaxListAge {
+			a.Logger.Debug("apt lists are fresh", "age", time.Since(st.ModTime()).Round(time.Second))
+			return nil
+		}
+	}
+	if err := os.WriteFile(srcPath, []byte(want), 0o644); err != nil {
+		return fmt.Errorf("cannot write private sources.list: %w", err)
+	}
+	os.Remove(stamp)
+	a.Logger.Info("fetching package lists", "suites", strings.Join(a.Suites, ","), "arch", a.Arch)
+	out, err := a.run(ctx, "apt-get", "update")
+	if err != nil {
+		return fmt.Errorf("cannot fetch package lists (is the Debian archive reachable?): %w", err)
+	}
+	// apt-get update exits 0 even when some index failed to download.
+	if bytes.Contains(out, []byte("\nW: Failed to fetch")) || bytes.Contains(out, []byte("\nE: ")) {
+		return fmt.Errorf("cannot fetch package lists: %s", lastLines(out, 5))
+	}
+	return os.WriteFile(stamp, nil, 0o644)
+}
+
+var instLine = regexp.MustCompile(`^Inst (\S+) \((\S+) .*\[(\S+)\]\)`)
+
+// Resolve returns the named packages and, when withDeps is set, everything
+// they depend on (Depends and Pre-Depends, no Recommends), exactly as apt
+// would install them on an empty system. The result is sorted by name.
+func (a *Apt) Resolve(ctx context.Context, names []string, withDeps bool) ([]Package, error) {
+	if !withDeps {
+		// An apt simulation of one package plus deps still tells us the
+		// candidate version; keep only the names asked for.
+		all, err := a.Resolve(ctx, names, true)
+		if err != nil {
+			return nil, err
+		}
+		want := map[string]bool{}
+		for _, n := range names {
+			want[n] = true
+		}
+		var out []Package
+		for _, p := range all {
+			if want[p.Name] {
+				out = append(out, p)
+			}
+		}
+		return out, nil
+	}
+	args := append([]string{"-s", "--no-install-recommends", "install"}, names...)
+	out, err := a.run(ctx, "apt-get", args...)
+	if err != nil {
+		if m := regexp.MustCompile(`Unable to locate package (\S+)`).FindSubmatch(out); m != nil {
+			return nil, fmt.Errorf("%w %q for %s in %s", ErrUnknownPackage, m[1], a.Arch, strings.Join(a.Suites, ","))
+		}
+		return nil, fmt.Errorf("cannot resolve %s: %w", strings.Join(names, " "), err)
+	}
+	var pkgs []Package
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if m := instLine.FindStringSubmatch(sc.Text()); m != nil {
+			pkgs = append(pkgs, Package{Name: m[1], Version: m[2], Arch: m[3]})
+		}
+	}
+	if len(pkgs) == 0 {
+		return nil, fmt.Errorf("apt resolved nothing for %s", strings.Join(names, " "))
+	}
+	sort.Slice(pkgs, func(i, j int) bool { return pkgs[i].Name < pkgs[j].Name })
+	if err := a.fillChecksums(ctx, pkgs); err != nil {
+		return nil, err
+	}
+	return pkgs, nil
+}
+
+// fillChecksums reads each package's SHA256 and size from the (signed)
+// package index, so downloads can be checked independently of apt.
+func (a *Apt) fillChecksums(ctx context.Context, pkgs []Package) error {
+	args := []string{"show", "--no-all-versions"}
+	for _, p := range pkgs {
+		args = append(args, p.Name+":"+p.Arch+"="+p.Version)
+	}
+	out, err := a.run(ctx, "apt-cache", args...)
+	if err != nil {
+		return fmt.Errorf("cannot read package checksums: %w", err)
+	}
+	type key struct{ name, version string }
+	found := map[key]Package{}
+	for _, para := range bytes.Split(out, []byte("\n\n")) {
+		f := parseFields(para)
+		if f["Package"] == "" {
+			continue
+		}
+		var size int64
+		fmt.Sscan(f["Size"], &size)
+		found[key{f["Package"], f["Version"]}] = Package{SHA256: f["SHA256"], Size: size}
+	}
+	for i, p := range pkgs {
+		got, ok := found[key{p.Name, p.Version}]
+		if !ok || got.SHA256 == "" {
+			return fmt.Errorf("package index has no SHA256 for %s %s", p.Name, p.Version)
+		}
+		pkgs[i].SHA256, pkgs[i].Size = got.SHA256, got.Size
+	}
+	return nil
+}
+
+func parseFields(para []byte) map[string]string {
+	f := map[string]string{}
+	for _, line := range strings.Split(string(para), "\n") {
+		if line == "" || line[0] == ' ' {
+			continue
+		}
+		k, v, ok := strings.Cut(line, ":")
+		if ok {
+			f[k] = strings.TrimSpace(v)
+		}
+	}
+	return f
+}
+
+// Fetch downloads the packages that are not already cached and checks every
+// file's SHA256 against the package index. Files that fail the check are
+// removed, so a corrupt download is never taken for a good one.
+func (a *Apt) Fetch(ctx context.Context, pkgs []Package) error {
+	dir := filepath.Join(a.Dir, "debs")
+	var missing []string
+	for i := range pkgs {
+		p := &pkgs[i]
+		p.Path = filepath.Join(dir, debFileName(*p))
+		if err := verifyFile(p.Path, p.SHA256); err == nil {
+			continue
+		}
+		os.Remove(p.Path)
+		missing = append(missing, p.Name+":"+p.Arch+"="+p.Version)
+	}
+	if len(missing) > 0 {
+		a.Logger.Info("downloading packages", "count", len(missing))
+		cmd := a.command(ctx, "apt-get", append([]string{"download"}, missing...)...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("cannot download packages: %w: %s", err, lastLines(out, 5))
+		}
+	}
+	for _, p := range pkgs {
+		if err := verifyFile(p.Path, p.SHA256); err != nil {
+			os.Remove(p.Path)
+			return fmt.Errorf("package %s %s: %w", p.Name, p.Version, err)
+		}
+	}
+	return nil
+}
+
+// debFileName is the name apt-get download gives a package file: the epoch's
+// colon is URL-escaped.
+func debFileName(p Package) string {
+	return fmt.Sprintf("%s_%s_%s.deb", p.Name, strings.ReplaceAll(p.Version, ":", "%3a"), p.Arch)
+}
+
+func verifyFile(path, want string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("cannot read %s: %w", path, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		return fmt.Errorf("corrupt download %s: sha256 %s, index says %s", filepath.Base(path), got, want)
+	}
+	return nil
+}
+
+func (a *Apt) command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, append(a.options(), args...)...)
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive")
+	return cmd
+}
+
+func (a *Apt) run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	out, err := a.command(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("%s %s: %w: %s", name, args[0], err, lastLines(out, 5))
+	}
+	return out, nil
+}
+
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+func writeIfChanged(path, content string) error {
+	if old, err := os.ReadFile(path); err == nil && string(old) == content {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		return fmt.Errorf("cannot write %s: %w", path, err)
+	}
+	return nil
+}
+
+// Unpack extracts a package's files into root with dpkg-deb.
+func Unpack(ctx context.Context, debPath, root string) error {
+	out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", debPath, root).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("cannot unpack %s: %w: %s", filepath.Base(debPath), err, lastLines(out, 3))
+	}
+	return nil
+}

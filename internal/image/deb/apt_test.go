@@ -1,0 +1,82 @@
+package deb
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+// newTestApt uses the real Debian archive through the host's apt
+// configuration (the package registry this machine and CI reach).
+func newTestApt(t *testing.T) *Apt {
+	t.Helper()
+	if _, err := exec.LookPath("apt-get"); err != nil {
+		t.Skip("apt-get not installed")
+	}
+	mirror, err := MirrorFromHost("/etc/apt")
+	if err != nil {
+		t.Skipf("host has no Debian archive configured: %v", err)
+	}
+	dir := os.Getenv("PGWASM_TEST_APT_DIR") // lets repeated runs reuse the lists
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	return &Apt{
+		Dir: dir, Mirror: mirror, Suites: []string{"bookworm", "trixie"}, Arch: "i386",
+		Keyring: "/usr/share/keyrings/debian-archive-keyring.gpg", MaxListAge: time.Hour,
+		Logger: slog.New(slog.DiscardHandler),
+	}
+}
+
+func TestResolveRealArchive(t *testing.T) {
+	if testing.Short() {
+		t.Skip("downloads package lists")
+	}
+	a := newTestApt(t)
+	ctx := context.Background()
+	if err := a.Update(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pkgs, err := a.Resolve(ctx, []string{"postgresql-client-17"}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]Package{}
+	for _, p := range pkgs {
+		names[p.Name] = p
+	}
+	// libpq5 and libc6 are real dependencies of psql: the closure must have them.
+	for _, want := range []string{"postgresql-client-17", "libpq5", "libc6"} {
+		p, ok := names[want]
+		if !ok {
+			t.Fatalf("Resolve(postgresql-client-17) lacks %s; got %d packages", want, len(pkgs))
+		}
+		if p.Arch != "i386" && p.Arch != "all" || len(p.SHA256) != 64 {
+			t.Fatalf("package %+v: want i386/all with a sha256", p)
+		}
+	}
+	_, err = a.Resolve(ctx, []string{"no-such-package-pgwasm"}, true)
+	if !errors.Is(err, ErrUnknownPackage) {
+		t.Fatalf("Resolve(unknown) = %v, want ErrUnknownPackage", err)
+	}
+
+	// Fetch one small package, then corrupt it: a second Fetch must notice
+	// and download it again instead of trusting the cached file.
+	one := []Package{names["libpq5"]}
+	if err := a.Fetch(ctx, one); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(one[0].Path, []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Fetch(ctx, one); err != nil {
+		t.Fatalf("Fetch after corruption: %v", err)
+	}
+	if err := verifyFile(one[0].Path, one[0].SHA256); err != nil {
+		t.Fatal(err)
+	}
+}
