@@ -14,3 +14,9 @@ var InitramfsInit []byte
 //
 //go:embed init
 var Init []byte
+
+// UdhcpcScript configures eth0 from busybox udhcpc's lease (the guest agent
+// runs udhcpc with it on net_up).
+//
+//go:embed udhcpc.script
+var UdhcpcScript []byte

@@ -57,7 +57,7 @@ func (a *Apt) options() []string {
 		"-o", "Dir::State::status=" + filepath.Join(a.Dir, "status"),
 		"-o", "Dir::Cache=" + filepath.Join(a.Dir, "cache"),
 		"-o", "Dir::Etc::sourcelist=" + filepath.Join(a.Dir, "sources.list"),
-		"-o", "Dir::Etc::sourceparts=-",
+		"-o", "Dir::Etc::sourceparts=" + filepath.Join(a.Dir, "sources.list.d"),
 		"-o", "Dir::Etc::preferencesparts=" + filepath.Join(a.Dir, "preferences.d"),
 		"-o", "Dir::Etc::preferences=" + filepath.Join(a.Dir, "preferences"),
 		"-o", "APT::Architecture=" + a.Arch,
@@ -82,7 +82,10 @@ func (a *Apt) sourcesList() string {
 // Update writes the private sources list and fetches package lists unless
 // fresh ones for the same sources are already there.
 func (a *Apt) Update(ctx context.Context) error {
-	for _, d := range []string{"state", "lists/partial", "cache/archives/partial", "preferences.d", "debs"} {
+	if !filepath.IsAbs(a.Dir) {
+		return fmt.Errorf("apt state directory %q must be absolute", a.Dir)
+	}
+	for _, d := range []string{"state", "lists/partial", "cache/archives/partial", "preferences.d", "sources.list.d", "debs"} {
 		if err := os.MkdirAll(filepath.Join(a.Dir, d), 0o755); err != nil {
 			return fmt.Errorf("cannot create apt state directory: %w", err)
 		}

@@ -1,0 +1,502 @@
+package image
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/pgwasm/pgwasm/guest"
+	"github.com/pgwasm/pgwasm/internal/image/cpio"
+	"github.com/pgwasm/pgwasm/internal/image/deb"
+	"github.com/pgwasm/pgwasm/internal/image/kmod"
+	"github.com/pgwasm/pgwasm/internal/image/ninep"
+	"github.com/pgwasm/pgwasm/internal/image/pgconf"
+)
+
+const (
+	pgMajor = "17"
+	pgBin   = "/usr/lib/postgresql/" + pgMajor + "/bin"
+	pgData  = "/var/lib/postgresql/" + pgMajor + "/main"
+	// postgresUID is fixed: file ownership in the 9p tree is part of the
+	// image, and Debian's postinst (which picks a free system uid) never runs.
+	postgresUID = 999
+	// sourceDateEpoch is the mtime of every file in the 9p tree and the
+	// initramfs (2025-01-01), for reproducible output.
+	sourceDateEpoch = 1735689600
+)
+
+// initramfsModules are what the 9p root and the NICs need, in probe order;
+// dependencies are added from the modules' own modinfo.
+var initramfsModules = []string{"virtio_pci", "9pnet_virtio", "9p", "ne2k-pci", "virtio_net"}
+
+func guestHash() [32]byte {
+	h := sha256.New()
+	for _, b := range [][]byte{guest.InitramfsInit, guest.Init, guest.UdhcpcScript, []byte(pgconf.ConfFile()), []byte(pgconf.HBA()), []byte(strings.Join(pgconf.InitdbArgs(), " ")), []byte(strings.Join(initramfsModules, " "))} {
+		s := sha256.Sum256(b)
+		h.Write(s[:])
+	}
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+// assemble builds everything into staged, using work for scratch space.
+func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, staged string) (*Manifest, error) {
+	log := cfg.Logger
+	root := filepath.Join(work, "root")
+	log.Info("unpacking packages", "count", len(in.root))
+	for _, p := range in.root {
+		if err := deb.Unpack(ctx, p.Path, root); err != nil {
+			return nil, err
+		}
+	}
+	if err := mergeUsr(root); err != nil {
+		return nil, err
+	}
+	pruned, err := prune(root)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("pruned the root", "bytes_removed", pruned)
+	if err := configureRoot(ctx, root, agent); err != nil {
+		return nil, err
+	}
+	log.Info("initialising the PostgreSQL cluster")
+	if err := initCluster(ctx, root, cfg); err != nil {
+		return nil, err
+	}
+	pgVersion, err := postgresVersion(in.root)
+	if err != nil {
+		return nil, err
+	}
+
+	m := &Manifest{
+		Version: 1, Builder: BuilderVersion, Cmdline: cfg.Cmdline, NetDevice: cfg.NetDevice,
+		PostgresVersion: pgVersion, Packages: in.root, KernelPackage: in.kernel,
+		Reproducible: "kernel, initrd, bios, vgabios, every 9p blob except the PostgreSQL cluster files under " + pgData,
+	}
+	if err := buildKernel(ctx, in.kernel, root, work, staged, m); err != nil {
+		return nil, err
+	}
+	if err := copyBIOS(ctx, in.bios, work, staged, m); err != nil {
+		return nil, err
+	}
+
+	log.Info("writing the 9p tree")
+	stats, err := ninep.Write(ctx, root, filepath.Join(staged, "9p"), ninep.Options{MTime: sourceDateEpoch})
+	if err != nil {
+		return nil, fmt.Errorf("cannot write the 9p tree: %w", err)
+	}
+	for _, s := range stats.Skipped {
+		log.Debug("left out of the 9p tree", "path", s.Path, "reason", s.Reason)
+	}
+	fsFile, err := describe(staged, filepath.Join("9p", ninep.IndexName))
+	if err != nil {
+		return nil, err
+	}
+	m.FS = FSInfo{
+		File: fsFile.File, BlobDir: filepath.Join("9p", ninep.BlobDir), SHA256: fsFile.SHA256,
+		Files: stats.Files, Bytes: stats.Bytes, Blobs: stats.Blobs, BlobBytes: stats.BlobBytes, Compressed: stats.Compressed,
+	}
+	return m, nil
+}
+
+// mergeUsr makes /bin, /sbin and /lib symlinks into /usr, as on every current
+// Debian system: packages unpacked by dpkg-deb alone (no base-files, no
+// usrmerge) may still ship files under the old paths, and i386 binaries look
+// for their loader at /lib/ld-linux.so.2.
+func mergeUsr(root string) error {
+	for _, d := range []string{"bin", "sbin", "lib"} {
+		top, usr := filepath.Join(root, d), filepath.Join(root, "usr", d)
+		if err := os.MkdirAll(usr, 0o755); err != nil {
+			return fmt.Errorf("cannot create /usr/%s: %w", d, err)
+		}
+		st, err := os.Lstat(top)
+		if err == nil && st.IsDir() {
+			entries, err := os.ReadDir(top)
+			if err != nil {
+				return err
+			}
+			for _, e := range entries {
+				if err := os.Rename(filepath.Join(top, e.Name()), filepath.Join(usr, e.Name())); err != nil {
+					return fmt.Errorf("cannot merge /%s/%s into /usr: %w", d, e.Name(), err)
+				}
+			}
+			if err := os.Remove(top); err != nil {
+				return err
+			}
+		} else if err == nil {
+			continue // already a symlink
+		}
+		if err := os.Symlink("usr/"+d, top); err != nil {
+			return fmt.Errorf("cannot link /%s: %w", d, err)
+		}
+	}
+	return nil
+}
+
+// pruneRules are removed from the root: nothing in the VM reads them. The
+// 9p tree loads files lazily, so this is about image size and build time,
+// not about what a visitor downloads.
+var pruneRules = []string{
+	"usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/lintian", "usr/share/bug",
+	"usr/share/locale", "usr/share/i18n", "usr/share/gcc", "usr/share/gdb", "usr/share/menu",
+	"usr/share/perl", "usr/share/perl5", "usr/lib/i386-linux-gnu/perl", "usr/lib/i386-linux-gnu/perl-base",
+	"usr/lib/i386-linux-gnu/perl5", "usr/share/postgresql-common", "usr/share/debconf",
+	"usr/lib/systemd", "lib/systemd", "etc/systemd", "etc/init.d", "etc/cron.d", "etc/cron.daily", "etc/logrotate.d",
+	"usr/include", "usr/lib/i386-linux-gnu/pkgconfig",
+	"usr/lib/postgresql/17/lib/bitcode", "usr/lib/postgresql/17/lib/llvmjit.so", "usr/lib/postgresql/17/lib/llvmjit_types.bc",
+	"usr/share/postgresql/17/man",
+}
+
+// prunePatterns remove the LLVM JIT's libraries (jit = off) and perl.
+var prunePatterns = []string{
+	"usr/lib/i386-linux-gnu/libLLVM*", "usr/lib/i386-linux-gnu/libz3.so*", "usr/lib/llvm-*",
+	"usr/bin/perl*", "usr/lib/i386-linux-gnu/libperl.so*",
+}
+
+func prune(root string) (int64, error) {
+	var removed int64
+	paths := append([]string{}, pruneRules...)
+	for _, p := range prunePatterns {
+		matches, err := filepath.Glob(filepath.Join(root, p))
+		if err != nil {
+			return 0, err
+		}
+		for _, m := range matches {
+			rel, _ := filepath.Rel(root, m)
+			paths = append(paths, rel)
+		}
+	}
+	for _, p := range paths {
+		full := filepath.Join(root, p)
+		filepath.WalkDir(full, func(_ string, d fs.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() {
+				if info, err := d.Info(); err == nil {
+					removed += info.Size()
+				}
+			}
+			return nil
+		})
+		if err := os.RemoveAll(full); err != nil {
+			return 0, fmt.Errorf("cannot prune /%s: %w", p, err)
+		}
+	}
+	return removed, nil
+}
+
+// configureRoot adds what dpkg's maintainer scripts and base-files would
+// have: busybox applets, users, /etc files, PostgreSQL client links, and the
+// guest init and agent.
+func configureRoot(ctx context.Context, root string, agent []byte) error {
+	if err := installBusybox(ctx, root); err != nil {
+		return err
+	}
+	files := map[string]string{
+		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\n" +
+			fmt.Sprintf("postgres:x:%d:%d:PostgreSQL administrator:/var/lib/postgresql:/bin/sh\n", postgresUID, postgresUID) +
+			"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+		"etc/group":         "root:x:0:\n" + fmt.Sprintf("postgres:x:%d:\n", postgresUID) + "ssl-cert:x:101:postgres\nnogroup:x:65534:\n",
+		"etc/shadow":        "root:*:19000:0:99999:7:::\npostgres:*:19000:0:99999:7:::\n",
+		"etc/hostname":      "pgwasm\n",
+		"etc/hosts":         "127.0.0.1\tlocalhost pgwasm\n::1\tlocalhost ip6-localhost\n",
+		"etc/nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n",
+		"etc/resolv.conf":   "# written by the guest agent when the network comes up\n",
+		"etc/os-release":    "PRETTY_NAME=\"pgwasm (Debian packages)\"\nNAME=pgwasm\nID=pgwasm\nID_LIKE=debian\n",
+		"etc/profile":       "export PATH=" + pgBin + ":/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\nexport PAGER=cat PGDATA=" + pgData + " LANG=C.UTF-8\n",
+	}
+	for name, content := range files {
+		if err := writeFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	os.Chmod(filepath.Join(root, "etc/shadow"), 0o640)
+	for _, d := range []string{"proc", "sys", "dev", "run", "tmp", "root", "var/tmp", "var/log", "usr/lib/pgwasm", "etc/ssl/certs"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return err
+		}
+	}
+	os.Chmod(filepath.Join(root, "tmp"), 0o1777)
+	os.Chmod(filepath.Join(root, "var/tmp"), 0o1777)
+	os.RemoveAll(filepath.Join(root, "var/run"))
+	if err := os.Symlink("/run", filepath.Join(root, "var/run")); err != nil {
+		return err
+	}
+	for _, d := range []string{"var/lib/postgresql", "var/log/postgresql"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return err
+		}
+		if err := os.Chown(filepath.Join(root, d), postgresUID, postgresUID); err != nil {
+			return err
+		}
+	}
+	// Debian's /usr/bin/psql and friends are links to a perl wrapper that
+	// picks a cluster; the VM has one cluster and no perl.
+	bins, err := os.ReadDir(filepath.Join(root, pgBin))
+	if err != nil {
+		return fmt.Errorf("PostgreSQL %s binaries are missing: %w", pgMajor, err)
+	}
+	for _, b := range bins {
+		link := filepath.Join(root, "usr/bin", b.Name())
+		os.Remove(link)
+		if err := os.Symlink(filepath.Join(pgBin, b.Name()), link); err != nil {
+			return err
+		}
+	}
+	if err := writeCABundle(root); err != nil {
+		return err
+	}
+	for name, f := range map[string]struct {
+		data []byte
+		mode os.FileMode
+	}{
+		"usr/sbin/init":                {guest.Init, 0o755},
+		"usr/lib/pgwasm/agent":         {agent, 0o755},
+		"usr/lib/pgwasm/udhcpc.script": {guest.UdhcpcScript, 0o755},
+	} {
+		os.Remove(filepath.Join(root, name))
+		if err := writeFile(filepath.Join(root, name), f.data, f.mode); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// installBusybox links every busybox applet that no package provides.
+func installBusybox(ctx context.Context, root string) error {
+	bb := filepath.Join(root, "usr/bin/busybox")
+	// busybox-static is a static i386 binary: it runs on the amd64 host.
+	out, err := exec.CommandContext(ctx, bb, "--list-full").Output()
+	if err != nil {
+		return fmt.Errorf("cannot list busybox applets: %w", err)
+	}
+	for _, applet := range strings.Fields(string(out)) {
+		dir, name := filepath.Split(applet)
+		dir = strings.TrimPrefix(strings.TrimSuffix(dir, "/"), "usr/")
+		target := filepath.Join(root, "usr", dir, name)
+		if _, err := os.Lstat(target); err == nil {
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+			return err
+		}
+		if err := os.Symlink("/usr/bin/busybox", target); err != nil {
+			return fmt.Errorf("cannot link busybox applet %s: %w", applet, err)
+		}
+	}
+	return nil
+}
+
+// writeCABundle does what update-ca-certificates would: one PEM bundle, so
+// psql and pg_dump in the VM can verify remote servers (sslrootcert=system).
+func writeCABundle(root string) error {
+	var bundle bytes.Buffer
+	var certs []string
+	filepath.WalkDir(filepath.Join(root, "usr/share/ca-certificates"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && strings.HasSuffix(p, ".crt") {
+			certs = append(certs, p)
+		}
+		return nil
+	})
+	sort.Strings(certs)
+	for _, c := range certs {
+		b, err := os.ReadFile(c)
+		if err != nil {
+			return err
+		}
+		bundle.Write(bytes.TrimSpace(b))
+		bundle.WriteByte('\n')
+	}
+	return writeFile(filepath.Join(root, "etc/ssl/certs/ca-certificates.crt"), bundle.Bytes(), 0o644)
+}
+
+// initCluster runs the image's own i386 initdb on the host (i386 binaries run
+// natively on amd64) in a chroot of the root, inside a private mount
+// namespace so the /dev and /proc mounts it needs vanish with it.
+func initCluster(ctx context.Context, root string, cfg Config) error {
+	data := filepath.Join(root, pgData)
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return err
+	}
+	if err := os.Chown(data, postgresUID, postgresUID); err != nil {
+		return err
+	}
+	os.Chown(filepath.Dir(data), postgresUID, postgresUID)
+	args := append([]string{pgBin + "/initdb", "-D", pgData, "--no-sync", "--locale-provider=builtin", "--builtin-locale=C.UTF-8"}, pgconf.InitdbArgs()...)
+	script := `set -e
+mount --rbind /dev "$ROOT/dev"
+mount -t proc proc "$ROOT/proc"
+exec chroot --userspec=` + fmt.Sprintf("%d:%d", postgresUID, postgresUID) + ` "$ROOT" env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME=/var/lib/postgresql "$@"`
+	cmd := exec.CommandContext(ctx, "unshare", append([]string{"--mount", "--propagation", "private", "--fork", "sh", "-c", script, "sh"}, args...)...)
+	cmd.Env = append(os.Environ(), "ROOT="+root)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("initdb failed (needs root for chroot and a mount namespace): %w: %s", err, lastLines(out, 8))
+	}
+	seed := sha256.Sum256([]byte(cfg.Cmdline + BuilderVersion))
+	cert, key, err := pgconf.Cert(seed[:], []string{"localhost", "pgwasm"})
+	if err != nil {
+		return err
+	}
+	for name, c := range map[string]struct {
+		data []byte
+		mode os.FileMode
+	}{
+		"pgwasm.conf": {[]byte(pgconf.ConfFile()), 0o600},
+		"pg_hba.conf": {[]byte(pgconf.HBA()), 0o600},
+		"server.crt":  {cert, 0o600},
+		"server.key":  {key, 0o600},
+	} {
+		p := filepath.Join(data, name)
+		if err := writeFile(p, c.data, c.mode); err != nil {
+			return err
+		}
+		if err := os.Chown(p, postgresUID, postgresUID); err != nil {
+			return err
+		}
+	}
+	f, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("initdb wrote no postgresql.conf: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("\n# pgwasm: settings for the emulated machine, with reasons\ninclude = 'pgwasm.conf'\n"); err != nil {
+		return err
+	}
+	// Leave /dev and /proc empty for the 9p tree: the guest mounts its own.
+	for _, d := range []string{"dev", "proc"} {
+		entries, _ := os.ReadDir(filepath.Join(root, d))
+		if len(entries) > 0 {
+			return fmt.Errorf("/%s in the root is not empty after initdb: a mount was left behind", d)
+		}
+	}
+	return f.Close()
+}
+
+// postgresVersion is the upstream version of the postgresql-17 package,
+// e.g. "17.11" from "17.11-0+deb13u1".
+func postgresVersion(pkgs []deb.Package) (string, error) {
+	for _, p := range pkgs {
+		if p.Name == "postgresql-"+pgMajor {
+			v := p.Version
+			if i := strings.Index(v, ":"); i >= 0 {
+				v = v[i+1:]
+			}
+			v, _, _ = strings.Cut(v, "-")
+			return v, nil
+		}
+	}
+	return "", fmt.Errorf("postgresql-%s is not among the packages", pgMajor)
+}
+
+// buildKernel copies the kernel and writes the initramfs: busybox, the
+// initramfs init, and the modules the 9p root and the NICs need.
+func buildKernel(ctx context.Context, kpkg deb.Package, root, work, staged string, m *Manifest) error {
+	kdir := filepath.Join(work, "kernel")
+	if err := deb.Unpack(ctx, kpkg.Path, kdir); err != nil {
+		return err
+	}
+	vmlinuz, _ := filepath.Glob(filepath.Join(kdir, "boot", "vmlinuz-*"))
+	mods, _ := filepath.Glob(filepath.Join(kdir, "lib", "modules", "*"))
+	if len(mods) == 0 {
+		mods, _ = filepath.Glob(filepath.Join(kdir, "usr", "lib", "modules", "*"))
+	}
+	if len(vmlinuz) != 1 || len(mods) != 1 {
+		return fmt.Errorf("kernel package %s: want one vmlinuz and one modules directory, found %d and %d", kpkg.Name, len(vmlinuz), len(mods))
+	}
+	if err := copyFile(vmlinuz[0], filepath.Join(staged, "bzImage")); err != nil {
+		return err
+	}
+	modules, err := kmod.Resolve(mods[0], initramfsModules)
+	if err != nil {
+		return err
+	}
+	busybox, err := os.ReadFile(filepath.Join(root, "usr/bin/busybox"))
+	if err != nil {
+		return fmt.Errorf("busybox-static is missing from the root: %w", err)
+	}
+	entries := []cpio.Entry{
+		cpio.Dir("dev", 0o755), cpio.CharDev("dev/console", 0o600, 5, 1),
+		cpio.Dir("proc", 0o755), cpio.Dir("newroot", 0o755),
+		cpio.File("bin/busybox", 0o755, busybox), cpio.Symlink("bin/sh", "busybox"),
+		cpio.File("init", 0o755, guest.InitramfsInit),
+	}
+	var order []string
+	for _, mod := range modules {
+		data, err := os.ReadFile(filepath.Join(mods[0], mod.Path))
+		if err != nil {
+			return err
+		}
+		name := mod.Name + ".ko"
+		entries = append(entries, cpio.File("lib/modules/"+name, 0o644, data))
+		order = append(order, name)
+		m.Modules = append(m.Modules, mod.Name)
+	}
+	entries = append(entries, cpio.File("lib/modules/modules.order", 0o644, []byte(strings.Join(order, "\n")+"\n")))
+	var buf bytes.Buffer
+	if err := cpio.Write(&buf, entries, cpio.Options{MTime: sourceDateEpoch, Gzip: true}); err != nil {
+		return fmt.Errorf("cannot write the initramfs: %w", err)
+	}
+	if err := writeFile(filepath.Join(staged, "initrd.img"), buf.Bytes(), 0o644); err != nil {
+		return err
+	}
+	if m.Kernel, err = describe(staged, "bzImage"); err != nil {
+		return err
+	}
+	m.Initrd, err = describe(staged, "initrd.img")
+	return err
+}
+
+// copyBIOS takes SeaBIOS and its VGA BIOS from Debian's seabios package:
+// the v86 npm package ships no BIOS.
+func copyBIOS(ctx context.Context, p deb.Package, work, staged string, m *Manifest) error {
+	dir := filepath.Join(work, "seabios")
+	if err := deb.Unpack(ctx, p.Path, dir); err != nil {
+		return err
+	}
+	var err error
+	for _, c := range []struct {
+		from, to string
+		dst      *File
+	}{{"bios.bin", "bios.bin", &m.BIOS}, {"vgabios-stdvga.bin", "vgabios.bin", &m.VGABIOS}} {
+		if err := copyFile(filepath.Join(dir, "usr/share/seabios", c.from), filepath.Join(staged, c.to)); err != nil {
+			return fmt.Errorf("seabios package lacks %s: %w", c.from, err)
+		}
+		if *c.dst, err = describe(staged, c.to); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeFile(path string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, data, mode); err != nil {
+		return fmt.Errorf("cannot write %s: %w", path, err)
+	}
+	return os.Chmod(path, mode)
+}
+
+func copyFile(from, to string) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return writeFile(to, b, 0o644)
+}
+
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}

@@ -1,0 +1,232 @@
+// Package image builds the pgwasm VM image from Debian packages: a kernel, an
+// initramfs that mounts a 9p root, and that root (PostgreSQL 17, busybox, the
+// guest init and agent) as a v86 9p tree, plus manifest.json.
+//
+// The pipeline: resolve and download packages (deb), derive a cache key from
+// everything that goes in, unpack and prune the root, configure it and run
+// initdb, write the initramfs (cpio) and the 9p tree (ninep), and finally
+// replace the output directory in one rename, so a failed build never leaves
+// anything a later step could take for good output.
+package image
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pgwasm/pgwasm/internal/image/deb"
+)
+
+// BuilderVersion changes whenever the build steps change in a way that
+// changes the output, so old cached images are rebuilt.
+const BuilderVersion = "1"
+
+// Config says what to build and where.
+type Config struct {
+	Out       string // output directory, e.g. build/image
+	CacheDir  string // apt state and downloaded packages, e.g. build/cache
+	AgentPath string // the guest agent, a static linux/386 binary
+	// Packages are installed with their dependencies; ExtraPackages are
+	// added on top (e.g. postgresql-17-postgis-3).
+	Packages      []string
+	ExtraPackages []string
+	KernelPackage string   // a metapackage naming the kernel, e.g. linux-image-686
+	Suites        []string // Debian suites searched, e.g. bookworm (kernel) and trixie (PostgreSQL 17)
+	Mirror        string   // archive URI; empty reads it from the host's apt sources
+	EtcApt        string   // where the host's apt sources are, normally /etc/apt
+	Keyring       string   // the archive keyring
+	Cmdline       string   // kernel command line
+	NetDevice     string   // v86 NIC type the image is snapshotted with: ne2k or virtio
+	Force         bool     // rebuild even when the cache key matches
+	Logger        *slog.Logger
+}
+
+// DefaultConfig is the product's image.
+func DefaultConfig() Config {
+	return Config{
+		Out:      "build/image",
+		CacheDir: "build/cache",
+		// postgresql-17-pgvector is not built for i386 in Debian (trixie has
+		// no i386 binary for it), so it cannot be in the default set; see
+		// docs/image.md.
+		Packages:      []string{"postgresql-17", "postgresql-client-17", "busybox-static", "ncurses-base", "ca-certificates"},
+		KernelPackage: "linux-image-686",
+		Suites:        []string{"bookworm", "trixie"},
+		EtcApt:        "/etc/apt",
+		Keyring:       "/usr/share/keyrings/debian-archive-keyring.gpg",
+		// cryptomgr.notests and noisapnp save about 5 s of boot in v86;
+		// init_on_free=1 zeroes freed pages, and v86 stores only non-zero
+		// pages in a state, so snapshots shrink by half.
+		Cmdline:   "console=ttyS0 tsc=reliable mitigations=off nowatchdog audit=0 random.trust_cpu=on quiet loglevel=3 cryptomgr.notests noisapnp init_on_free=1",
+		NetDevice: "ne2k",
+	}
+}
+
+// Result says what Build did.
+type Result struct {
+	Manifest *Manifest
+	CacheHit bool
+}
+
+// Build builds the image into cfg.Out, or does nothing when cfg.Out already
+// holds an image built from the same inputs.
+func Build(ctx context.Context, cfg Config) (*Result, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	log := cfg.Logger
+	start := time.Now()
+	agent, err := os.ReadFile(cfg.AgentPath)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the guest agent (build it with make build): %w", err)
+	}
+	mirror := cfg.Mirror
+	if mirror == "" {
+		if mirror, err = deb.MirrorFromHost(cfg.EtcApt); err != nil {
+			return nil, err
+		}
+	}
+	cacheDir, err := filepath.Abs(cfg.CacheDir)
+	if err != nil {
+		return nil, err
+	}
+	apt := &deb.Apt{
+		Dir: filepath.Join(cacheDir, "apt"), Mirror: mirror, Suites: cfg.Suites, Arch: "i386",
+		Keyring: cfg.Keyring, MaxListAge: 12 * time.Hour, Logger: log,
+	}
+	if err := apt.Update(ctx); err != nil {
+		return nil, err
+	}
+	in, err := resolveInputs(ctx, apt, cfg)
+	if err != nil {
+		return nil, err
+	}
+	key := cacheKey(cfg, in, agent)
+	if !cfg.Force {
+		if m, err := ReadManifest(cfg.Out); err == nil && m.Key == key && m.complete(cfg.Out) == nil {
+			log.Info("image is up to date", "dir", cfg.Out, "key", key[:12])
+			return &Result{Manifest: m, CacheHit: true}, nil
+		}
+	}
+	// Fetch records each file's path in the slice it is given.
+	n := len(in.root)
+	all := append(append(make([]deb.Package, 0, n+2), in.root...), in.kernel, in.bios)
+	if err := apt.Fetch(ctx, all); err != nil {
+		return nil, err
+	}
+	in.root, in.kernel, in.bios = all[:n], all[n], all[n+1]
+
+	work := cfg.Out + ".tmp"
+	if err := os.RemoveAll(work); err != nil {
+		return nil, fmt.Errorf("cannot clear the work directory: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(work)
+		}
+	}()
+	staged := filepath.Join(work, "image")
+	if err := os.MkdirAll(staged, 0o755); err != nil {
+		return nil, fmt.Errorf("cannot create the work directory: %w", err)
+	}
+	m, err := assemble(ctx, cfg, in, agent, work, staged)
+	if err != nil {
+		return nil, err
+	}
+	m.Key = key
+	m.Mirror = "" // never recorded: the mirror is a property of the build machine
+	if err := m.write(staged); err != nil {
+		return nil, err
+	}
+	if err := replaceDir(staged, cfg.Out); err != nil {
+		return nil, err
+	}
+	ok = true
+	os.RemoveAll(work)
+	log.Info("image built", "dir", cfg.Out, "key", key[:12], "blob_bytes", m.FS.BlobBytes, "took", time.Since(start).Round(time.Second))
+	return &Result{Manifest: m}, nil
+}
+
+// inputs are the resolved packages of one build.
+type inputs struct {
+	root   []deb.Package
+	kernel deb.Package
+	bios   deb.Package
+}
+
+func resolveInputs(ctx context.Context, apt *deb.Apt, cfg Config) (*inputs, error) {
+	names := append(append([]string{}, cfg.Packages...), cfg.ExtraPackages...)
+	root, err := apt.Resolve(ctx, names, true)
+	if err != nil {
+		return nil, fmt.Errorf("cannot resolve the root packages: %w", err)
+	}
+	// The kernel metapackage depends on the versioned kernel; its other
+	// dependencies (initramfs-tools, kmod...) are for installed systems.
+	kpkgs, err := apt.Resolve(ctx, []string{cfg.KernelPackage}, true)
+	if err != nil {
+		return nil, fmt.Errorf("cannot resolve the kernel: %w", err)
+	}
+	in := &inputs{root: root}
+	for _, p := range kpkgs {
+		if strings.HasPrefix(p.Name, "linux-image-") && p.Name != cfg.KernelPackage && !strings.HasSuffix(p.Name, "-dbg") {
+			in.kernel = p
+		}
+	}
+	if in.kernel.Name == "" {
+		return nil, fmt.Errorf("%s names no versioned linux-image package", cfg.KernelPackage)
+	}
+	bios, err := apt.Resolve(ctx, []string{"seabios"}, false)
+	if err != nil || len(bios) != 1 {
+		return nil, fmt.Errorf("cannot resolve seabios (v86 needs its BIOS): %v", err)
+	}
+	in.bios = bios[0]
+	return in, nil
+}
+
+// cacheKey hashes every input of the build: packages (by their index
+// checksums), the agent, the guest files, the generated configuration and the
+// builder version.
+func cacheKey(cfg Config, in *inputs, agent []byte) string {
+	h := sha256.New()
+	enc := json.NewEncoder(h)
+	enc.Encode(struct {
+		Builder  string
+		Packages []deb.Package
+		Kernel   deb.Package
+		BIOS     deb.Package
+		Cmdline  string
+		Net      string
+		Agent    [32]byte
+		Guest    [32]byte
+	}{BuilderVersion, in.root, in.kernel, in.bios, cfg.Cmdline, cfg.NetDevice, sha256.Sum256(agent), guestHash()})
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// replaceDir moves staged to out, replacing an older out only after the new
+// one is complete.
+func replaceDir(staged, out string) error {
+	old := out + ".old"
+	if err := os.RemoveAll(old); err != nil {
+		return fmt.Errorf("cannot remove %s: %w", old, err)
+	}
+	if _, err := os.Stat(out); err == nil {
+		if err := os.Rename(out, old); err != nil {
+			return fmt.Errorf("cannot move the old image aside: %w", err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.Rename(staged, out); err != nil {
+		return fmt.Errorf("cannot move the new image into place: %w", err)
+	}
+	return os.RemoveAll(old)
+}
