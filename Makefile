@@ -42,14 +42,18 @@ snapshot: image ## boot the image headless and save state-$(MEMORY).bin.zst (cac
 run: snapshot ## build what is missing, then serve the page on http://$(LISTEN)
 	$(PGWASM) serve --listen $(LISTEN) --image $(IMAGE)
 
-test: setup ## run the whole suite: Go unit tests, then the real VM tests
+test: setup image ## run the whole suite: Go unit tests, then the real VM tests
 	$(MAKE) --no-print-directory test-go
 	$(MAKE) --no-print-directory test-vm
+
+# The kernel modules unpacked by the image build let the kmod tests run on the
+# real Debian kernel.
+KMODS = $(firstword $(wildcard $(BUILD)/cache/kernel/*/lib/modules/*))
 
 test-go: build ## Go unit and loopback integration tests (no VM), fuzz seed corpora included
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
-	$(GO) test -count=1 ./...
+	PGWASM_TEST_MODULES=$(abspath $(KMODS)) $(GO) test -count=1 ./...
 
 test-vm: snapshot ## boot the real VM (headless v86 in Node) and test it end to end
 	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) test -count=1 -timeout 30m -v ./test/vm/...

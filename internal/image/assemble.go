@@ -82,7 +82,7 @@ func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, s
 		PostgresVersion: pgVersion, Packages: in.root, KernelPackage: in.kernel,
 		Reproducible: "kernel, initrd, bios, vgabios, every 9p blob except the PostgreSQL cluster files under " + pgData,
 	}
-	if err := buildKernel(ctx, in.kernel, root, work, staged, m); err != nil {
+	if err := buildKernel(ctx, in.kernel, root, filepath.Join(cfg.CacheDir, "kernel"), staged, m); err != nil {
 		return nil, err
 	}
 	if err := copyBIOS(ctx, in.bios, work, staged, m); err != nil {
@@ -396,11 +396,21 @@ func postgresVersion(pkgs []deb.Package) (string, error) {
 }
 
 // buildKernel copies the kernel and writes the initramfs: busybox, the
-// initramfs init, and the modules the 9p root and the NICs need.
-func buildKernel(ctx context.Context, kpkg deb.Package, root, work, staged string, m *Manifest) error {
-	kdir := filepath.Join(work, "kernel")
-	if err := deb.Unpack(ctx, kpkg.Path, kdir); err != nil {
-		return err
+// initramfs init, and the modules the 9p root and the NICs need. The kernel
+// package stays unpacked under cacheDir (the kmod tests read its modules).
+func buildKernel(ctx context.Context, kpkg deb.Package, root, cacheDir, staged string, m *Manifest) error {
+	kdir := filepath.Join(cacheDir, kpkg.Name+"_"+kpkg.Version)
+	if _, err := os.Stat(filepath.Join(kdir, ".complete")); err != nil {
+		os.RemoveAll(kdir)
+		if err := os.MkdirAll(kdir, 0o755); err != nil {
+			return fmt.Errorf("cannot create the kernel cache: %w", err)
+		}
+		if err := deb.Unpack(ctx, kpkg.Path, kdir); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(kdir, ".complete"), nil, 0o644); err != nil {
+			return err
+		}
 	}
 	vmlinuz, _ := filepath.Glob(filepath.Join(kdir, "boot", "vmlinuz-*"))
 	mods, _ := filepath.Glob(filepath.Join(kdir, "lib", "modules", "*"))

@@ -1,0 +1,129 @@
+// Command agent is the pgwasm guest agent. It runs inside the VM as root,
+// speaks the line-delimited JSON protocol of docs/agent-protocol.md on a
+// serial port and keeps one PostgreSQL connection open, because each new
+// psql process costs seconds inside the emulator.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+	"time"
+)
+
+// protocolVersion changes when the wire protocol does; the build's VCS
+// revision, when known, is appended so a host can tell builds apart.
+const protocolVersion = "1"
+
+// config holds every setting of the agent; the defaults match the guest image.
+type config struct {
+	Serial  string
+	Verbose bool
+
+	PG pgConfig
+
+	Net netConfig
+
+	DropCaches    string
+	CompactMemory string
+}
+
+func (c *config) registerFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Serial, "serial", "/dev/ttyS1", "serial device that carries the protocol")
+	fs.BoolVar(&c.Verbose, "v", false, "log every request")
+
+	fs.StringVar(&c.PG.SocketDir, "pg-socket-dir", "/var/run/postgresql", "directory of the PostgreSQL Unix socket")
+	fs.IntVar(&c.PG.Port, "pg-port", 5432, "PostgreSQL port (names the socket file)")
+	fs.StringVar(&c.PG.User, "pg-user", "postgres", "PostgreSQL user")
+	fs.StringVar(&c.PG.Database, "pg-database", "postgres", "PostgreSQL database")
+	fs.DurationVar(&c.PG.Wait, "pg-wait", 60*time.Second, "how long a SQL request waits for PostgreSQL to accept connections")
+	fs.Int64Var(&c.PG.MaxResultBytes, "max-result-bytes", 64<<20, "largest result a request may return (the VM has little memory)")
+
+	fs.StringVar(&c.Net.Interface, "interface", "eth0", "network interface configured by net_up")
+	fs.StringVar(&c.Net.Udhcpc, "udhcpc", "/bin/udhcpc", "busybox udhcpc")
+	fs.StringVar(&c.Net.Script, "udhcpc-script", "/usr/lib/pgwasm/udhcpc.script", "udhcpc script; it records the lease in -net-state")
+	fs.StringVar(&c.Net.StateFile, "net-state", "/run/pgwasm/network", "file where the udhcpc script records the lease")
+	fs.DurationVar(&c.Net.Timeout, "net-timeout", 90*time.Second, "time limit for net_up and net_down")
+
+	fs.StringVar(&c.DropCaches, "drop-caches", "/proc/sys/vm/drop_caches", "file written by prepare_snapshot to drop the page cache")
+	fs.StringVar(&c.CompactMemory, "compact-memory", "/proc/sys/vm/compact_memory", "file written by prepare_snapshot to compact memory (skipped when absent or empty)")
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	var cfg config
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg.registerFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	level := slog.LevelInfo
+	if cfg.Verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	db := newPGClient(cfg.PG, log)
+	defer db.Close()
+	srv := newServer(cfg, db, log)
+
+	// The serial line should never end, but if the device goes away (or a read
+	// fails) the agent reopens it instead of leaving the page without a channel.
+	for {
+		err := serveSerial(ctx, cfg.Serial, srv)
+		if ctx.Err() != nil {
+			log.Info("agent stopping")
+			return 0
+		}
+		log.Error("serial channel failed; reopening", "device", cfg.Serial, "err", err)
+		select {
+		case <-ctx.Done():
+			return 0
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func serveSerial(ctx context.Context, device string, srv *server) error {
+	f, err := openSerial(device)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// Closing the device is the only way to interrupt a blocked read.
+	stop := context.AfterFunc(ctx, func() { f.Close() })
+	defer stop()
+	err = srv.serve(ctx, f)
+	if err == nil {
+		err = errors.New("serial device reported end of file")
+	}
+	return fmt.Errorf("cannot serve %s: %w", device, err)
+}
+
+func agentVersion() string {
+	v := protocolVersion
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return v
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			v += "+" + s.Value[:12]
+		}
+	}
+	return v
+}

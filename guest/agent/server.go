@@ -1,0 +1,336 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+)
+
+// maxLine is the longest request line the agent accepts (docs/agent-protocol.md).
+const maxLine = 1 << 20
+
+// request is the union of every op's fields.
+type request struct {
+	ID       int64     `json:"id"`
+	Op       string    `json:"op"`
+	SQL      string    `json:"sql"`
+	Params   []*string `json:"params"`
+	User     string    `json:"user"`
+	Password string    `json:"password"`
+	UnixMS   *int64    `json:"unix_ms"`
+}
+
+// response is the union of every op's answer; empty fields are left out so
+// each op sends only what the contract lists.
+type response struct {
+	ID       int64  `json:"id"`
+	OK       bool   `json:"ok"`
+	Error    string `json:"error,omitempty"`
+	SQLState string `json:"sqlstate,omitempty"`
+	Detail   string `json:"detail,omitempty"`
+	Hint     string `json:"hint,omitempty"`
+	Position int32  `json:"position,omitempty"`
+
+	*result
+	Results *[]result `json:"results,omitempty"`
+
+	UptimeMS      *int64       `json:"uptime_ms,omitempty"`
+	Postgres      string       `json:"postgres,omitempty"`
+	PostgresError string       `json:"postgres_error,omitempty"`
+	ServerVersion string       `json:"server_version,omitempty"`
+	Network       *netState    `json:"network,omitempty"`
+	TimeUnixMS    int64        `json:"time_unix_ms,omitempty"`
+	Snapshot      *snapshotLog `json:"snapshot,omitempty"`
+}
+
+// result is one statement's outcome. Columns and Rows are never nil so that
+// a statement without rows still sends [] rather than null.
+type result struct {
+	Columns      []column    `json:"columns"`
+	Rows         [][]*string `json:"rows"`
+	Command      string      `json:"command"`
+	RowsAffected int64       `json:"rows_affected"`
+}
+
+type column struct {
+	Name    string `json:"name"`
+	Type    string `json:"type"`
+	TypeOID uint32 `json:"type_oid"`
+}
+
+type readyEvent struct {
+	Event   string `json:"event"`
+	Version string `json:"version"`
+}
+
+// sqlError carries PostgreSQL's error fields to the response.
+type sqlError struct {
+	SQLState string
+	Message  string
+	Detail   string
+	Hint     string
+	Position int32
+	// Partial holds the results of the statements that ran before the error.
+	Partial []result
+}
+
+func (e *sqlError) Error() string { return e.Message + " (SQLSTATE " + e.SQLState + ")" }
+
+// database is what the dispatcher needs from PostgreSQL; tests and the fuzzer
+// substitute a fake where no server can run.
+type database interface {
+	Query(ctx context.Context, sql string, params []*string) (result, error)
+	Exec(ctx context.Context, sql string) ([]result, error)
+	State(ctx context.Context) dbState
+}
+
+type dbState struct {
+	Ready   bool
+	Version string
+	Err     string
+}
+
+// system holds the side effects on the guest kernel, injected so tests can
+// observe them without changing the host.
+type system struct {
+	now           func() time.Time
+	setClock      func(time.Time) error
+	sync          func()
+	dropCaches    string
+	compactMemory string
+}
+
+type server struct {
+	db      database
+	net     *network
+	sys     system
+	log     *slog.Logger
+	start   time.Time
+	version string
+}
+
+func newServer(cfg config, db database, log *slog.Logger) *server {
+	return &server{
+		db:  db,
+		net: newNetwork(cfg.Net, execRunner),
+		sys: system{
+			now:           time.Now,
+			setClock:      setSystemClock,
+			sync:          syncFS,
+			dropCaches:    cfg.DropCaches,
+			compactMemory: cfg.CompactMemory,
+		},
+		log:     log,
+		start:   time.Now(),
+		version: agentVersion(),
+	}
+}
+
+// serve runs the protocol on rw until it fails or ends. Requests are handled
+// one at a time, in order, as the contract promises.
+func (s *server) serve(ctx context.Context, rw io.ReadWriter) error {
+	w := bufio.NewWriter(rw)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	send := func(v any) error {
+		if err := enc.Encode(v); err != nil {
+			return fmt.Errorf("cannot write response: %w", err)
+		}
+		if err := w.Flush(); err != nil {
+			return fmt.Errorf("cannot write response: %w", err)
+		}
+		return nil
+	}
+	if err := send(s.ready()); err != nil {
+		return err
+	}
+	s.log.Info("agent ready", "version", s.version)
+
+	r := bufio.NewReaderSize(rw, 64<<10)
+	for {
+		line, tooLong, err := readLine(r, maxLine)
+		if tooLong {
+			s.log.Warn("request line too long", "limit", maxLine)
+			if err := send(response{Error: fmt.Sprintf("request line longer than %d bytes", maxLine)}); err != nil {
+				return err
+			}
+		} else if len(line) > 0 {
+			for _, v := range s.handleLine(ctx, line) {
+				if err := send(v); err != nil {
+					return err
+				}
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("cannot read request: %w", err)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// readLine returns the next line without its terminator. A line longer than
+// max is consumed and discarded (tooLong) so the stream stays in step. A final
+// line without "\n" is returned together with io.EOF.
+func readLine(r *bufio.Reader, max int) (line []byte, tooLong bool, err error) {
+	var buf []byte
+	for {
+		chunk, err := r.ReadSlice('\n')
+		if !tooLong {
+			if len(buf)+len(chunk) > max+1 { // +1: the terminator does not count
+				tooLong, buf = true, nil
+			} else {
+				buf = append(buf, chunk...)
+			}
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if tooLong {
+			return nil, true, err
+		}
+		buf = bytes.TrimSuffix(buf, []byte("\n"))
+		if len(buf) > max {
+			return nil, true, err
+		}
+		return buf, false, err
+	}
+}
+
+func (s *server) ready() readyEvent {
+	return readyEvent{Event: "ready", Version: s.version}
+}
+
+// handleLine decodes and runs one request and returns what to send back, in
+// order. Blank lines (a host may send one to resynchronise after a restore)
+// get no answer.
+func (s *server) handleLine(ctx context.Context, line []byte) []any {
+	line = bytes.TrimSpace(line)
+	if len(line) == 0 {
+		return nil
+	}
+	var req request
+	if line[0] != '{' {
+		return []any{response{Error: "request is not a JSON object"}}
+	}
+	if err := json.Unmarshal(line, &req); err != nil {
+		// A field of the wrong type still leaves the id readable, and an
+		// answer the host can match is more useful than one with id 0.
+		var te *json.UnmarshalTypeError
+		if !errors.As(err, &te) {
+			req.ID = 0
+		}
+		return []any{response{ID: req.ID, Error: "invalid request: " + err.Error()}}
+	}
+	started := time.Now()
+	resp := s.handle(ctx, &req)
+	resp.ID = req.ID
+	s.log.Debug("request", "id", req.ID, "op", req.Op, "ok", resp.OK, "err", resp.Error, "took", time.Since(started))
+	if req.Op == "ping" {
+		return []any{s.ready(), resp}
+	}
+	return []any{resp}
+}
+
+func (s *server) handle(ctx context.Context, req *request) response {
+	switch req.Op {
+	case "ping":
+		up := s.sys.now().Sub(s.start).Milliseconds()
+		return response{OK: true, UptimeMS: &up}
+	case "status":
+		return s.status(ctx)
+	case "query":
+		if req.SQL == "" {
+			return fail(errors.New("query needs sql"))
+		}
+		res, err := s.db.Query(ctx, req.SQL, req.Params)
+		if err != nil {
+			return fail(err)
+		}
+		return response{OK: true, result: &res}
+	case "exec":
+		res, err := s.db.Exec(ctx, req.SQL)
+		if err != nil {
+			return fail(err)
+		}
+		if res == nil {
+			res = []result{}
+		}
+		return response{OK: true, Results: &res}
+	case "set_password":
+		if err := s.setPassword(ctx, req.User, req.Password); err != nil {
+			return fail(err)
+		}
+		return response{OK: true}
+	case "set_time":
+		if req.UnixMS == nil {
+			return fail(errors.New("set_time needs unix_ms"))
+		}
+		if err := s.sys.setClock(time.UnixMilli(*req.UnixMS)); err != nil {
+			return fail(err)
+		}
+		return response{OK: true}
+	case "net_up":
+		st, err := s.net.up(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		return response{OK: true, Network: &st}
+	case "net_down":
+		if err := s.net.down(ctx); err != nil {
+			return fail(err)
+		}
+		return response{OK: true}
+	case "prepare_snapshot":
+		return s.prepareSnapshot(ctx)
+	case "":
+		return fail(errors.New("request has no op"))
+	default:
+		return fail(fmt.Errorf("unknown op %q", req.Op))
+	}
+}
+
+func (s *server) status(ctx context.Context) response {
+	st := s.db.State(ctx)
+	resp := response{
+		OK:            true,
+		Postgres:      "starting",
+		PostgresError: st.Err,
+		ServerVersion: st.Version,
+		TimeUnixMS:    s.sys.now().UnixMilli(),
+	}
+	if st.Ready {
+		resp.Postgres = "ready"
+	}
+	ns := s.net.state()
+	resp.Network = &ns
+	return resp
+}
+
+func fail(err error) response {
+	var se *sqlError
+	if errors.As(err, &se) {
+		r := response{
+			Error:    se.Message,
+			SQLState: se.SQLState,
+			Detail:   se.Detail,
+			Hint:     se.Hint,
+			Position: se.Position,
+		}
+		if len(se.Partial) > 0 {
+			r.Results = &se.Partial
+		}
+		return r
+	}
+	return response{Error: err.Error()}
+}
