@@ -2,18 +2,306 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/peterbourgon/ff/v3/ffcli"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pgwasm/pgwasm/internal/policy"
+	"github.com/pgwasm/pgwasm/internal/relay"
+	"github.com/pgwasm/pgwasm/internal/server"
+	"github.com/pgwasm/pgwasm/internal/tunnel"
 )
 
-// TODO(owner of this file): replace with the real command.
-func newServeCommand(e *env) *ffcli.Command {
-	return &ffcli.Command{
-		Name:      "serve",
-		FlagSet:   newFlagSet("serve", e),
-		Options:   envOptions(),
-		ShortHelp: "not implemented yet",
-		Exec:      func(context.Context, []string) error { return errors.New("serve: not implemented yet") },
+// serveConfig is everything `pgwasm serve` takes; docs/serve.md lists it.
+type serveConfig struct {
+	listen            string
+	image             string
+	publicURL         string
+	allowedOrigins    listFlag
+	trustForwardedFor bool
+	shutdownTimeout   time.Duration
+
+	tunnelPorts     string
+	tunnelBind      string
+	tunnelHost      string
+	sniListen       string
+	sniPublicPort   uint
+	tunnelDomain    string
+	tunnelCert      string
+	tunnelKey       string
+	tunnelHandshake time.Duration
+
+	relay        relay.Config
+	allowEgress  listFlag
+	dnsUpstreams listFlag
+}
+
+// listFlag is a string list flag: repeat it or give a comma list (the
+// comma form is what a PGWASM_* environment variable carries).
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Set(s string) error {
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			*l = append(*l, v)
+		}
 	}
+	return nil
+}
+
+func (c *serveConfig) registerFlags(fs *flag.FlagSet) {
+	c.relay = relay.DefaultConfig()
+	td := tunnel.DefaultConfig()
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:8080", "HTTP listen address")
+	fs.StringVar(&c.image, "image", "build/image", "VM image directory served under /image/")
+	fs.StringVar(&c.publicURL, "public-url", "", "base URL users reach the server under (e.g. https://pg.example.com); empty: taken from each request")
+	fs.Var(&c.allowedOrigins, "allowed-origins", "other page origins (scheme://host[:port]) that may use the API and relay; repeat or comma list; * allows any")
+	fs.BoolVar(&c.trustForwardedFor, "trust-forwarded-for", false, "take the client address from X-Forwarded-For (only behind a proxy that sets it)")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long shutdown waits for requests to finish")
+
+	fs.StringVar(&c.tunnelPorts, "tunnel-ports", "15432-15531", "port range for per-session tunnel ports (FIRST-LAST); off disables port mode")
+	fs.StringVar(&c.tunnelBind, "tunnel-bind", td.PortBind.String(), "address per-session tunnel ports listen on")
+	fs.StringVar(&c.tunnelHost, "tunnel-host", "", "host name or address users connect to for the tunnel; empty: the host of --public-url or of the request")
+	fs.StringVar(&c.sniListen, "tunnel-sni-listen", "127.0.0.1:5433", "listen address of the TLS SNI tunnel; off disables SNI mode")
+	fs.UintVar(&c.sniPublicPort, "tunnel-sni-port", 0, "port users connect to for SNI mode, if a proxy maps it; 0: the --tunnel-sni-listen port")
+	fs.StringVar(&c.tunnelDomain, "tunnel-domain", td.Domain, "SNI domain: sessions are reached as <session-id>.<domain>")
+	fs.StringVar(&c.tunnelCert, "tunnel-tls-cert", "", "PEM certificate the SNI tunnel uses only to tell clients of unknown sessions so; empty: self-signed at startup")
+	fs.StringVar(&c.tunnelKey, "tunnel-tls-key", "", "PEM key for --tunnel-tls-cert")
+	fs.DurationVar(&c.tunnelHandshake, "tunnel-handshake-timeout", td.HandshakeTimeout, "time a tunnel client has to send its TLS ClientHello")
+
+	r := &c.relay
+	fs.Var(&c.allowEgress, "allow-egress", "extra destinations VMs may reach (ADDR, ADDR:PORT, CIDR, CIDR:PORT), e.g. 127.0.0.1:5432; repeat or comma list; the default is public internet only")
+	fs.Var(&c.dnsUpstreams, "dns", "DNS resolvers for the VMs (host:port); repeat or comma list; empty: /etc/resolv.conf")
+	fs.IntVar(&r.MaxSessions, "max-sessions", r.MaxSessions, "sessions in all")
+	fs.IntVar(&r.MaxSessionsPerClient, "max-sessions-per-client", r.MaxSessionsPerClient, "sessions per client IP address")
+	fs.IntVar(&r.MaxTCPFlows, "max-tcp-flows", r.MaxTCPFlows, "concurrent outbound TCP connections per session")
+	fs.IntVar(&r.MaxUDPFlows, "max-udp-flows", r.MaxUDPFlows, "concurrent UDP flows per session")
+	fs.IntVar(&r.BytesPerSecond, "bandwidth", r.BytesPerSecond, "bytes per second per session and direction; 0: unlimited")
+	fs.IntVar(&r.BurstBytes, "burst", r.BurstBytes, "bandwidth burst in bytes")
+	fs.DurationVar(&r.IdleTimeout, "idle-timeout", r.IdleTimeout, "end a session with no traffic for this long")
+	fs.DurationVar(&r.Lifetime, "session-lifetime", r.Lifetime, "end any session this long after it was created")
+	fs.DurationVar(&r.Grace, "grace", r.Grace, "keep a session without a websocket this long (the page reconnects)")
+}
+
+// parsePortRange reads "FIRST-LAST" (or one port).
+func parsePortRange(s string) (uint16, uint16, error) {
+	if off(s) {
+		return 0, 0, nil
+	}
+	a, b, ok := strings.Cut(s, "-")
+	if !ok {
+		b = a
+	}
+	first, err1 := strconv.ParseUint(strings.TrimSpace(a), 10, 16)
+	last, err2 := strconv.ParseUint(strings.TrimSpace(b), 10, 16)
+	if err1 != nil || err2 != nil || first == 0 || last < first {
+		return 0, 0, fmt.Errorf("bad port range %q: want FIRST-LAST, 1-65535", s)
+	}
+	return uint16(first), uint16(last), nil
+}
+
+// off reports a value that disables a listener. "off" exists because an
+// empty PGWASM_* variable does not override a flag default.
+func off(s string) bool { return s == "" || s == "off" }
+
+// serveParts are the checked settings of every component.
+type serveParts struct {
+	relay  relay.Config
+	tunnel tunnel.Config
+	server server.Config
+}
+
+func (c *serveConfig) parts() (serveParts, error) {
+	var p serveParts
+	p.relay = c.relay
+	pol, err := policy.Parse(c.allowEgress)
+	if err != nil {
+		return p, fmt.Errorf("cannot parse --allow-egress: %w", err)
+	}
+	p.relay.Egress = pol
+	p.relay.DNSUpstreams = c.dnsUpstreams
+
+	if c.publicURL != "" {
+		u, err := url.Parse(c.publicURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return p, fmt.Errorf("bad --public-url %q: want http(s)://host[:port][/path]", c.publicURL)
+		}
+		p.server.PublicURL = u
+	}
+	p.server.AllowedOrigins = c.allowedOrigins
+	for _, o := range c.allowedOrigins {
+		// The relay matches websocket origins by host.
+		if o == "*" {
+			p.relay.AllowedOrigins = []string{"*"}
+			break
+		}
+		u, err := url.Parse(o)
+		if err != nil || u.Host == "" {
+			return p, fmt.Errorf("bad --allowed-origins entry %q: want scheme://host[:port]", o)
+		}
+		p.relay.AllowedOrigins = append(p.relay.AllowedOrigins, u.Host)
+	}
+	if p.server.PublicURL != nil && len(p.relay.AllowedOrigins) > 0 && p.relay.AllowedOrigins[0] != "*" {
+		p.relay.AllowedOrigins = append(p.relay.AllowedOrigins, p.server.PublicURL.Host)
+	}
+	p.server.TrustForwardedFor = c.trustForwardedFor
+	p.server.ImageDir = c.image
+	p.server.TunnelHost = c.tunnelHost
+
+	p.tunnel = tunnel.DefaultConfig()
+	if p.tunnel.PortFirst, p.tunnel.PortLast, err = parsePortRange(c.tunnelPorts); err != nil {
+		return p, fmt.Errorf("cannot parse --tunnel-ports: %w", err)
+	}
+	if p.tunnel.PortBind, err = netip.ParseAddr(c.tunnelBind); err != nil {
+		return p, fmt.Errorf("cannot parse --tunnel-bind: %w", err)
+	}
+	p.tunnel.Domain = c.tunnelDomain
+	if c.tunnelDomain == "" || strings.Contains(c.tunnelDomain, "/") {
+		return p, fmt.Errorf("bad --tunnel-domain %q", c.tunnelDomain)
+	}
+	p.tunnel.HandshakeTimeout = c.tunnelHandshake
+	if (c.tunnelCert == "") != (c.tunnelKey == "") {
+		return p, errors.New("--tunnel-tls-cert and --tunnel-tls-key go together")
+	}
+	if c.tunnelCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.tunnelCert, c.tunnelKey)
+		if err != nil {
+			return p, fmt.Errorf("cannot load the tunnel certificate: %w", err)
+		}
+		p.tunnel.Certificate = &cert
+	}
+	if c.sniPublicPort > 65535 {
+		return p, fmt.Errorf("bad --tunnel-sni-port %d", c.sniPublicPort)
+	}
+	return p, nil
+}
+
+func newServeCommand(e *env) *ffcli.Command {
+	var cfg serveConfig
+	fs := newFlagSet("serve", e)
+	cfg.registerFlags(fs)
+	return &ffcli.Command{
+		Name:       "serve",
+		ShortUsage: "pgwasm serve [flags]",
+		ShortHelp:  "serve the web app, the VM image, the network relay and the inbound tunnel",
+		LongHelp:   "Every flag can also be set as a PGWASM_* environment variable (--tunnel-ports: PGWASM_TUNNEL_PORTS). See docs/serve.md.",
+		FlagSet:    fs,
+		Options:    envOptions(),
+		Exec: func(ctx context.Context, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("serve takes no arguments, got %q", args)
+			}
+			return runServe(ctx, e, &cfg, nil)
+		},
+	}
+}
+
+// runServe serves until ctx ends. ready, if not nil, gets the bound
+// addresses (for tests that listen on port 0).
+func runServe(ctx context.Context, e *env, cfg *serveConfig, ready func(httpAddr, sniAddr string)) error {
+	parts, err := cfg.parts()
+	if err != nil {
+		return err
+	}
+	log := e.logger
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(collectors.NewGoCollector()); err != nil {
+		return fmt.Errorf("cannot register Go metrics: %w", err)
+	}
+	if err := reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+		return fmt.Errorf("cannot register process metrics: %w", err)
+	}
+
+	mgr, err := relay.NewManager(parts.relay, log.With("component", "relay"), reg)
+	if err != nil {
+		return fmt.Errorf("cannot start the relay: %w", err)
+	}
+	defer mgr.Close()
+	sessions := server.NewRelaySessions(mgr, parts.relay.Lifetime)
+	tun, err := tunnel.New(parts.tunnel, sessions.TunnelLookup, log.With("component", "tunnel"), reg)
+	if err != nil {
+		return fmt.Errorf("cannot start the tunnel: %w", err)
+	}
+	defer tun.Close()
+
+	var lc net.ListenConfig
+	httpLn, err := lc.Listen(ctx, "tcp", cfg.listen)
+	if err != nil {
+		return fmt.Errorf("cannot listen for HTTP: %w", err)
+	}
+	defer httpLn.Close()
+	var sniLn net.Listener
+	sniAddr := ""
+	if !off(cfg.sniListen) {
+		if sniLn, err = lc.Listen(ctx, "tcp", cfg.sniListen); err != nil {
+			return fmt.Errorf("cannot listen for the SNI tunnel: %w", err)
+		}
+		defer sniLn.Close()
+		sniAddr = sniLn.Addr().String()
+		parts.server.SNIPort = uint16(sniLn.Addr().(*net.TCPAddr).Port)
+		if cfg.sniPublicPort != 0 {
+			parts.server.SNIPort = uint16(cfg.sniPublicPort)
+		}
+	}
+	parts.server.Relay = mgr
+	parts.server.Gatherer = reg
+	parts.server.Tunnel = tun
+	h, err := server.New(parts.server, sessions, log.With("component", "http"), reg)
+	if err != nil {
+		return fmt.Errorf("cannot set up the HTTP server: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(httpLn); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("HTTP server failed: %w", err)
+		}
+		return nil
+	})
+	if sniLn != nil {
+		g.Go(func() error { return tun.ServeSNI(gctx, sniLn) })
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down", "timeout", cfg.shutdownTimeout)
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+		defer cancel()
+		err := srv.Shutdown(sctx)
+		// Hijacked websockets are not Shutdown's: ending the sessions
+		// closes them, and with them every tunnel connection.
+		mgr.Close()
+		tun.Close()
+		if err != nil {
+			return fmt.Errorf("HTTP shutdown: %w", err)
+		}
+		return nil
+	})
+	log.Info("serving", "http", httpLn.Addr().String(), "sni", sniAddr,
+		"tunnel_ports", cfg.tunnelPorts, "image", cfg.image, "egress_allow", cfg.allowEgress.String())
+	if ready != nil {
+		ready(httpLn.Addr().String(), sniAddr)
+	}
+	return g.Wait()
 }

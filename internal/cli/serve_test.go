@@ -1,0 +1,181 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/peterbourgon/ff/v3"
+)
+
+func parseServe(t *testing.T, args []string, env map[string]string) (*serveConfig, error) {
+	t.Helper()
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	var cfg serveConfig
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	cfg.registerFlags(fs)
+	if err := ff.Parse(fs, args, envOptions()...); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func TestServeFlags(t *testing.T) {
+	tests := []struct {
+		name  string
+		args  []string
+		env   map[string]string
+		check func(serveParts) string
+	}{
+		{"defaults", nil, nil, func(p serveParts) string {
+			if p.tunnel.PortFirst != 15432 || p.tunnel.PortLast != 15531 || p.tunnel.Domain != "pg.localhost" ||
+				p.tunnel.PortBind != netip.MustParseAddr("127.0.0.1") || len(p.relay.Egress.Allow) != 0 || p.server.ImageDir != "build/image" {
+				return "unexpected defaults"
+			}
+			return ""
+		}},
+		{"flags", []string{"--tunnel-ports", "20000-20009", "--allow-egress", "127.0.0.1:5432", "--allow-egress", "10.0.0.0/8,192.168.1.1", "--max-sessions", "7", "--session-lifetime", "2h"}, nil, func(p serveParts) string {
+			if p.tunnel.PortFirst != 20000 || p.tunnel.PortLast != 20009 || len(p.relay.Egress.Allow) != 3 || p.relay.MaxSessions != 7 || p.relay.Lifetime != 2*time.Hour {
+				return "flags not applied"
+			}
+			return ""
+		}},
+		{"env", nil, map[string]string{"PGWASM_TUNNEL_PORTS": "off", "PGWASM_ALLOW_EGRESS": "127.0.0.1:5432,::1", "PGWASM_TUNNEL_DOMAIN": "db.example.com", "PGWASM_ALLOWED_ORIGINS": "https://docs.example.org"}, func(p serveParts) string {
+			if p.tunnel.PortFirst != 0 || len(p.relay.Egress.Allow) != 2 || p.tunnel.Domain != "db.example.com" ||
+				!slices.Equal(p.relay.AllowedOrigins, []string{"docs.example.org"}) || !slices.Equal(p.server.AllowedOrigins, []string{"https://docs.example.org"}) {
+				return "env not applied"
+			}
+			return ""
+		}},
+		{"flag beats env", []string{"--tunnel-domain", "a.example"}, map[string]string{"PGWASM_TUNNEL_DOMAIN": "b.example"}, func(p serveParts) string {
+			if p.tunnel.Domain != "a.example" {
+				return "domain " + p.tunnel.Domain
+			}
+			return ""
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := parseServe(t, tt.args, tt.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := cfg.parts()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if msg := tt.check(p); msg != "" {
+				t.Errorf("%s: %+v", msg, p)
+			}
+		})
+	}
+}
+
+func TestServeFlagErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tunnel-ports", "5-4"}, "tunnel-ports"},
+		{[]string{"--tunnel-ports", "x"}, "tunnel-ports"},
+		{[]string{"--public-url", "ftp://x"}, "public-url"},
+		{[]string{"--allow-egress", "example.com"}, "allow-egress"},
+		{[]string{"--tunnel-tls-cert", "/c.pem"}, "go together"},
+		{[]string{"--tunnel-bind", "localhost"}, "tunnel-bind"},
+		{[]string{"--allowed-origins", "docs.example.org"}, "allowed-origins"},
+	}
+	for _, tt := range tests {
+		cfg, err := parseServe(t, tt.args, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cfg.parts(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("parts(%q) = %v, want an error about %s", tt.args, err, tt.want)
+		}
+	}
+}
+
+// TestServeRunsAndStops runs the real command on loopback and stops it
+// through its context, as SIGTERM does.
+func TestServeRunsAndStops(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cfg, err := parseServe(t, []string{
+		"--listen", "127.0.0.1:0", "--tunnel-sni-listen", "127.0.0.1:0",
+		"--tunnel-ports", itoa(port) + "-" + itoa(port),
+		"--dns", "127.0.0.1:1", "--shutdown-timeout", "5s",
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{stdout: io.Discard, stderr: io.Discard, logger: slog.New(slog.DiscardHandler)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addrs := make(chan [2]string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- runServe(ctx, e, cfg, func(h, s string) { addrs <- [2]string{h, s} })
+	}()
+	var a [2]string
+	select {
+	case a = <-addrs:
+	case err := <-done:
+		t.Fatalf("serve ended early: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not start")
+	}
+	resp, err := http.Get("http://" + a[0] + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("healthz = %v, %v", resp, err)
+	}
+	resp.Body.Close()
+	resp, err = http.Post("http://"+a[0]+"/api/sessions", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		RelayURL string `json:"relay_url"`
+		Tunnel   struct {
+			Port struct{ Port int } `json:"port"`
+			SNI  struct{ Port int } `json:"sni"`
+		} `json:"tunnel"`
+	}
+	json.NewDecoder(resp.Body).Decode(&got)
+	resp.Body.Close()
+	_, sniPort, _ := net.SplitHostPort(a[1])
+	if resp.StatusCode != 201 || !strings.HasPrefix(got.RelayURL, "ws://"+a[0]+"/relay/") || got.Tunnel.Port.Port != port || itoa(got.Tunnel.SNI.Port) != sniPort {
+		t.Fatalf("POST /api/sessions = %d %+v", resp.StatusCode, got)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve returned %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+	if c, err := net.Dial("tcp", a[0]); err == nil {
+		c.Close()
+		t.Error("HTTP port still open after shutdown")
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

@@ -1,0 +1,401 @@
+// Package netstack is the only package that touches gVisor's tcpip/stack. It
+// builds one user-space TCP/IP stack with one Ethernet NIC whose frames go in
+// through InjectFrame and come out of ReadFrame, and adapts gVisor's types to
+// the standard library's net.Conn, net.PacketConn and net.Listener.
+//
+// The relay uses it in gateway mode (promiscuous: it terminates every flow the
+// guest opens, so NAT can splice it to a host socket); the simulated VM in
+// tests uses it in host mode (an ordinary host with one address).
+package netstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+const nicID tcpip.NICID = 1
+
+// Config describes one stack.
+type Config struct {
+	// MAC is the NIC's own Ethernet address.
+	MAC net.HardwareAddr
+	// Addr is the stack's own address and on-link subnet. It may be left
+	// zero and set later with SetAddress (a DHCP client does that).
+	Addr netip.Prefix
+	// Gateway, if valid, becomes the default route (host mode).
+	Gateway netip.Addr
+	// Promiscuous makes the stack accept packets for any destination and
+	// answer from any source, so TCP/UDP handlers see every flow (gateway
+	// mode).
+	Promiscuous bool
+	// MTU is the IP MTU; the Ethernet frame is 14 bytes larger. Default 1500.
+	MTU uint32
+	// QueueLen is the number of outbound frames held when nobody reads
+	// them (e.g. while the websocket is reconnecting). v86 itself queues
+	// 128 frames during a reconnect; we match that. Default 128.
+	QueueLen int
+	// TCPBuffer sets TCP send and receive buffer sizes. Zero fields take
+	// DefaultTCPBuffer's.
+	TCPBuffer BufferSizes
+	// MaxInFlightSYN bounds half-open forwarded TCP connections. Default 64.
+	MaxInFlightSYN int
+}
+
+// BufferSizes is the min/default/max TCP buffer size per direction.
+type BufferSizes struct {
+	Min, Default, Max int
+}
+
+// DefaultTCPBuffer is much lower than gVisor's 1 MiB default and 4 MiB max.
+// Buffers are allocated as data arrives, so an idle connection costs little
+// either way, but a busy one may fill its buffer: with thousands of sessions
+// times many flows, 1 MiB each would be gigabytes. 64 KiB by default covers
+// a bandwidth-delay product of 100 MB/s at 0.6 ms (the loopback/LAN case)
+// and 10 MB/s at 6 ms; receive auto-tuning may grow it to 512 KiB for
+// long-haul flows (10 MB/s at 50 ms).
+var DefaultTCPBuffer = BufferSizes{Min: 4 << 10, Default: 64 << 10, Max: 512 << 10}
+
+// Stack is one user-space TCP/IP stack with one Ethernet NIC.
+type Stack struct {
+	s    *stack.Stack
+	link *channel.Endpoint
+	mac  tcpip.LinkAddress
+
+	mu   sync.Mutex
+	addr netip.Prefix
+
+	closeOnce sync.Once
+}
+
+// ErrClosed is returned by ReadFrame after Close.
+var ErrClosed = errors.New("netstack closed")
+
+// New makes a stack. Close it when done.
+func New(cfg Config) (*Stack, error) {
+	if len(cfg.MAC) != 6 {
+		return nil, fmt.Errorf("cannot create stack: MAC %q is not 6 bytes", cfg.MAC)
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = 1500
+	}
+	if cfg.MTU < 576 || cfg.MTU > 9000 {
+		return nil, fmt.Errorf("cannot create stack: MTU %d out of range [576, 9000]", cfg.MTU)
+	}
+	if cfg.QueueLen <= 0 {
+		cfg.QueueLen = 128
+	}
+	if cfg.MaxInFlightSYN <= 0 {
+		cfg.MaxInFlightSYN = 64
+	}
+	buf := cfg.TCPBuffer
+	if buf.Min == 0 {
+		buf.Min = DefaultTCPBuffer.Min
+	}
+	if buf.Default == 0 {
+		buf.Default = DefaultTCPBuffer.Default
+	}
+	if buf.Max == 0 {
+		buf.Max = DefaultTCPBuffer.Max
+	}
+	if buf.Min > buf.Default || buf.Default > buf.Max {
+		return nil, fmt.Errorf("cannot create stack: TCP buffer sizes %+v not ordered", buf)
+	}
+
+	s := stack.New(stack.Options{
+		// IPv4 only: the guest network is 10.0.2.0/24 and the relay
+		// offers no IPv6 (v86 guests get no RA); ARP for the Ethernet link.
+		//
+		// Loopback destinations are let in ("martians" to gVisor): the
+		// egress policy, not the stack, decides, and operators may
+		// allow-list e.g. 127.0.0.1:5432 on the relay host.
+		NetworkProtocols: []stack.NetworkProtocolFactory{
+			ipv4.NewProtocolWithOptions(ipv4.Options{AllowExternalLoopbackTraffic: true}),
+			arp.NewProtocol,
+		},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
+		// HandleLocal off: packets to the stack's own address must come
+		// from the wire, never loop inside the relay.
+		HandleLocal: false,
+	})
+	st := &Stack{s: s, mac: tcpip.LinkAddress(cfg.MAC)}
+	fail := func(step string, e tcpip.Error) (*Stack, error) {
+		s.Close()
+		s.Wait()
+		return nil, fmt.Errorf("cannot %s: %s", step, e)
+	}
+
+	// SACK helps throughput on lossy paths (frames are dropped when the
+	// queue is full or the bandwidth limit bites).
+	sack := tcpip.TCPSACKEnabled(true)
+	if e := s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); e != nil {
+		return fail("enable SACK", e)
+	}
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: buf.Min, Default: buf.Default, Max: buf.Max}
+	if e := s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv); e != nil {
+		return fail("set TCP receive buffer", e)
+	}
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: buf.Min, Default: buf.Default, Max: buf.Max}
+	if e := s.SetTransportProtocolOption(tcp.ProtocolNumber, &snd); e != nil {
+		return fail("set TCP send buffer", e)
+	}
+
+	// The channel endpoint carries whole Ethernet frames: the ethernet
+	// wrapper adds and strips the 14-byte header.
+	st.link = channel.New(cfg.QueueLen, cfg.MTU+header.EthernetMinimumSize, st.mac)
+	if e := s.CreateNIC(nicID, ethernet.New(st.link)); e != nil {
+		return fail("create NIC", e)
+	}
+	if cfg.Promiscuous {
+		// Accept packets to any address so the forwarders see flows
+		// to the internet, and let forwarded endpoints answer from
+		// those addresses (spoofing) as a NAT router does.
+		if e := s.SetPromiscuousMode(nicID, true); e != nil {
+			return fail("set promiscuous mode", e)
+		}
+		if e := s.SetSpoofing(nicID, true); e != nil {
+			return fail("set spoofing", e)
+		}
+	}
+	if cfg.Addr.IsValid() {
+		if err := st.SetAddress(cfg.Addr, cfg.Gateway); err != nil {
+			s.Close()
+			s.Wait()
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+// SetAddress gives the NIC its address and routes: the subnet on-link and,
+// if gw is valid, a default route through gw. It replaces any earlier address.
+func (st *Stack) SetAddress(p netip.Prefix, gw netip.Addr) error {
+	if !p.Addr().Is4() {
+		return fmt.Errorf("cannot set address %s: only IPv4 is supported", p)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.addr.IsValid() {
+		_ = st.s.RemoveAddress(nicID, tcpip.AddrFrom4(st.addr.Addr().As4()))
+	}
+	pa := tcpip.ProtocolAddress{
+		Protocol: ipv4.ProtocolNumber,
+		AddressWithPrefix: tcpip.AddressWithPrefix{
+			Address:   tcpip.AddrFrom4(p.Addr().As4()),
+			PrefixLen: p.Bits(),
+		},
+	}
+	if e := st.s.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); e != nil {
+		return fmt.Errorf("cannot add address %s: %s", p, e)
+	}
+	sub, err := tcpip.NewSubnet(tcpip.AddrFrom4(p.Masked().Addr().As4()), tcpip.MaskFromBytes(net.CIDRMask(p.Bits(), 32)))
+	if err != nil {
+		return fmt.Errorf("cannot make subnet %s: %w", p, err)
+	}
+	routes := []tcpip.Route{{Destination: sub, NIC: nicID}}
+	if gw.IsValid() {
+		routes = append(routes, tcpip.Route{Destination: header.IPv4EmptySubnet, Gateway: tcpip.AddrFrom4(gw.As4()), NIC: nicID})
+	} else {
+		// Gateway mode: everything (the limited broadcast the DHCP
+		// server answers to included) leaves through the one NIC.
+		routes = append(routes, tcpip.Route{Destination: header.IPv4EmptySubnet, NIC: nicID})
+	}
+	st.s.SetRouteTable(routes)
+	st.addr = p
+	return nil
+}
+
+// MAC returns the NIC's Ethernet address.
+func (st *Stack) MAC() net.HardwareAddr { return net.HardwareAddr(st.mac) }
+
+// InjectFrame hands one Ethernet frame from the wire to the stack. The
+// caller may reuse frame afterwards. Frames shorter than an Ethernet header
+// are ignored.
+func (st *Stack) InjectFrame(frame []byte) {
+	if len(frame) < header.EthernetMinimumSize {
+		return
+	}
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
+		Payload: buffer.MakeWithData(append([]byte(nil), frame...)),
+	})
+	// The ethernet wrapper reads the real type from the header.
+	st.link.InjectInbound(0, pkt)
+	pkt.DecRef()
+}
+
+// ReadFrame returns the next Ethernet frame the stack sends, blocking until
+// there is one, ctx ends, or the stack closes.
+func (st *Stack) ReadFrame(ctx context.Context) ([]byte, error) {
+	pkt := st.link.ReadContext(ctx)
+	if pkt == nil {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		return nil, ErrClosed
+	}
+	defer pkt.DecRef()
+	v := pkt.ToView()
+	defer v.Release()
+	return append([]byte(nil), v.AsSlice()...), nil
+}
+
+// ForgetNeighbor drops the cached link address of addr, so the next packet
+// to it is resolved with ARP again (the guest MAC changes after a restore).
+func (st *Stack) ForgetNeighbor(addr netip.Addr) {
+	if !addr.Is4() {
+		return
+	}
+	_ = st.s.RemoveNeighbor(nicID, ipv4.ProtocolNumber, tcpip.AddrFrom4(addr.As4()))
+}
+
+// Close stops the stack: every endpoint is closed and ReadFrame returns
+// ErrClosed. It waits for the stack's goroutines.
+func (st *Stack) Close() {
+	st.closeOnce.Do(func() {
+		st.s.Close()
+		st.link.Close()
+		st.s.Wait()
+	})
+}
+
+func fullAddr(ap netip.AddrPort) tcpip.FullAddress {
+	fa := tcpip.FullAddress{NIC: nicID, Port: ap.Port()}
+	if a := ap.Addr().Unmap(); a.IsValid() && !a.IsUnspecified() {
+		fa.Addr = tcpip.AddrFromSlice(a.AsSlice())
+	}
+	return fa
+}
+
+func addrPort(a tcpip.Address, port uint16) netip.AddrPort {
+	ip, _ := netip.AddrFromSlice(a.AsSlice())
+	return netip.AddrPortFrom(ip, port)
+}
+
+// DialTCP opens a TCP connection from this stack to dst.
+func (st *Stack) DialTCP(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+	c, err := gonet.DialContextTCP(ctx, st.s, fullAddr(dst), ipv4.ProtocolNumber)
+	if err != nil {
+		return nil, fmt.Errorf("cannot dial %s: %w", dst, err)
+	}
+	return c, nil
+}
+
+// ListenTCP listens on addr (the address may be unspecified).
+func (st *Stack) ListenTCP(addr netip.AddrPort) (net.Listener, error) {
+	l, err := gonet.ListenTCP(st.s, fullAddr(addr), ipv4.ProtocolNumber)
+	if err != nil {
+		return nil, fmt.Errorf("cannot listen on %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// DialUDP makes a connected UDP socket to dst.
+func (st *Stack) DialUDP(dst netip.AddrPort) (net.Conn, error) {
+	ra := fullAddr(dst)
+	c, err := gonet.DialUDP(st.s, nil, &ra, ipv4.ProtocolNumber)
+	if err != nil {
+		return nil, fmt.Errorf("cannot dial udp %s: %w", dst, err)
+	}
+	return c, nil
+}
+
+// ListenUDP binds a UDP socket to addr (the address may be unspecified). With
+// broadcast set it may send to 255.255.255.255, as a DHCP server must.
+func (st *Stack) ListenUDP(addr netip.AddrPort, broadcast bool) (net.PacketConn, error) {
+	var wq waiter.Queue
+	ep, e := st.s.NewEndpoint(udp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if e != nil {
+		return nil, fmt.Errorf("cannot make udp endpoint: %s", e)
+	}
+	ep.SocketOptions().SetBroadcast(broadcast)
+	if e := ep.Bind(fullAddr(addr)); e != nil {
+		ep.Close()
+		return nil, fmt.Errorf("cannot bind udp %s: %s", addr, e)
+	}
+	return gonet.NewUDPConn(&wq, ep), nil
+}
+
+// TCPRequest is a TCP connection the guest opened to some destination.
+// Exactly one of Accept or Reject must be called.
+type TCPRequest struct {
+	Src, Dst netip.AddrPort
+	r        *tcp.ForwarderRequest
+}
+
+// Accept completes the guest's handshake and returns the connection.
+func (r *TCPRequest) Accept() (net.Conn, error) {
+	var wq waiter.Queue
+	ep, e := r.r.CreateEndpoint(&wq)
+	if e != nil {
+		r.r.Complete(true)
+		return nil, fmt.Errorf("cannot accept %s->%s: %s", r.Src, r.Dst, e)
+	}
+	r.r.Complete(false)
+	return gonet.NewTCPConn(&wq, ep), nil
+}
+
+// Reject answers the guest's SYN with a RST.
+func (r *TCPRequest) Reject() { r.r.Complete(true) }
+
+// HandleTCP makes h see every TCP connection the guest opens that no listener
+// takes. h runs on its own goroutine per connection.
+func (st *Stack) HandleTCP(h func(*TCPRequest)) {
+	fwd := tcp.NewForwarder(st.s, 0, 64, func(r *tcp.ForwarderRequest) {
+		id := r.ID()
+		h(&TCPRequest{
+			Src: addrPort(id.RemoteAddress, id.RemotePort),
+			Dst: addrPort(id.LocalAddress, id.LocalPort),
+			r:   r,
+		})
+	})
+	st.s.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
+}
+
+// UDPRequest is the first datagram of a UDP flow no socket is bound to.
+type UDPRequest struct {
+	Src, Dst netip.AddrPort
+	r        *udp.ForwarderRequest
+}
+
+// Accept makes a socket connected to the guest's flow; the datagram that
+// started it is the first one read.
+func (r *UDPRequest) Accept() (net.Conn, error) {
+	var wq waiter.Queue
+	ep, e := r.r.CreateEndpoint(&wq)
+	if e != nil {
+		return nil, fmt.Errorf("cannot accept udp %s->%s: %s", r.Src, r.Dst, e)
+	}
+	return gonet.NewUDPConn(&wq, ep), nil
+}
+
+// HandleUDP makes h see the first datagram of every UDP flow no socket is
+// bound to. h runs on the stack's packet path and must not block; returning
+// false drops the datagram and sends ICMP port unreachable.
+func (st *Stack) HandleUDP(h func(*UDPRequest) bool) {
+	fwd := udp.NewForwarder(st.s, func(r *udp.ForwarderRequest) bool {
+		id := r.ID()
+		return h(&UDPRequest{
+			Src: addrPort(id.RemoteAddress, id.RemotePort),
+			Dst: addrPort(id.LocalAddress, id.LocalPort),
+			r:   r,
+		})
+	})
+	st.s.SetTransportProtocolHandler(udp.ProtocolNumber, fwd.HandlePacket)
+}

@@ -1,0 +1,255 @@
+package server
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pgwasm/pgwasm/internal/tunnel"
+)
+
+// sessionJSON is the API's view of a session.
+type sessionJSON struct {
+	ID        string      `json:"id"`
+	Token     string      `json:"token,omitempty"`
+	RelayURL  string      `json:"relay_url"`
+	ExpiresAt *time.Time  `json:"expires_at,omitempty"`
+	Tunnel    *tunnelJSON `json:"tunnel,omitempty"`
+}
+
+type tunnelJSON struct {
+	Port      *endpointJSON `json:"port,omitempty"`
+	PortError string        `json:"port_error,omitempty"`
+	SNI       *endpointJSON `json:"sni,omitempty"`
+}
+
+// endpointJSON is one way in. URL holds PasswordPlaceholder for the password.
+type endpointJSON struct {
+	Host string `json:"host"`
+	Port uint16 `json:"port"`
+	URL  string `json:"url"`
+}
+
+type errorJSON struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, errorJSON{Error: msg})
+}
+
+func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
+	if !s.cors(w, r) {
+		return
+	}
+	client := s.clientAddr(r)
+	sess, err := s.sessions.Create(r.Context(), client)
+	if err != nil {
+		if errors.Is(err, ErrLimit) {
+			s.log.Warn("session refused", "client", client, "err", err)
+			w.Header().Set("Retry-After", "30")
+			writeError(w, http.StatusTooManyRequests, err.Error())
+			return
+		}
+		s.log.Error("cannot create session", "client", client, "err", err)
+		writeError(w, http.StatusInternalServerError, "cannot create session")
+		return
+	}
+	log := s.log.With("session", sess.ID(), "client", client)
+	if t := s.cfg.Tunnel; t != nil && t.PortsEnabled() {
+		tp := tunnelPort{}
+		port, err := t.Attach(r.Context(), sess)
+		if err != nil {
+			// Port mode is an extra: the session keeps its network and SNI.
+			log.Warn("session has no tunnel port", "err", err)
+			tp.err = err.Error()
+			if errors.Is(err, tunnel.ErrNoFreePort) {
+				tp.err = "no free tunnel port; use the SNI connection string"
+			}
+		} else {
+			tp.port = port
+		}
+		s.mu.Lock()
+		s.ports[sess.ID()] = tp
+		s.mu.Unlock()
+		go func() {
+			<-sess.Done()
+			s.mu.Lock()
+			delete(s.ports, sess.ID())
+			s.mu.Unlock()
+		}()
+	}
+	log.Info("session created")
+	writeJSON(w, http.StatusCreated, s.describe(r, sess, true))
+}
+
+// authorized finds the session and checks its bearer token, answering the
+// request itself when it fails.
+func (s *Server) authorized(w http.ResponseWriter, r *http.Request) (Session, bool) {
+	if !s.cors(w, r) {
+		return nil, false
+	}
+	id := r.PathValue("id")
+	sess, ok := s.sessions.Lookup(id)
+	if !ok {
+		writeError(w, http.StatusNotFound, "no such session")
+		return nil, false
+	}
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(sess.Token())) != 1 {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="pgwasm"`)
+		writeError(w, http.StatusUnauthorized, "missing or wrong session token")
+		return nil, false
+	}
+	return sess, true
+}
+
+func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
+	if sess, ok := s.authorized(w, r); ok {
+		writeJSON(w, http.StatusOK, s.describe(r, sess, false))
+	}
+}
+
+func (s *Server) deleteSession(w http.ResponseWriter, r *http.Request) {
+	sess, ok := s.authorized(w, r)
+	if !ok {
+		return
+	}
+	if err := s.sessions.Delete(sess.ID()); err != nil {
+		s.log.Error("cannot delete session", "session", sess.ID(), "err", err)
+		writeError(w, http.StatusInternalServerError, "cannot delete session")
+		return
+	}
+	s.log.Info("session deleted", "session", sess.ID())
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) preflight(w http.ResponseWriter, r *http.Request) {
+	if s.cors(w, r) {
+		w.Header().Set("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+		w.Header().Set("Access-Control-Allow-Headers", "Authorization, Content-Type")
+		w.Header().Set("Access-Control-Max-Age", "600")
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// cors checks the Origin of an API request and sets the CORS headers. It
+// refuses (403) foreign origins: the browser would hide the answer anyway,
+// and refusing keeps other sites from spending our session quota.
+func (s *Server) cors(w http.ResponseWriter, r *http.Request) bool {
+	w.Header().Add("Vary", "Origin")
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true // not a browser, or a same-origin GET
+	}
+	if s.originAllowed(r, origin) {
+		w.Header().Set("Access-Control-Allow-Origin", origin)
+		return true
+	}
+	s.log.Info("API request from a foreign origin refused", "origin", origin)
+	writeError(w, http.StatusForbidden, "origin not allowed")
+	return false
+}
+
+func (s *Server) originAllowed(r *http.Request, origin string) bool {
+	if slices.Contains(s.cfg.AllowedOrigins, "*") || slices.Contains(s.cfg.AllowedOrigins, origin) {
+		return true
+	}
+	return origin == s.base(r).Scheme+"://"+s.base(r).Host
+}
+
+// base is the public base URL for this request.
+func (s *Server) base(r *http.Request) *url.URL {
+	if s.cfg.PublicURL != nil {
+		return s.cfg.PublicURL
+	}
+	u := &url.URL{Scheme: "http", Host: r.Host}
+	if r.TLS != nil {
+		u.Scheme = "https"
+	}
+	return u
+}
+
+func (s *Server) describe(r *http.Request, sess Session, withToken bool) sessionJSON {
+	base := s.base(r)
+	relay := *base
+	relay.Scheme = "ws"
+	if base.Scheme == "https" {
+		relay.Scheme = "wss"
+	}
+	relay.Path = strings.TrimSuffix(base.Path, "/") + "/relay/" + sess.ID()
+	relay.RawQuery = url.Values{"token": {sess.Token()}}.Encode()
+	out := sessionJSON{ID: sess.ID(), RelayURL: relay.String()}
+	if withToken {
+		out.Token = sess.Token()
+	}
+	if exp := sess.ExpiresAt(); !exp.IsZero() {
+		exp = exp.UTC()
+		out.ExpiresAt = &exp
+	}
+	t := s.cfg.Tunnel
+	if t == nil {
+		return out
+	}
+	host := s.cfg.TunnelHost
+	if host == "" {
+		host = base.Hostname()
+	}
+	tj := &tunnelJSON{}
+	s.mu.Lock()
+	tp, ok := s.ports[sess.ID()]
+	s.mu.Unlock()
+	if ok && tp.port != 0 {
+		tj.Port = &endpointJSON{Host: host, Port: tp.port, URL: pgURL(host, tp.port, nil)}
+	} else if ok {
+		tj.PortError = tp.err
+	}
+	if s.cfg.SNIPort != 0 {
+		name := t.Host(sess.ID())
+		q := url.Values{}
+		// libpq sends SNI only for names; when users reach the tunnel by an
+		// address, the name goes in host and the address in hostaddr.
+		if _, err := netip.ParseAddr(host); err == nil {
+			q.Set("hostaddr", host)
+		}
+		tj.SNI = &endpointJSON{Host: name, Port: s.cfg.SNIPort, URL: pgURL(name, s.cfg.SNIPort, q)}
+	}
+	if tj.Port != nil || tj.SNI != nil || tj.PortError != "" {
+		out.Tunnel = tj
+	}
+	return out
+}
+
+// pgURL is a libpq connection URI for user postgres.
+func pgURL(host string, port uint16, extra url.Values) string {
+	q := url.Values{"sslmode": {"require"}}
+	for k, v := range extra {
+		q[k] = v
+	}
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.UserPassword("postgres", PasswordPlaceholder),
+		Host:     net.JoinHostPort(host, strconv.Itoa(int(port))),
+		Path:     "/postgres",
+		RawQuery: q.Encode(),
+	}
+	return u.String()
+}

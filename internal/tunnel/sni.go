@@ -1,0 +1,217 @@
+package tunnel
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// ServeSNI accepts connections on ln and routes each by its TLS server name
+// until ctx ends or the tunnel closes. It closes ln.
+func (t *Tunnel) ServeSNI(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	stopT := context.AfterFunc(t.ctx, func() { ln.Close() })
+	defer stopT()
+	defer ln.Close()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if isClosed(err) || ctx.Err() != nil || t.ctx.Err() != nil {
+				return nil
+			}
+			t.log.Warn("tunnel accept failed", "err", err)
+			select {
+			case <-time.After(50 * time.Millisecond):
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		select {
+		case t.handshakes <- struct{}{}:
+		default:
+			t.m.conns.WithLabelValues("sni", "overload").Inc()
+			t.log.Warn("tunnel refused a connection: too many handshakes", "remote", c.RemoteAddr().String())
+			c.Close()
+			continue
+		}
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			t.handleSNI(c, t.log.With("mode", "sni", "remote", c.RemoteAddr().String()))
+		}()
+	}
+}
+
+// Error texts a client may see; the hints tell the user what to change.
+const (
+	msgNeedTLS   = "this port routes connections by TLS server name, and this one has no TLS"
+	hintNeedTLS  = "Use the connection string shown on the page: sslmode=require and host=<session>.%s (with hostaddr=... if the name does not resolve)."
+	msgNoSession = "no such session %q: the browser tab may have been closed or its network stopped"
+	msgNoName    = "the TLS server name %q is not <session>.%s"
+)
+
+func (t *Tunnel) handleSNI(c net.Conn, log *slog.Logger) {
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { <-t.handshakes }) }
+	defer release()
+	start := time.Now()
+	result := "ok"
+	defer func() { t.m.conns.WithLabelValues("sni", result).Inc() }()
+
+	c.SetDeadline(start.Add(t.cfg.HandshakeTimeout))
+	br := bufio.NewReaderSize(c, 4096)
+	kind, _, err := readFirstMessage(br)
+	for n := 0; err == nil && kind == kindGSSENCRequest && n < 2; n++ {
+		// Decline GSS encryption; libpq then asks for TLS.
+		if _, err = c.Write([]byte{'N'}); err == nil {
+			kind, _, err = readFirstMessage(br)
+		}
+	}
+	if err != nil {
+		result = "bad_handshake"
+		c.Close()
+		if errors.Is(err, errGarbage) {
+			log.Warn("tunnel handshake failed", "err", err)
+		} else {
+			log.Debug("tunnel handshake failed", "err", err)
+		}
+		return
+	}
+	switch kind {
+	case kindStartup:
+		result = "no_tls"
+		log.Info("tunnel refused a plaintext connection")
+		c.Write(fatal("28000", msgNeedTLS, fmt.Sprintf(hintNeedTLS, t.cfg.Domain)))
+		c.Close()
+		return
+	case kindCancelRequest:
+		// A plaintext cancel carries no server name, so it cannot be routed.
+		result = "cancel"
+		c.Close()
+		return
+	case kindSSLRequest:
+		if _, err := c.Write([]byte{'S'}); err != nil {
+			result = "bad_handshake"
+			c.Close()
+			return
+		}
+	case kindGSSENCRequest:
+		result = "bad_handshake"
+		c.Close()
+		return
+	}
+
+	raw, hello, err := readClientHello(br, t.cfg.MaxHelloSize)
+	if err != nil {
+		result = "bad_handshake"
+		log.Warn("tunnel cannot read ClientHello", "start", kind.String(), "err", err)
+		c.Close()
+		return
+	}
+	log = log.With("start", kind.String(), "sni", hello.ServerName)
+	id := t.sessionID(hello.ServerName)
+	if id == "" {
+		result = "bad_name"
+		log.Info("tunnel refused an unknown server name")
+		t.refuseTLS(c, raw, br, fatal("08004", fmt.Sprintf(msgNoName, hello.ServerName, t.cfg.Domain), fmt.Sprintf(hintNeedTLS, t.cfg.Domain)), log)
+		return
+	}
+	log = log.With("session", id)
+	s, ok := t.lookup(id)
+	if ok {
+		select {
+		case <-s.Done():
+			ok = false
+		default:
+		}
+	}
+	if !ok {
+		result = "unknown_session"
+		log.Info("tunnel refused an unknown session")
+		t.refuseTLS(c, raw, br, fatal("08004", fmt.Sprintf(msgNoSession, id), ""), log)
+		return
+	}
+
+	guest, err := t.dialGuest(t.ctx, s)
+	if err != nil {
+		result = "dial_error"
+		log.Warn("tunnel cannot reach the VM", "err", err)
+		t.refuseTLS(c, raw, br, fatal("08006", "cannot reach PostgreSQL in the browser tab: "+err.Error(), ""), log)
+		return
+	}
+	if kind == kindSSLRequest {
+		// The client already has our 'S'; ask the VM the same question.
+		if err := askTLS(guest, start.Add(t.cfg.HandshakeTimeout)); err != nil {
+			guest.Close()
+			result = "vm_no_tls"
+			log.Warn("tunnel: the VM did not accept TLS", "err", err)
+			t.refuseTLS(c, raw, br, fatal("08006", "PostgreSQL in the browser tab does not accept TLS: "+err.Error(), ""), log)
+			return
+		}
+	}
+	// A direct-TLS hello goes as is: PostgreSQL 17 in the VM takes direct TLS.
+	guest.SetWriteDeadline(start.Add(t.cfg.HandshakeTimeout))
+	if _, err := guest.Write(raw); err != nil {
+		guest.Close()
+		c.Close()
+		result = "dial_error"
+		log.Warn("tunnel cannot forward the ClientHello", "err", err)
+		return
+	}
+	guest.SetDeadline(time.Time{})
+	c.SetDeadline(time.Time{})
+	release()
+	observeSince(t.m.setup.WithLabelValues("sni"), start)
+	log.Debug("tunnel connection open")
+	t.splice(s, "sni", c, br, guest)
+	log.Debug("tunnel connection closed")
+}
+
+// askTLS sends an SSLRequest to the VM and expects 'S'.
+func askTLS(guest net.Conn, deadline time.Time) error {
+	guest.SetDeadline(deadline)
+	if _, err := guest.Write(sslRequest()); err != nil {
+		return fmt.Errorf("cannot send SSLRequest: %w", err)
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(guest, b[:]); err != nil {
+		return fmt.Errorf("cannot read SSLRequest answer: %w", err)
+	}
+	if b[0] != 'S' {
+		return fmt.Errorf("SSLRequest answered %q", b[0])
+	}
+	return nil
+}
+
+// refuseTLS finishes the TLS handshake the client started, with the tunnel's
+// own certificate, and sends errMsg inside TLS. This is the only case where
+// the tunnel terminates TLS: the connection goes nowhere, and a readable
+// "no such session" beats a silent hang-up.
+func (t *Tunnel) refuseTLS(c net.Conn, hello []byte, rest io.Reader, errMsg []byte, log *slog.Logger) {
+	defer c.Close()
+	tc := tls.Server(newReplayConn(c, hello, rest), t.tlsCfg)
+	defer tc.Close()
+	ctx, cancel := context.WithTimeout(t.ctx, t.cfg.HandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		log.Debug("tunnel error handshake failed", "err", err)
+		return
+	}
+	br := bufio.NewReader(tc)
+	kind, _, err := readFirstMessage(br)
+	if err != nil || kind == kindDirectTLS {
+		return
+	}
+	if err := refusePlain(br, tc, kind, errMsg); err != nil {
+		log.Debug("tunnel cannot send the error", "err", err)
+	}
+}

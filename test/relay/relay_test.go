@@ -1,0 +1,322 @@
+// Package relay_test runs pgwasm's server, relay and tunnel together, end to
+// end on loopback: simulated VMs attach over the real websocket, take a DHCP
+// lease and serve "PostgreSQL" on port 5432 inside their private network by
+// forwarding to a real PostgreSQL on the host; real psql and pgx connect
+// through the tunnel in port mode and SNI mode.
+package relay_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	mathrand "math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgwasm/pgwasm/internal/relay"
+	"github.com/pgwasm/pgwasm/internal/server"
+	"github.com/pgwasm/pgwasm/internal/simvm"
+	"github.com/pgwasm/pgwasm/internal/tunnel"
+	"github.com/pgwasm/pgwasm/internal/tunnel/pgtest"
+)
+
+type stack struct {
+	http    *httptest.Server
+	sniAddr string
+}
+
+// newStack wires the parts the way `pgwasm serve` does.
+func newStack(tb testing.TB) *stack {
+	tb.Helper()
+	reg := prometheus.NewRegistry()
+	log := slog.New(slog.DiscardHandler)
+	rcfg := relay.DefaultConfig()
+	// Nothing in these tests resolves names; keep even a stray query on
+	// loopback.
+	rcfg.DNSUpstreams = []string{"127.0.0.1:1"}
+	mgr, err := relay.NewManager(rcfg, log, reg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sessions := server.NewRelaySessions(mgr, rcfg.Lifetime)
+	tcfg := tunnel.DefaultConfig()
+	tcfg.PortFirst, tcfg.PortLast = freeRange(tb, 8)
+	tun, err := tunnel.New(tcfg, sessions.TunnelLookup, log, reg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sniLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h, err := server.New(server.Config{
+		Relay:    mgr,
+		Gatherer: reg,
+		Tunnel:   tun,
+		SNIPort:  uint16(sniLn.Addr().(*net.TCPAddr).Port),
+		ImageDir: tb.TempDir(),
+	}, sessions, log, reg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- tun.ServeSNI(ctx, sniLn) }()
+	s := &stack{http: httptest.NewServer(h), sniAddr: sniLn.Addr().String()}
+	tb.Cleanup(func() {
+		s.http.Close()
+		cancel()
+		<-served
+		mgr.Close()
+		tun.Close()
+	})
+	return s
+}
+
+func freeRange(t testing.TB, n int) (uint16, uint16) {
+	// Below the kernel's ephemeral range (32768 and up by default), so
+	// outgoing connections of concurrent tests do not take ports of it.
+	for range 200 {
+		first := 20000 + mathrand.IntN(12000)
+		ok := true
+		for p := first; ok && p < first+n; p++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				ok = false
+				break
+			}
+			l.Close()
+		}
+		if ok {
+			return uint16(first), uint16(first + n - 1)
+		}
+	}
+	t.Fatal("no free port range")
+	return 0, 0
+}
+
+type sessionInfo struct {
+	ID       string `json:"id"`
+	Token    string `json:"token"`
+	RelayURL string `json:"relay_url"`
+	Tunnel   struct {
+		Port struct {
+			Port uint16 `json:"port"`
+			URL  string `json:"url"`
+		} `json:"port"`
+		SNI struct {
+			Host string `json:"host"`
+			URL  string `json:"url"`
+		} `json:"sni"`
+	} `json:"tunnel"`
+}
+
+// vmWithPostgres creates a session, attaches a simulated VM to it and makes
+// port 5432 in the VM reach pgAddr on the host.
+func (s *stack) vmWithPostgres(tb testing.TB, ctx context.Context, pgAddr string) sessionInfo {
+	tb.Helper()
+	resp, err := http.Post(s.http.URL+"/api/sessions", "application/json", nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var info sessionInfo
+	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil || resp.StatusCode != http.StatusCreated {
+		tb.Fatalf("POST /api/sessions = %d, %v", resp.StatusCode, err)
+	}
+	vm, err := simvm.Dial(ctx, info.RelayURL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { vm.Close() })
+	if _, err := vm.DHCP(ctx); err != nil {
+		tb.Fatalf("DHCP: %v", err)
+	}
+	ln, err := vm.ListenTCP(5432)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	tb.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				forward(c, pgAddr)
+			}()
+		}
+	}()
+	return info
+}
+
+func forward(c net.Conn, addr string) {
+	defer c.Close()
+	pg, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return
+	}
+	defer pg.Close()
+	done := make(chan struct{})
+	go func() {
+		io.Copy(pg, c)
+		pg.(*net.TCPConn).CloseWrite()
+		close(done)
+	}()
+	io.Copy(c, pg)
+	<-done
+}
+
+func withPassword(url, pw string) string {
+	return strings.Replace(url, ":"+server.PasswordPlaceholder+"@", ":"+pw+"@", 1)
+}
+
+func psql(t *testing.T, conninfo, query string) (string, string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "psql", "-XAtq", "-d", conninfo, "-c", query)
+	cmd.Env = append(cmd.Environ(), "PGCONNECT_TIMEOUT=20", "PGGSSENCMODE=disable")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	return strings.TrimSpace(out.String()), errb.String(), err
+}
+
+// whoQuery names the server (by its port) and proves TLS reached it.
+const whoQuery = "select current_setting('port'), ssl from pg_stat_ssl where pid = pg_backend_pid()"
+
+func TestEndToEnd(t *testing.T) {
+	if _, err := exec.LookPath("psql"); err != nil {
+		t.Skip("no psql")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	pgA, pgB := pgtest.Start(t), pgtest.Start(t)
+	s := newStack(t)
+	a := s.vmWithPostgres(t, ctx, pgtest.Direct17(t, pgA.Addr))
+	b := s.vmWithPostgres(t, ctx, pgtest.Direct17(t, pgB.Addr))
+	if a.ID == b.ID || a.Tunnel.Port.Port == b.Tunnel.Port.Port {
+		t.Fatalf("sessions share an id or port: %+v %+v", a, b)
+	}
+	_, sniPort, _ := net.SplitHostPort(s.sniAddr)
+
+	tests := []struct {
+		name, conninfo string
+		want           string
+	}{
+		{"A port mode", withPassword(a.Tunnel.Port.URL, pgA.Password), fmt.Sprint(pgA.Port, "|t")},
+		{"B port mode", withPassword(b.Tunnel.Port.URL, pgB.Password), fmt.Sprint(pgB.Port, "|t")},
+		{"A sni classic (page URL)", withPassword(a.Tunnel.SNI.URL, pgA.Password), fmt.Sprint(pgA.Port, "|t")},
+		{"B sni classic (keywords)", fmt.Sprintf("host=%s hostaddr=127.0.0.1 port=%s sslmode=require user=postgres dbname=postgres password=%s", b.Tunnel.SNI.Host, sniPort, pgB.Password), fmt.Sprint(pgB.Port, "|t")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, stderr, err := psql(t, tt.conninfo, whoQuery)
+			if err != nil || out != tt.want {
+				t.Fatalf("psql = %q, %v, stderr %q; want %q", out, err, stderr, tt.want)
+			}
+		})
+	}
+
+	t.Run("direct tls with pgx", func(t *testing.T) {
+		for _, v := range []struct {
+			info sessionInfo
+			pg   *pgtest.Server
+		}{{a, pgA}, {b, pgB}} {
+			// pgx ignores hostaddr, and *.pg.localhost must not go to a
+			// resolver: dial the loopback address, send the name as SNI.
+			cfg, err := pgx.ParseConfig(fmt.Sprintf("postgres://postgres:%s@%s/postgres?sslmode=require&sslnegotiation=direct", v.pg.Password, s.sniAddr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.TLSConfig.ServerName = v.info.Tunnel.SNI.Host
+			conn, err := pgx.ConnectConfig(ctx, cfg)
+			if err != nil {
+				t.Fatalf("connect: %v", err)
+			}
+			var port string
+			var ssl bool
+			err = conn.QueryRow(ctx, whoQuery).Scan(&port, &ssl)
+			conn.Close(ctx)
+			if err != nil || port != fmt.Sprint(v.pg.Port) || !ssl {
+				t.Fatalf("query = %s %v, %v; want %d true", port, ssl, err, v.pg.Port)
+			}
+		}
+	})
+
+	t.Run("unknown session", func(t *testing.T) {
+		_, stderr, err := psql(t, fmt.Sprintf("host=nosuchsession0000000000.pg.localhost hostaddr=127.0.0.1 port=%s sslmode=require user=postgres", sniPort), "select 1")
+		if err == nil || !strings.Contains(stderr, `FATAL:  no such session "nosuchsession0000000000"`) {
+			t.Fatalf("psql = %v, stderr %q; want a no such session error", err, stderr)
+		}
+	})
+
+	t.Run("deleted session", func(t *testing.T) {
+		req, _ := http.NewRequest("DELETE", s.http.URL+"/api/sessions/"+a.ID, nil)
+		req.Header.Set("Authorization", "Bearer "+a.Token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("DELETE = %v, %v", resp, err)
+		}
+		resp.Body.Close()
+		_, stderr, err := psql(t, withPassword(a.Tunnel.SNI.URL, pgA.Password), "select 1")
+		if err == nil || !strings.Contains(stderr, "no such session") {
+			t.Fatalf("psql after DELETE = %v, stderr %q", err, stderr)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			_, stderr, err = psql(t, withPassword(a.Tunnel.Port.URL, pgA.Password), "select 1")
+			if err != nil && strings.Contains(stderr, "refused") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("tunnel port still answers after DELETE: %v %q", err, stderr)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		// B is untouched.
+		if out, stderr, err := psql(t, withPassword(b.Tunnel.Port.URL, pgB.Password), whoQuery); err != nil || out != fmt.Sprint(pgB.Port, "|t") {
+			t.Fatalf("B after deleting A = %q, %v, %q", out, err, stderr)
+		}
+	})
+
+	t.Run("metrics", func(t *testing.T) {
+		resp, err := http.Get(s.http.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, want := range []string{
+			`pgwasm_tunnel_connections_total{mode="port",result="ok"}`,
+			`pgwasm_tunnel_connections_total{mode="sni",result="unknown_session"} 2`,
+			`pgwasm_http_requests_total{code="201",route="api"} 2`,
+		} {
+			if !strings.Contains(string(body), want) {
+				t.Errorf("/metrics lacks %s", want)
+			}
+		}
+	})
+}
