@@ -46,14 +46,15 @@ test: setup image ## run the whole suite: Go unit tests, then the real VM tests
 	$(MAKE) --no-print-directory test-go
 	$(MAKE) --no-print-directory test-vm
 
-# The kernel modules unpacked by the image build let the kmod tests run on the
-# real Debian kernel.
+# The image build's cache lets the kmod tests run on the real Debian kernel's
+# modules and the extension build test reuse the i386 toolchain it unpacked.
 KMODS = $(firstword $(wildcard $(BUILD)/cache/kernel/*/lib/modules/*))
 
 test-go: build ## Go unit and loopback integration tests (no VM), fuzz seed corpora included
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
-	PGWASM_TEST_MODULES=$(abspath $(KMODS)) $(GO) test -count=1 ./...
+	PGWASM_TEST_MODULES=$(abspath $(KMODS)) PGWASM_TEST_APT_DIR=$(abspath $(BUILD)/cache/apt) \
+	PGWASM_TEST_CACHE_DIR=$(abspath $(BUILD)/cache) $(GO) test -count=1 ./...
 
 test-vm: snapshot ## boot the real VM (headless v86 in Node) and test it end to end
 	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) test -count=1 -timeout 30m -v ./test/vm/...

@@ -15,6 +15,7 @@ import (
 	"github.com/pgwasm/pgwasm/guest"
 	"github.com/pgwasm/pgwasm/internal/image/cpio"
 	"github.com/pgwasm/pgwasm/internal/image/deb"
+	"github.com/pgwasm/pgwasm/internal/image/extbuild"
 	"github.com/pgwasm/pgwasm/internal/image/kmod"
 	"github.com/pgwasm/pgwasm/internal/image/ninep"
 	"github.com/pgwasm/pgwasm/internal/image/pgconf"
@@ -57,6 +58,12 @@ func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, s
 			return nil, err
 		}
 	}
+	for _, e := range in.exts {
+		log.Info("installing extension built from source", "package", e.Package, "version", e.Version)
+		if err := extbuild.Install(e, root); err != nil {
+			return nil, err
+		}
+	}
 	if err := mergeUsr(root); err != nil {
 		return nil, err
 	}
@@ -80,6 +87,7 @@ func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, s
 	m := &Manifest{
 		Version: 1, Builder: BuilderVersion, Cmdline: cfg.Cmdline, NetDevice: cfg.NetDevice,
 		PostgresVersion: pgVersion, Packages: in.root, KernelPackage: in.kernel,
+		Extensions:   extensionInfo(in.exts),
 		Reproducible: "kernel, initrd, bios, vgabios, every 9p blob except the PostgreSQL cluster files under " + pgData,
 	}
 	if err := buildKernel(ctx, in.kernel, root, filepath.Join(cfg.CacheDir, "kernel"), staged, m); err != nil {
@@ -329,15 +337,9 @@ func initCluster(ctx context.Context, root string, cfg Config) error {
 		return err
 	}
 	os.Chown(filepath.Dir(data), postgresUID, postgresUID)
-	args := append([]string{pgBin + "/initdb", "-D", pgData, "--no-sync", "--locale-provider=builtin", "--builtin-locale=C.UTF-8"}, pgconf.InitdbArgs()...)
-	script := `set -e
-mount --rbind /dev "$ROOT/dev"
-mount -t proc proc "$ROOT/proc"
-exec chroot --userspec=` + fmt.Sprintf("%d:%d", postgresUID, postgresUID) + ` "$ROOT" env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME=/var/lib/postgresql "$@"`
-	cmd := exec.CommandContext(ctx, "unshare", append([]string{"--mount", "--propagation", "private", "--fork", "sh", "-c", script, "sh"}, args...)...)
-	cmd.Env = append(os.Environ(), "ROOT="+root)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("initdb failed (needs root for chroot and a mount namespace): %w: %s", err, lastLines(out, 8))
+	initdb := append([]string{pgBin + "/initdb", "-D", pgData, "--no-sync", "--locale-provider=builtin", "--builtin-locale=C.UTF-8"}, pgconf.InitdbArgs()...)
+	if err := runInRoot(ctx, root, postgresUID, initdb...); err != nil {
+		return fmt.Errorf("initdb failed: %w", err)
 	}
 	seed := sha256.Sum256([]byte(cfg.Cmdline + BuilderVersion))
 	cert, key, err := pgconf.Cert(seed[:], []string{"localhost", "pgwasm"})
@@ -365,8 +367,14 @@ exec chroot --userspec=` + fmt.Sprintf("%d:%d", postgresUID, postgresUID) + ` "$
 	if err != nil {
 		return fmt.Errorf("initdb wrote no postgresql.conf: %w", err)
 	}
-	defer f.Close()
-	if _, err := f.WriteString("\n# pgwasm: settings for the emulated machine, with reasons\ninclude = 'pgwasm.conf'\n"); err != nil {
+	_, err = f.WriteString("\n# pgwasm: settings for the emulated machine, with reasons\ninclude = 'pgwasm.conf'\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("cannot extend postgresql.conf: %w", err)
+	}
+	if err := warmCluster(ctx, root); err != nil {
 		return err
 	}
 	// Leave /dev and /proc empty for the 9p tree: the guest mounts its own.
@@ -376,7 +384,47 @@ exec chroot --userspec=` + fmt.Sprintf("%d:%d", postgresUID, postgresUID) + ` "$
 			return fmt.Errorf("/%s in the root is not empty after initdb: a mount was left behind", d)
 		}
 	}
-	return f.Close()
+	return nil
+}
+
+// warmCluster starts the new cluster once at build time with the VM's own
+// configuration (which checks that configuration, the certificate and
+// pg_hba.conf early) and runs VACUUM FREEZE and a checkpoint. PostgreSQL
+// sets hint bits on the catalog pages it reads; without this, the first
+// start in the VM dirties most catalog files, and v86 stores every modified
+// 9p file whole in each state snapshot.
+func warmCluster(ctx context.Context, root string) error {
+	script := `set -e
+pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -c unix_socket_directories=/tmp" -l /tmp/pgwasm-build.log -w start
+for db in template1 postgres; do
+	psql -h /tmp -X -q -v ON_ERROR_STOP=1 -d "$db" -c 'VACUUM (FREEZE, ANALYZE)'
+done
+psql -h /tmp -X -q -v ON_ERROR_STOP=1 -d postgres -c CHECKPOINT
+pg_ctl -D "$PGDATA" -m fast -w stop`
+	err := runInRoot(ctx, root, postgresUID, "env", "PGDATA="+pgData, "/bin/sh", "-c", script)
+	log, _ := os.ReadFile(filepath.Join(root, "tmp/pgwasm-build.log"))
+	os.Remove(filepath.Join(root, "tmp/pgwasm-build.log"))
+	if err != nil {
+		return fmt.Errorf("cannot start the new cluster with the VM's configuration: %w; server log: %s", err, lastLines(log, 8))
+	}
+	return nil
+}
+
+// runInRoot runs an i386 program of the image on the host (they run
+// natively on amd64) in a chroot of root, as uid, inside a private mount
+// namespace so the /dev and /proc mounts it needs vanish with it. It needs
+// root.
+func runInRoot(ctx context.Context, root string, uid int, args ...string) error {
+	script := `set -e
+mount --rbind /dev "$ROOT/dev"
+mount -t proc proc "$ROOT/proc"
+exec chroot --userspec=` + fmt.Sprintf("%d:%d", uid, uid) + ` "$ROOT" env -i PATH=` + pgBin + `:/usr/bin:/bin LANG=C.UTF-8 HOME=/var/lib/postgresql "$@"`
+	cmd := exec.CommandContext(ctx, "unshare", append([]string{"--mount", "--propagation", "private", "--fork", "sh", "-c", script, "sh"}, args...)...)
+	cmd.Env = append(os.Environ(), "ROOT="+root)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s (needs root for chroot and a mount namespace): %w: %s", args[0], err, lastLines(out, 8))
+	}
+	return nil
 }
 
 // postgresVersion is the upstream version of the postgresql-17 package,
@@ -509,4 +557,13 @@ func lastLines(b []byte, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " | ")
+}
+
+// extensionInfo records the extensions built from source in the manifest.
+func extensionInfo(exts []*extbuild.Result) []Extension {
+	var out []Extension
+	for _, e := range exts {
+		out = append(out, Extension{Package: e.Package, Source: e.Source, Version: e.Version, Key: e.Key, Files: e.Files})
+	}
+	return out
 }

@@ -19,15 +19,17 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/pgwasm/pgwasm/internal/image/deb"
+	"github.com/pgwasm/pgwasm/internal/image/extbuild"
 )
 
 // BuilderVersion changes whenever the build steps change in a way that
 // changes the output, so old cached images are rebuilt.
-const BuilderVersion = "1"
+const BuilderVersion = "2"
 
 // Config says what to build and where.
 type Config struct {
@@ -38,6 +40,11 @@ type Config struct {
 	// added on top (e.g. postgresql-17-postgis-3).
 	Packages      []string
 	ExtraPackages []string
+	// Extensions are built from their Debian source packages for i386
+	// (extbuild): Debian builds postgresql-17-* extensions for 64-bit
+	// architectures only. ExtraPackages that extbuild knows (e.g.
+	// postgresql-17-pgvector) are built the same way.
+	Extensions    []string
 	KernelPackage string   // a metapackage naming the kernel, e.g. linux-image-686
 	Suites        []string // Debian suites searched, e.g. bookworm (kernel) and trixie (PostgreSQL 17)
 	Mirror        string   // archive URI; empty reads it from the host's apt sources
@@ -54,10 +61,10 @@ func DefaultConfig() Config {
 	return Config{
 		Out:      "build/image",
 		CacheDir: "build/cache",
-		// postgresql-17-pgvector is not built for i386 in Debian (trixie has
-		// no i386 binary for it), so it cannot be in the default set; see
-		// docs/image.md.
-		Packages:      []string{"postgresql-17", "postgresql-client-17", "busybox-static", "ncurses-base", "ca-certificates"},
+		Packages: []string{"postgresql-17", "postgresql-client-17", "busybox-static", "ncurses-base", "ca-certificates"},
+		// Trixie has no i386 postgresql-17-pgvector; extbuild compiles
+		// Debian's source package for i386 (see docs/image.md).
+		Extensions:    []string{"postgresql-17-pgvector"},
 		KernelPackage: "linux-image-686",
 		Suites:        []string{"bookworm", "trixie"},
 		EtcApt:        "/etc/apt",
@@ -109,6 +116,13 @@ func Build(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, r := range in.recipes {
+		res, err := extbuild.Build(ctx, extbuild.Config{Apt: apt, CacheDir: cacheDir, Logger: log}, r)
+		if err != nil {
+			return nil, fmt.Errorf("cannot build %s for i386: %w", r.Package, err)
+		}
+		in.exts = append(in.exts, res)
+	}
 	key := cacheKey(cfg, in, agent)
 	if !cfg.Force {
 		if m, err := ReadManifest(cfg.Out); err == nil && m.Key == key && m.complete(cfg.Out) == nil {
@@ -158,13 +172,30 @@ func Build(ctx context.Context, cfg Config) (*Result, error) {
 
 // inputs are the resolved packages of one build.
 type inputs struct {
-	root   []deb.Package
-	kernel deb.Package
-	bios   deb.Package
+	root    []deb.Package
+	kernel  deb.Package
+	bios    deb.Package
+	recipes []extbuild.Recipe  // extensions built from source
+	exts    []*extbuild.Result // their builds, in recipe order
 }
 
 func resolveInputs(ctx context.Context, apt *deb.Apt, cfg Config) (*inputs, error) {
-	names := append(append([]string{}, cfg.Packages...), cfg.ExtraPackages...)
+	in := &inputs{}
+	names := append([]string{}, cfg.Packages...)
+	seen := map[string]bool{}
+	for _, n := range append(append([]string{}, cfg.Extensions...), cfg.ExtraPackages...) {
+		r, ok := extbuild.Lookup(n)
+		switch {
+		case ok && !seen[r.Package]:
+			seen[r.Package] = true
+			in.recipes = append(in.recipes, r)
+		case ok:
+		case slices.Contains(cfg.Extensions, n):
+			return nil, fmt.Errorf("cannot build extension %s from source: extbuild has no recipe for it", n)
+		default:
+			names = append(names, n)
+		}
+	}
 	root, err := apt.Resolve(ctx, names, true)
 	if err != nil {
 		return nil, fmt.Errorf("cannot resolve the root packages: %w", err)
@@ -175,7 +206,7 @@ func resolveInputs(ctx context.Context, apt *deb.Apt, cfg Config) (*inputs, erro
 	if err != nil {
 		return nil, fmt.Errorf("cannot resolve the kernel: %w", err)
 	}
-	in := &inputs{root: root}
+	in.root = root
 	for _, p := range kpkgs {
 		if strings.HasPrefix(p.Name, "linux-image-") && p.Name != cfg.KernelPackage && !strings.HasSuffix(p.Name, "-dbg") {
 			in.kernel = p
@@ -207,8 +238,17 @@ func cacheKey(cfg Config, in *inputs, agent []byte) string {
 		Net      string
 		Agent    [32]byte
 		Guest    [32]byte
-	}{BuilderVersion, in.root, in.kernel, in.bios, cfg.Cmdline, cfg.NetDevice, sha256.Sum256(agent), guestHash()})
+		Exts     []string
+	}{BuilderVersion, in.root, in.kernel, in.bios, cfg.Cmdline, cfg.NetDevice, sha256.Sum256(agent), guestHash(), extKeys(in.exts)})
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+func extKeys(exts []*extbuild.Result) []string {
+	var keys []string
+	for _, e := range exts {
+		keys = append(keys, e.Key)
+	}
+	return keys
 }
 
 // replaceDir moves staged to out, replacing an older out only after the new

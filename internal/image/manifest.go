@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/pgwasm/pgwasm/internal/image/deb"
+	"github.com/pgwasm/pgwasm/internal/image/extbuild"
 )
 
 // ManifestName is the file in the image directory that describes it.
@@ -36,9 +37,20 @@ type Manifest struct {
 
 	KernelPackage deb.Package   `json:"kernel_package"`
 	Packages      []deb.Package `json:"packages"`
+	// Extensions were compiled for i386 from Debian source packages.
+	Extensions []Extension `json:"extensions,omitempty"`
 	// Reproducible lists what is byte-for-byte the same on every build
 	// from the same inputs; see docs/image.md for what is not.
 	Reproducible string `json:"reproducible"`
+}
+
+// Extension is one PostgreSQL extension built from source (extbuild).
+type Extension struct {
+	Package string          `json:"package"`
+	Source  string          `json:"source"`
+	Version string          `json:"version"` // Debian source version
+	Key     string          `json:"key"`     // extbuild's key of all inputs
+	Files   []extbuild.File `json:"files"`
 }
 
 // File is one file of the image.

@@ -21,12 +21,8 @@ func newTestApt(t *testing.T) *Apt {
 	if err != nil {
 		t.Skipf("host has no Debian archive configured: %v", err)
 	}
-	dir := os.Getenv("PGWASM_TEST_APT_DIR") // lets repeated runs reuse the lists
-	if dir == "" {
-		dir = t.TempDir()
-	}
 	return &Apt{
-		Dir: dir, Mirror: mirror, Suites: []string{"bookworm", "trixie"}, Arch: "i386",
+		Dir: t.TempDir(), Mirror: mirror, Suites: []string{"bookworm", "trixie"}, Arch: "i386",
 		Keyring: "/usr/share/keyrings/debian-archive-keyring.gpg", MaxListAge: time.Hour,
 		Logger: slog.New(slog.DiscardHandler),
 	}

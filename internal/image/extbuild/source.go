@@ -1,0 +1,283 @@
+package extbuild
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// srcApt runs apt-get and apt-cache for source packages in a private state
+// directory of its own (deb.Apt writes only deb lines).
+type srcApt struct {
+	dir, mirror, suite, keyring string
+	maxAge                      time.Duration
+	log                         *slog.Logger
+}
+
+// sourcePkg is one source package from the Sources index.
+type sourcePkg struct {
+	Name    string       `json:"name"`
+	Version string       `json:"version"`
+	Files   []sourceFile `json:"files"`
+}
+
+type sourceFile struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+func (s *srcApt) options() []string {
+	return []string{
+		"-o", "Dir::State=" + filepath.Join(s.dir, "state"),
+		"-o", "Dir::State::Lists=" + filepath.Join(s.dir, "lists"),
+		"-o", "Dir::State::status=" + filepath.Join(s.dir, "status"),
+		"-o", "Dir::Cache=" + filepath.Join(s.dir, "cache"),
+		"-o", "Dir::Etc::sourcelist=" + filepath.Join(s.dir, "sources.list"),
+		"-o", "Dir::Etc::sourceparts=" + filepath.Join(s.dir, "sources.list.d"),
+		"-o", "Dir::Etc::preferencesparts=" + filepath.Join(s.dir, "preferences.d"),
+		"-o", "Dir::Etc::preferences=" + filepath.Join(s.dir, "preferences"),
+		"-o", "APT::Get::AllowUnauthenticated=false",
+		"-o", "Debug::NoLocking=1",
+		"-o", "APT::Sandbox::User=root",
+		"-q",
+	}
+}
+
+func (s *srcApt) sourcesList() string {
+	return fmt.Sprintf("# written by pgwasm image build from the host's apt configuration\ndeb-src [signed-by=%s] %s %s main\n", s.keyring, s.mirror, s.suite)
+}
+
+func (s *srcApt) command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, append(s.options(), args...)...)
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive")
+	return cmd
+}
+
+func (s *srcApt) run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	out, err := s.command(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("%s %s: %w: %s", name, args[0], err, lastLines(out, 5))
+	}
+	return out, nil
+}
+
+// update fetches the Sources index unless a fresh one for the same sources
+// list is there.
+func (s *srcApt) update(ctx context.Context) error {
+	for _, d := range []string{"state", "lists/partial", "cache/archives/partial", "preferences.d", "sources.list.d", "files"} {
+		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o755); err != nil {
+			return fmt.Errorf("cannot create the source apt state directory: %w", err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(s.dir, "status")); err != nil {
+		if err := os.WriteFile(filepath.Join(s.dir, "status"), nil, 0o644); err != nil {
+			return fmt.Errorf("cannot write the apt status file: %w", err)
+		}
+	}
+	srcPath := filepath.Join(s.dir, "sources.list")
+	want := s.sourcesList()
+	stamp := filepath.Join(s.dir, "lists", ".updated")
+	if old, _ := os.ReadFile(srcPath); string(old) == want {
+		if st, err := os.Stat(stamp); err == nil && time.Since(st.ModTime()) < s.maxAge {
+			return nil
+		}
+	}
+	if err := os.WriteFile(srcPath, []byte(want), 0o644); err != nil {
+		return fmt.Errorf("cannot write the private sources.list: %w", err)
+	}
+	os.Remove(stamp)
+	s.log.Info("fetching the source index", "suite", s.suite)
+	out, err := s.run(ctx, "apt-get", "update")
+	if err != nil {
+		return fmt.Errorf("cannot fetch the source index (is the Debian archive reachable?): %w", err)
+	}
+	if bytes.Contains(out, []byte("\nW: Failed to fetch")) || bytes.Contains(out, []byte("\nE: ")) {
+		return fmt.Errorf("cannot fetch the source index: %s", lastLines(out, 5))
+	}
+	return os.WriteFile(stamp, nil, 0o644)
+}
+
+// lookup reads a source package's newest version and file checksums from the
+// signed Sources index.
+func (s *srcApt) lookup(ctx context.Context, name string) (*sourcePkg, error) {
+	out, err := s.run(ctx, "apt-cache", "showsrc", "--only-source", name)
+	if err != nil {
+		return nil, fmt.Errorf("cannot look up source package %s: %w", name, err)
+	}
+	pkgs := parseSources(out)
+	var best *sourcePkg
+	for i := range pkgs {
+		p := &pkgs[i]
+		if p.Name != name {
+			continue
+		}
+		if best == nil {
+			best = p
+			continue
+		}
+		newer, err := versionGreater(ctx, p.Version, best.Version)
+		if err != nil {
+			return nil, err
+		}
+		if newer {
+			best = p
+		}
+	}
+	if best == nil {
+		return nil, fmt.Errorf("source package %s is not in %s", name, s.suite)
+	}
+	if len(best.Files) == 0 {
+		return nil, fmt.Errorf("source index has no SHA256 checksums for %s %s", name, best.Version)
+	}
+	return best, nil
+}
+
+// parseSources reads Package, Version and Checksums-Sha256 from Sources
+// paragraphs (apt-cache showsrc output).
+func parseSources(b []byte) []sourcePkg {
+	var out []sourcePkg
+	for _, para := range strings.Split(string(b), "\n\n") {
+		var p sourcePkg
+		inSums := false
+		for _, line := range strings.Split(para, "\n") {
+			if line == "" {
+				continue
+			}
+			if line[0] == ' ' || line[0] == '\t' {
+				if !inSums {
+					continue
+				}
+				f := strings.Fields(line)
+				if len(f) != 3 {
+					continue
+				}
+				var size int64
+				if _, err := fmt.Sscan(f[1], &size); err != nil {
+					continue
+				}
+				p.Files = append(p.Files, sourceFile{Name: f[2], Size: size, SHA256: f[0]})
+				continue
+			}
+			k, v, _ := strings.Cut(line, ":")
+			v = strings.TrimSpace(v)
+			inSums = k == "Checksums-Sha256"
+			switch k {
+			case "Package":
+				p.Name = v
+			case "Version":
+				p.Version = v
+			}
+		}
+		if p.Name != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func versionGreater(ctx context.Context, a, b string) (bool, error) {
+	err := exec.CommandContext(ctx, "dpkg", "--compare-versions", a, "gt", b).Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.As(err, &exit) && exit.ExitCode() == 1:
+		return false, nil
+	default:
+		return false, fmt.Errorf("cannot compare versions %s and %s: %w", a, b, err)
+	}
+}
+
+// fetch downloads the source package's files into dir (unless they are
+// there and intact) and checks each against the index's SHA256; files that
+// fail are removed.
+func (s *srcApt) fetch(ctx context.Context, p *sourcePkg, dir string) error {
+	ok := true
+	for _, f := range p.Files {
+		if err := verifyFile(filepath.Join(dir, f.Name), f.SHA256); err != nil {
+			os.Remove(filepath.Join(dir, f.Name))
+			ok = false
+		}
+	}
+	if !ok {
+		s.log.Info("downloading source package", "version", p.Version)
+		cmd := s.command(ctx, "apt-get", "source", "--download-only", p.Name+"="+p.Version)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("cannot download source package %s %s: %w: %s", p.Name, p.Version, err, lastLines(out, 5))
+		}
+	}
+	for _, f := range p.Files {
+		path := filepath.Join(dir, f.Name)
+		if err := verifyFile(path, f.SHA256); err != nil {
+			os.Remove(path)
+			return fmt.Errorf("source package %s %s: %w", p.Name, p.Version, err)
+		}
+	}
+	return nil
+}
+
+// dscName is the .dsc among the source files.
+func (p *sourcePkg) dscName() (string, error) {
+	for _, f := range p.Files {
+		if strings.HasSuffix(f.Name, ".dsc") {
+			return f.Name, nil
+		}
+	}
+	return "", fmt.Errorf("source package %s %s has no .dsc", p.Name, p.Version)
+}
+
+// unpackSource extracts the source package into dest (which must not exist)
+// with dpkg-source, which checks the files against the .dsc and applies
+// Debian's patches. The .dsc's own signature is not checked (the host has no
+// maintainer keyring); the signed Sources index vouches for its checksum.
+func unpackSource(ctx context.Context, p *sourcePkg, dir, dest string) error {
+	dsc, err := p.dscName()
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, "dpkg-source", "--no-copy", "-x", filepath.Join(dir, dsc), dest)
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		if errors.Is(err, exec.ErrNotFound) {
+			return fmt.Errorf("dpkg-source is missing (install dpkg-dev): %w", err)
+		}
+		return fmt.Errorf("cannot unpack source package %s: %w: %s", dsc, err, lastLines(out, 5))
+	}
+	return nil
+}
+
+func verifyFile(path, want string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("cannot read %s: %w", path, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		return fmt.Errorf("corrupt download %s: sha256 %s, index says %s", filepath.Base(path), got, want)
+	}
+	return nil
+}
+
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
