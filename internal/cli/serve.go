@@ -233,7 +233,7 @@ func runServe(ctx context.Context, e *env, cfg *serveConfig, ready func(httpAddr
 		return fmt.Errorf("cannot start the relay: %w", err)
 	}
 	defer mgr.Close()
-	sessions := server.NewRelaySessions(mgr, parts.relay.Lifetime)
+	sessions := server.NewRelaySessions(mgr)
 	tun, err := tunnel.New(parts.tunnel, sessions.TunnelLookup, log.With("component", "tunnel"), reg)
 	if err != nil {
 		return fmt.Errorf("cannot start the tunnel: %w", err)

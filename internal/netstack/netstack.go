@@ -12,9 +12,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand"
+	randv2 "math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -22,6 +25,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
+	"gvisor.dev/gvisor/pkg/tcpip/link/nested"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -57,6 +61,11 @@ type Config struct {
 	TCPBuffer BufferSizes
 	// MaxInFlightSYN bounds half-open forwarded TCP connections. Default 64.
 	MaxInFlightSYN int
+	// PointToPoint says the link has exactly one other host (the relay's
+	// one VM): every outbound frame goes to the MAC address that last sent
+	// a frame (broadcast until one has), and the stack keeps no ARP cache.
+	// ARP requests from the peer are still answered.
+	PointToPoint bool
 }
 
 // BufferSizes is the min/default/max TCP buffer size per direction.
@@ -69,8 +78,9 @@ type BufferSizes struct {
 // either way, but a busy one may fill its buffer: with thousands of sessions
 // times many flows, 1 MiB each would be gigabytes. 64 KiB by default covers
 // a bandwidth-delay product of 100 MB/s at 0.6 ms (the loopback/LAN case)
-// and 10 MB/s at 6 ms; receive auto-tuning may grow it to 512 KiB for
-// long-haul flows (10 MB/s at 50 ms).
+// and 10 MB/s at 6 ms. Receive auto-tuning (TCPModerateReceiveBufferOption)
+// stays off: tried for issue #3, windows grown toward Max overflowed the
+// 128-frame link queue and one loopback download fell to 2 MB/s.
 var DefaultTCPBuffer = BufferSizes{Min: 4 << 10, Default: 64 << 10, Max: 512 << 10}
 
 // Stack is one user-space TCP/IP stack with one Ethernet NIC.
@@ -78,6 +88,11 @@ type Stack struct {
 	s    *stack.Stack
 	link *channel.Endpoint
 	mac  tcpip.LinkAddress
+
+	// p2p and peer implement Config.PointToPoint: peer holds the MAC
+	// address of the last injected frame's sender.
+	p2p  bool
+	peer atomic.Pointer[[6]byte]
 
 	mu   sync.Mutex
 	addr netip.Prefix
@@ -134,8 +149,17 @@ func New(cfg Config) (*Stack, error) {
 		// HandleLocal off: packets to the stack's own address must come
 		// from the wire, never loop inside the relay.
 		HandleLocal: false,
+		// gVisor's default rules accept everything but cost 8 KB per
+		// stack (issue #3: memory per idle session). An empty table set
+		// is never "modified", so every check passes at once, as with
+		// the defaults.
+		IPTables: new(stack.IPTables),
+		// The default source is math/rand's 4.9 KB lagged Fibonacci
+		// generator per stack (issue #3). This RNG only picks ephemeral
+		// ports and jitter; sequence numbers come from SecureRNG.
+		RandSource: newSmallRand(),
 	})
-	st := &Stack{s: s, mac: tcpip.LinkAddress(cfg.MAC)}
+	st := &Stack{s: s, mac: tcpip.LinkAddress(cfg.MAC), p2p: cfg.PointToPoint}
 	fail := func(step string, e tcpip.Error) (*Stack, error) {
 		s.Close()
 		s.Wait()
@@ -160,7 +184,11 @@ func New(cfg Config) (*Stack, error) {
 	// The channel endpoint carries whole Ethernet frames: the ethernet
 	// wrapper adds and strips the 14-byte header.
 	st.link = channel.New(cfg.QueueLen, cfg.MTU+header.EthernetMinimumSize, st.mac)
-	if e := s.CreateNIC(nicID, ethernet.New(st.link)); e != nil {
+	var ep stack.LinkEndpoint = ethernet.New(st.link)
+	if cfg.PointToPoint {
+		ep = newP2PLink(ep)
+	}
+	if e := s.CreateNIC(nicID, ep); e != nil {
 		return fail("create NIC", e)
 	}
 	if cfg.Promiscuous {
@@ -232,8 +260,13 @@ func (st *Stack) InjectFrame(frame []byte) {
 	if len(frame) < header.EthernetMinimumSize {
 		return
 	}
+	if st.p2p {
+		st.learnPeer(frame[6:12])
+	}
+	// MakeWithData copies the frame into a pooled chunk: the one copy
+	// the caller's buffer reuse requires.
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
-		Payload: buffer.MakeWithData(append([]byte(nil), frame...)),
+		Payload: buffer.MakeWithData(frame),
 	})
 	// The ethernet wrapper reads the real type from the header.
 	st.link.InjectInbound(0, pkt)
@@ -243,23 +276,54 @@ func (st *Stack) InjectFrame(frame []byte) {
 // ReadFrame returns the next Ethernet frame the stack sends, blocking until
 // there is one, ctx ends, or the stack closes.
 func (st *Stack) ReadFrame(ctx context.Context) ([]byte, error) {
+	return st.AppendFrame(ctx, nil)
+}
+
+// AppendFrame is ReadFrame appending the frame to dst, so a caller that
+// reuses one buffer copies each frame once and allocates nothing.
+func (st *Stack) AppendFrame(ctx context.Context, dst []byte) ([]byte, error) {
 	pkt := st.link.ReadContext(ctx)
 	if pkt == nil {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return dst, err
 		}
-		return nil, ErrClosed
+		return dst, ErrClosed
 	}
-	defer pkt.DecRef()
-	v := pkt.ToView()
-	defer v.Release()
-	return append([]byte(nil), v.AsSlice()...), nil
+	start := len(dst)
+	for _, b := range pkt.AsSlices() {
+		dst = append(dst, b...)
+	}
+	pkt.DecRef()
+	if st.p2p && len(dst)-start >= header.EthernetMinimumSize {
+		// gVisor left the destination empty (no resolution): the
+		// peer is the only host there is.
+		if p := st.peer.Load(); p != nil {
+			copy(dst[start:start+6], p[:])
+		} else {
+			copy(dst[start:start+6], header.EthernetBroadcastAddress)
+		}
+	}
+	return dst, nil
+}
+
+// Queued returns the number of outbound frames waiting for ReadFrame; a
+// writer may batch them before flushing.
+func (st *Stack) Queued() int { return st.link.NumQueued() }
+
+func (st *Stack) learnPeer(mac []byte) {
+	if p := st.peer.Load(); p != nil && string(p[:]) == string(mac) {
+		return
+	}
+	var a [6]byte
+	copy(a[:], mac)
+	st.peer.Store(&a)
 }
 
 // ForgetNeighbor drops the cached link address of addr, so the next packet
 // to it is resolved with ARP again (the guest MAC changes after a restore).
+// A PointToPoint stack has no cache: it follows the peer's MAC by itself.
 func (st *Stack) ForgetNeighbor(addr netip.Addr) {
-	if !addr.Is4() {
+	if !addr.Is4() || st.p2p {
 		return
 	}
 	_ = st.s.RemoveNeighbor(nicID, ipv4.ProtocolNumber, tcpip.AddrFrom4(addr.As4()))
@@ -399,3 +463,47 @@ func (st *Stack) HandleUDP(h func(*UDPRequest) bool) {
 	})
 	st.s.SetTransportProtocolHandler(udp.ProtocolNumber, fwd.HandlePacket)
 }
+
+// p2pLink hides the Ethernet link's need for address resolution, so the
+// NIC gets no neighbor cache: gVisor preallocates a 512-entry map per NIC
+// (39 KB, a third of an idle session; issue #3) for a link that has one
+// host on it. AppendFrame fills in the destination MAC instead.
+type p2pLink struct {
+	nested.Endpoint
+}
+
+func newP2PLink(child stack.LinkEndpoint) *p2pLink {
+	l := &p2pLink{}
+	l.Init(child, l)
+	return l
+}
+
+// Capabilities implements stack.LinkEndpoint.
+func (l *p2pLink) Capabilities() stack.LinkEndpointCapabilities {
+	return l.Endpoint.Capabilities() &^ stack.CapabilityResolutionRequired
+}
+
+// smallRand is a math/rand.Source safe for concurrent use, 40 bytes
+// instead of rand.NewSource's 4.9 KB.
+type smallRand struct {
+	mu  sync.Mutex
+	pcg *randv2.PCG
+}
+
+func newSmallRand() *smallRand {
+	return &smallRand{pcg: randv2.NewPCG(randv2.Uint64(), randv2.Uint64())}
+}
+
+func (r *smallRand) Int63() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return int64(r.pcg.Uint64() >> 1)
+}
+
+func (r *smallRand) Seed(seed int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pcg.Seed(uint64(seed), 0)
+}
+
+var _ rand.Source = (*smallRand)(nil)

@@ -1,8 +1,11 @@
 package relay
 
 import (
+	"bufio"
+	"net"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/coder/websocket"
 )
@@ -39,12 +42,13 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		opts.OriginPatterns = m.cfg.AllowedOrigins
 	}
-	c, err := websocket.Accept(w, r, opts)
+	cw := &corkWriter{ResponseWriter: w}
+	c, err := websocket.Accept(cw, r, opts)
 	if err != nil {
 		s.log.Info("websocket refused", "remote", r.RemoteAddr, "err", err)
 		return
 	}
-	s.attach(r.Context(), c)
+	s.attach(r.Context(), c, cw.conn)
 }
 
 // validID accepts what newID makes: lowercase letters and digits.
@@ -58,4 +62,99 @@ func validID(id string) bool {
 		}
 	}
 	return true
+}
+
+// corkWriter hands the websocket library a corkable connection when it
+// hijacks the request's.
+type corkWriter struct {
+	http.ResponseWriter
+	conn *corkConn
+}
+
+// Hijack implements http.Hijacker.
+func (w *corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	// The 101 response has been written; the library's writes go
+	// through brw.Writer, so point it at the corkable connection.
+	if err := brw.Writer.Flush(); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	w.conn = &corkConn{Conn: c}
+	brw.Writer.Reset(w.conn)
+	return w.conn, brw, nil
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (w *corkWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// corkConn batches websocket messages. The websocket library flushes each
+// message with its own write system call, which was the largest single
+// cost per frame (issue #3); while corked, writes collect in a buffer that
+// uncork sends in one call. Only the write loop corks, and it uncorks
+// before it waits for the next frame, so a control frame (pong, close)
+// written meanwhile by the read side waits at most one burst.
+type corkConn struct {
+	net.Conn
+	mu     sync.Mutex
+	corked bool
+	buf    *[]byte // from corkPool while holding data
+}
+
+// corkMax bounds a burst: past it, bytes go out even while corked.
+const corkMax = 64 << 10
+
+var corkPool = sync.Pool{New: func() any { b := make([]byte, 0, corkMax+2048); return &b }}
+
+func (c *corkConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.corked {
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+		return c.Conn.Write(p)
+	}
+	if c.buf == nil {
+		c.buf = corkPool.Get().(*[]byte)
+	}
+	*c.buf = append(*c.buf, p...)
+	if len(*c.buf) >= corkMax {
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+func (c *corkConn) cork() {
+	c.mu.Lock()
+	c.corked = true
+	c.mu.Unlock()
+}
+
+// uncork sends what was held back.
+func (c *corkConn) uncork() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = false
+	return c.flushLocked()
+}
+
+func (c *corkConn) flushLocked() error {
+	if c.buf == nil {
+		return nil
+	}
+	b := c.buf
+	_, err := c.Conn.Write(*b)
+	if err != nil {
+		return err
+	}
+	*b = (*b)[:0]
+	c.buf = nil
+	corkPool.Put(b)
+	return nil
 }

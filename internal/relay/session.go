@@ -74,6 +74,7 @@ type Stats struct {
 
 type attachment struct {
 	conn   *websocket.Conn
+	cork   *corkConn // nil if the websocket is not ours to cork
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the writer has stopped
 }
@@ -106,8 +107,10 @@ func newSession(m *Manager, client netip.Addr) (*Session, error) {
 		MAC:         cfg.GatewayMAC,
 		Addr:        netip.PrefixFrom(cfg.Gateway, cfg.Subnet.Bits()),
 		Promiscuous: true,
-		MTU:         uint32(cfg.MTU),
-		TCPBuffer:   cfg.TCPBuffer,
+		// One VM per network: no ARP cache (39 KB per session).
+		PointToPoint: true,
+		MTU:          uint32(cfg.MTU),
+		TCPBuffer:    cfg.TCPBuffer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cannot create session network: %w", err)
@@ -216,6 +219,11 @@ func (s *Session) GuestAddr() netip.Addr { return s.cfg.Guest }
 // ClientAddr returns the address of the HTTP client that created it.
 func (s *Session) ClientAddr() netip.Addr { return s.client }
 
+// ExpiresAt returns when the session ends at the latest: its creation time
+// plus Config.Lifetime. It may end sooner: after Config.IdleTimeout without
+// frames, Config.Grace without a websocket, or when deleted.
+func (s *Session) ExpiresAt() time.Time { return s.created.Add(s.cfg.Lifetime) }
+
 // Done is closed when the session has ended.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
@@ -283,8 +291,8 @@ func (s *Session) InjectFrame(frame []byte) {
 	s.lastActive.Store(time.Now().UnixNano())
 	s.stats.framesIn.Add(1)
 	s.stats.bytesIn.Add(uint64(len(frame)))
-	s.m.metrics.frames.WithLabelValues("in").Inc()
-	s.m.metrics.bytes.WithLabelValues("in").Add(float64(len(frame)))
+	s.m.metrics.framesIn.Inc()
+	s.m.metrics.bytesIn.Add(float64(len(frame)))
 	s.st.InjectFrame(frame)
 }
 
@@ -372,11 +380,11 @@ func isZero(b []byte) bool {
 
 // attach runs one websocket until it closes, is replaced, or the session
 // ends. It blocks.
-func (s *Session) attach(ctx context.Context, c *websocket.Conn) {
+func (s *Session) attach(ctx context.Context, c *websocket.Conn, cork *corkConn) {
 	ctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(s.ctx, cancel)
 	defer stop()
-	a := &attachment{conn: c, cancel: cancel, done: make(chan struct{})}
+	a := &attachment{conn: c, cork: cork, cancel: cancel, done: make(chan struct{})}
 
 	s.mu.Lock()
 	if s.ended.Load() {
@@ -454,8 +462,10 @@ func (s *Session) readLoop(ctx context.Context, c *websocket.Conn) error {
 			s.drop(dropText, buf[:n])
 			continue
 		}
-		if err := s.in.WaitN(ctx, n); err != nil {
-			return err
+		if s.cfg.BytesPerSecond > 0 {
+			if err := s.in.WaitN(ctx, n); err != nil {
+				return err
+			}
 		}
 		s.InjectFrame(buf[:n])
 	}
@@ -464,23 +474,40 @@ func (s *Session) readLoop(ctx context.Context, c *websocket.Conn) error {
 func (s *Session) writeLoop(ctx context.Context, a *attachment) {
 	defer close(a.done)
 	defer a.cancel() // a failed write ends the read side too
+	if a.cork != nil {
+		defer a.cork.uncork()
+	}
+	buf := make([]byte, 0, s.cfg.MaxFrameSize)
 	for {
-		frame, err := s.st.ReadFrame(ctx)
+		frame, err := s.st.AppendFrame(ctx, buf[:0])
 		if err != nil {
 			return
 		}
-		if err := s.out.WaitN(ctx, len(frame)); err != nil {
-			return
+		if s.cfg.BytesPerSecond > 0 {
+			if err := s.out.WaitN(ctx, len(frame)); err != nil {
+				return
+			}
 		}
-		if err := a.conn.Write(ctx, websocket.MessageBinary, frame); err != nil {
+		// While more frames wait, let their websocket messages pile up
+		// and leave in one write; flush when the queue is empty, so no
+		// frame waits for one that isn't coming.
+		more := a.cork != nil && s.st.Queued() > 0
+		if more {
+			a.cork.cork()
+		}
+		err = a.conn.Write(ctx, websocket.MessageBinary, frame)
+		if err == nil && a.cork != nil && !more {
+			err = a.cork.uncork()
+		}
+		if err != nil {
 			s.log.Debug("websocket write failed", "err", err)
 			return
 		}
 		s.lastActive.Store(time.Now().UnixNano())
 		s.stats.framesOut.Add(1)
 		s.stats.bytesOut.Add(uint64(len(frame)))
-		s.m.metrics.frames.WithLabelValues("out").Inc()
-		s.m.metrics.bytes.WithLabelValues("out").Add(float64(len(frame)))
+		s.m.metrics.framesOut.Inc()
+		s.m.metrics.bytesOut.Add(float64(len(frame)))
 	}
 }
 

@@ -334,3 +334,16 @@ func FuzzFrame(f *testing.F) {
 		}
 	})
 }
+
+func TestExpiresAt(t *testing.T) {
+	e := newEnv(t, func(c *relay.Config) { c.Lifetime = 2 * time.Hour })
+	before := time.Now()
+	s, err := e.m.Create(testCtx(t, 10*time.Second), netip.MustParseAddr("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := time.Now()
+	if got := s.ExpiresAt(); got.Before(before.Add(2*time.Hour)) || got.After(after.Add(2*time.Hour)) {
+		t.Errorf("ExpiresAt() = %s, want creation + 2h (created between %s and %s)", got, before, after)
+	}
+}

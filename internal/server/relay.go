@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sync"
-	"time"
 
 	"github.com/pgwasm/pgwasm/internal/relay"
 	"github.com/pgwasm/pgwasm/internal/tunnel"
@@ -14,26 +12,13 @@ import (
 
 // RelaySessions adapts a relay.Manager to the API's Sessions.
 type RelaySessions struct {
-	m        *relay.Manager
-	lifetime time.Duration
-
-	mu      sync.Mutex
-	expires map[string]time.Time
+	m *relay.Manager
 }
 
-// NewRelaySessions wraps m; lifetime is the relay's Config.Lifetime, from
-// which expires_at is computed (idle and grace timeouts may end a session
-// sooner).
-func NewRelaySessions(m *relay.Manager, lifetime time.Duration) *RelaySessions {
-	return &RelaySessions{m: m, lifetime: lifetime, expires: map[string]time.Time{}}
+// NewRelaySessions wraps m.
+func NewRelaySessions(m *relay.Manager) *RelaySessions {
+	return &RelaySessions{m: m}
 }
-
-type relaySession struct {
-	*relay.Session
-	expires time.Time
-}
-
-func (s relaySession) ExpiresAt() time.Time { return s.expires }
 
 // Create implements Sessions.
 func (r *RelaySessions) Create(ctx context.Context, client netip.Addr) (Session, error) {
@@ -44,17 +29,7 @@ func (r *RelaySessions) Create(ctx context.Context, client netip.Addr) (Session,
 		}
 		return nil, err
 	}
-	exp := time.Now().Add(r.lifetime)
-	r.mu.Lock()
-	r.expires[s.ID()] = exp
-	r.mu.Unlock()
-	go func() {
-		<-s.Done()
-		r.mu.Lock()
-		delete(r.expires, s.ID())
-		r.mu.Unlock()
-	}()
-	return relaySession{s, exp}, nil
+	return s, nil
 }
 
 // Lookup implements Sessions.
@@ -63,10 +38,7 @@ func (r *RelaySessions) Lookup(id string) (Session, bool) {
 	if !ok {
 		return nil, false
 	}
-	r.mu.Lock()
-	exp := r.expires[id]
-	r.mu.Unlock()
-	return relaySession{s, exp}, true
+	return s, true
 }
 
 // Delete implements Sessions.

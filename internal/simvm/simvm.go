@@ -140,11 +140,13 @@ func (vm *VM) readPump(ctx context.Context, c *websocket.Conn) {
 
 func (vm *VM) writePump(ctx context.Context, c *websocket.Conn) {
 	defer vm.pumps.Done()
+	var buf []byte
 	for {
-		f, err := vm.st.ReadFrame(ctx)
+		f, err := vm.st.AppendFrame(ctx, buf[:0])
 		if err != nil {
 			return
 		}
+		buf = f
 		if err := c.Write(ctx, websocket.MessageBinary, f); err != nil {
 			return
 		}

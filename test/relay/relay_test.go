@@ -50,7 +50,7 @@ func newStack(tb testing.TB) *stack {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	sessions := server.NewRelaySessions(mgr, rcfg.Lifetime)
+	sessions := server.NewRelaySessions(mgr)
 	tcfg := tunnel.DefaultConfig()
 	tcfg.PortFirst, tcfg.PortLast = freeRange(tb, 8)
 	tun, err := tunnel.New(tcfg, sessions.TunnelLookup, log, reg)
