@@ -1,0 +1,400 @@
+#!/usr/bin/env node
+// vm.mjs runs the pgwasm VM headless in Node with v86, driven by the Go side
+// (internal/vm) over stdio: one JSON command per stdin line, one JSON response
+// or event per stdout line. Logs and the guest console go to stderr.
+//
+// Commands ({"id":N,"cmd":...}); every response is {"id":N,"ok":bool,...}:
+//   start      boot the image, or restore a state file; answers once the CPU runs
+//   wait_agent wait until the guest agent on ttyS1 answers
+//   agent      pass one request object to the guest agent, return its response
+//   console    write to ttyS0 and/or read its output until a pattern appears
+//   save_state write the raw (uncompressed) v86 state to a path
+//   stats      9p blob bytes fetched, phase timings, the console tail
+//   stop       destroy the emulator and exit
+// Events ({"event":...}): "agent_ready" when the agent announces itself.
+
+import fs from "node:fs";
+import readline from "node:readline";
+import { V86 } from "v86";
+
+// Anything v86 prints must not corrupt the protocol on stdout.
+console.log = (...args) => console.error(...args);
+console.info = console.log;
+
+const t0 = performance.now();
+const since = () => Math.round(performance.now() - t0);
+const CONSOLE_TAIL = 16 * 1024;
+
+function log(msg, fields = {}) {
+    process.stderr.write(JSON.stringify({ t_ms: since(), msg, ...fields }) + "\n");
+}
+
+function send(obj) {
+    process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+const state = {
+    emulator: null,
+    restored: false,
+    timings: {},            // phase name -> ms since this process started
+    blob: { files: 0, bytes: 0, raw_bytes: 0 },
+    consoleText: "",        // last CONSOLE_TAIL characters of ttyS0
+    consoleWaiters: new Set(),
+    agentReady: false,
+    agentVersion: "",
+    agentWaiters: [],
+    agentPending: new Map(), // agent request id -> {resolve}
+    agentNextID: 1,
+};
+
+function mark(phase) {
+    if (!(phase in state.timings)) state.timings[phase] = since();
+}
+
+// ---- ttyS0: the psql console ----
+
+const consoleDecoder = new TextDecoder();
+let consoleLine = "";
+
+function onConsoleByte(byte) {
+    const text = consoleDecoder.decode(new Uint8Array([byte]), { stream: true });
+    if (!text) return;
+    state.consoleText = (state.consoleText + text).slice(-CONSOLE_TAIL);
+    for (const w of state.consoleWaiters) w.feed(text);
+    // Echo whole lines to stderr so a stuck boot can be read in the logs.
+    consoleLine += text;
+    if (text === "\n") {
+        process.stderr.write("console: " + consoleLine.replace(/\r?\n$/, "") + "\n");
+        consoleLine = "";
+    }
+}
+
+function consoleCommand(cmd) {
+    const pattern = cmd.until ? new RegExp(cmd.until) : null;
+    return new Promise((resolve, reject) => {
+        let out = "";
+        const w = {
+            feed(text) {
+                out += text;
+                if (pattern && pattern.test(out)) finish();
+            },
+        };
+        const timer = setTimeout(() => {
+            state.consoleWaiters.delete(w);
+            reject(new Error(`console: ${JSON.stringify(cmd.until)} not seen within ${cmd.timeout_ms} ms; output: ${JSON.stringify(out.slice(-2000))}`));
+        }, cmd.timeout_ms || 30000);
+        function finish() {
+            clearTimeout(timer);
+            state.consoleWaiters.delete(w);
+            resolve({ output: out });
+        }
+        state.consoleWaiters.add(w);
+        if (cmd.write) serialWrite(0, new TextEncoder().encode(cmd.write));
+        if (!pattern) finish();
+    });
+}
+
+// ---- ttyS1: the guest agent (docs/agent-protocol.md) ----
+
+// The agent's bytes arrive one event each; collect them in a growing buffer
+// (results can be megabytes) and decode a whole line at a time.
+let agentBuf = new Uint8Array(64 * 1024);
+let agentLen = 0;
+
+function onAgentByte(byte) {
+    if (byte !== 0x0a) {
+        if (agentLen === agentBuf.length) {
+            const bigger = new Uint8Array(agentBuf.length * 2);
+            bigger.set(agentBuf);
+            agentBuf = bigger;
+        }
+        agentBuf[agentLen++] = byte;
+        return;
+    }
+    const line = Buffer.from(agentBuf.buffer, 0, agentLen).toString("utf8").replace(/\r$/, "");
+    agentLen = 0;
+    if (!line.trim()) return;
+    let msg;
+    try {
+        msg = JSON.parse(line);
+    } catch {
+        log("agent: not JSON", { line: line.slice(0, 200) });
+        return;
+    }
+    if (msg.event === "ready") {
+        mark("agent_ready");
+        state.agentReady = true;
+        state.agentVersion = msg.version || "";
+        send({ event: "agent_ready", version: state.agentVersion, t_ms: since() });
+        for (const w of state.agentWaiters.splice(0)) w();
+        return;
+    }
+    const pending = state.agentPending.get(msg.id);
+    if (!pending) {
+        log("agent: unexpected message", { line: line.slice(0, 200) });
+        return;
+    }
+    state.agentPending.delete(msg.id);
+    pending.resolve(msg);
+}
+
+// agentRequest sends one request with our own id (so ids from the Go side can
+// never clash with the harness's pings) and resolves with the agent's response.
+function agentRequest(req, timeoutMs) {
+    const id = state.agentNextID++;
+    const line = JSON.stringify({ ...req, id }) + "\n";
+    return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+            state.agentPending.delete(id);
+            reject(new Error(`agent: no answer to ${req.op} within ${timeoutMs} ms`));
+        }, timeoutMs);
+        state.agentPending.set(id, {
+            resolve(msg) {
+                clearTimeout(timer);
+                msg.id = req.id;
+                resolve(msg);
+            },
+        });
+        serialWrite(1, new TextEncoder().encode(line));
+    });
+}
+
+// v86's UART keeps pending input in a plain array it reads with shift(), so
+// pushing a large write at once costs O(n^2) (a 256 KB request took minutes).
+// Feed it in small chunks instead, each once the guest has read most of the
+// previous one. Falls back to one push if v86's internals are not visible.
+const SERIAL_CHUNK = 2048;
+const serialOut = [0, 1].map(() => ({ queue: [], offset: 0, pumping: false }));
+
+function serialWrite(port, bytes) {
+    const out = serialOut[port];
+    out.queue.push(bytes);
+    if (!out.pumping) {
+        out.pumping = true;
+        pumpSerial(port);
+    }
+}
+
+function pumpSerial(port) {
+    const out = serialOut[port];
+    const cpu = state.emulator.v86 && state.emulator.v86.cpu;
+    const uart = cpu && cpu.devices && cpu.devices["uart" + port];
+    const pending = uart && Array.isArray(uart.input) ? uart.input.length : -1;
+    if (pending < 0) {
+        for (const b of out.queue.splice(0)) state.emulator.serial_send_bytes(port, b);
+        out.offset = 0;
+    } else if (pending < SERIAL_CHUNK / 4) {
+        const head = out.queue[0];
+        const end = Math.min(head.length, out.offset + SERIAL_CHUNK);
+        state.emulator.serial_send_bytes(port, head.subarray(out.offset, end));
+        out.offset = end;
+        if (end === head.length) {
+            out.queue.shift();
+            out.offset = 0;
+        }
+    }
+    if (out.queue.length === 0) {
+        out.pumping = false;
+        return;
+    }
+    setTimeout(() => pumpSerial(port), 1);
+}
+
+// waitAgent resolves when the agent has announced itself. After a restore the
+// agent announced itself long ago (before the save), so ask it with a ping,
+// which also makes it announce again.
+async function waitAgent(timeoutMs) {
+    const deadline = Date.now() + timeoutMs;
+    if (state.agentReady) return;
+    const announced = new Promise(resolve => state.agentWaiters.push(resolve));
+    if (!state.restored) {
+        let timer;
+        const timeout = new Promise((_, reject) => {
+            timer = setTimeout(() => reject(new Error(`agent did not announce itself within ${timeoutMs} ms`)), timeoutMs);
+        });
+        try {
+            await Promise.race([announced, timeout]);
+        } finally {
+            clearTimeout(timer);
+        }
+        return;
+    }
+    while (!state.agentReady) {
+        const left = deadline - Date.now();
+        if (left <= 0) throw new Error(`agent did not answer a ping within ${timeoutMs} ms`);
+        try {
+            await agentRequest({ op: "ping" }, Math.min(2000, left));
+            mark("agent_ready");
+            state.agentReady = true;
+        } catch {
+            // The ping may be lost while the guest resumes; try again.
+        }
+    }
+}
+
+// ---- 9p blob accounting ----
+
+// countBlobs wraps v86's loader of 9p file contents (ServerFileStorageWrapper.
+// load_from_server, its names survive minification) to count what a browser
+// would download: the blob file size on disk, and the decompressed size.
+function countBlobs(emulator, blobDir) {
+    const storage = emulator.fs9p && emulator.fs9p.storage;
+    if (!storage || typeof storage.load_from_server !== "function") {
+        log("blob accounting unavailable: v86 internals changed");
+        state.blob = null;
+        return;
+    }
+    const orig = storage.load_from_server.bind(storage);
+    storage.load_from_server = (name, size) => {
+        state.blob.files++;
+        state.blob.raw_bytes += size;
+        try {
+            state.blob.bytes += fs.statSync(blobDir + "/" + name).size;
+        } catch (err) {
+            log("blob stat failed", { name, err: String(err) });
+        }
+        return orig(name, size);
+    };
+}
+
+// ---- commands ----
+
+async function start(cmd) {
+    if (state.emulator) throw new Error("already started");
+    // v86 never reports a missing file under Node (it just waits), so check.
+    const files = cmd.state_path ? [cmd.wasm_path, cmd.bios, cmd.vga_bios, cmd.state_path]
+        : [cmd.wasm_path, cmd.bios, cmd.vga_bios, cmd.bzimage, cmd.initrd, cmd.fs_json];
+    for (const f of [...files, cmd.blob_dir]) {
+        if (!f || !fs.existsSync(f)) throw new Error(`missing file: ${f}`);
+    }
+    if (cmd.relay_url && typeof globalThis.WebSocket === "undefined") {
+        // v86's relay backend needs a global WebSocket; Node 20 has none.
+        const { WebSocket } = await import("ws");
+        globalThis.WebSocket = WebSocket;
+    }
+    const options = {
+        wasm_path: cmd.wasm_path,
+        bios: { url: cmd.bios },
+        vga_bios: { url: cmd.vga_bios },
+        memory_size: cmd.memory_mb * 1024 * 1024,
+        vga_memory_size: cmd.vga_memory_mb * 1024 * 1024,
+        // We start the CPU ourselves, after restoring and hooking the loader.
+        autostart: false,
+        disable_keyboard: true,
+        disable_mouse: true,
+        disable_speaker: true,
+        uart1: true,
+        net_device: { type: cmd.net_device, ...(cmd.relay_url ? { relay_url: cmd.relay_url } : {}) },
+        // Keep the NIC's MAC across restores so the guest's network survives.
+        preserve_mac_from_state_image: true,
+        // A restore replaces the whole 9p tree with the one in the state, so
+        // the tree JSON is only parsed for a full boot.
+        filesystem: cmd.state_path ? { baseurl: cmd.blob_dir + "/" } : { basefs: cmd.fs_json, baseurl: cmd.blob_dir + "/" },
+    };
+    if (!cmd.state_path) {
+        options.bzimage = { url: cmd.bzimage };
+        options.initrd = { url: cmd.initrd };
+        options.cmdline = cmd.cmdline;
+    }
+    const stateBuf = cmd.state_path ? fs.readFileSync(cmd.state_path) : null;
+
+    const emulator = new V86(options);
+    state.emulator = emulator;
+    emulator.add_listener("serial0-output-byte", onConsoleByte);
+    emulator.add_listener("serial1-output-byte", onAgentByte);
+    await new Promise(resolve => emulator.add_listener("emulator-loaded", resolve));
+    mark("emulator_loaded");
+    countBlobs(emulator, cmd.blob_dir);
+
+    if (stateBuf) {
+        // Restored here rather than through initial_state so that a bad file
+        // becomes an error answer instead of an unhandled rejection.
+        const ab = stateBuf.buffer.slice(stateBuf.byteOffset, stateBuf.byteOffset + stateBuf.byteLength);
+        try {
+            await emulator.restore_state(ab);
+        } catch (err) {
+            throw new Error(`cannot restore state ${cmd.state_path}: ${err && err.message || err}`);
+        }
+        state.restored = true;
+        mark("state_restored");
+    }
+    // Serial input sent before the CPU runs is lost: answer only once it runs.
+    const started = new Promise(resolve => emulator.add_listener("emulator-started", resolve));
+    await emulator.run();
+    await started;
+    mark("emulator_started");
+    return { timings: state.timings, restored: state.restored };
+}
+
+async function saveState(cmd) {
+    const t = performance.now();
+    const buf = await state.emulator.save_state();
+    const tmp = cmd.path + ".tmp";
+    fs.writeFileSync(tmp, new Uint8Array(buf));
+    fs.renameSync(tmp, cmd.path);
+    return { bytes: buf.byteLength, ms: Math.round(performance.now() - t) };
+}
+
+// nicMAC is the station address in the emulated ne2k's PROM: what the guest
+// driver read at boot and uses as its MAC. After a restore it must be the
+// saved one (preserve_mac_from_state_image), or frames to the guest are
+// addressed to a MAC the NIC filters out once the interface is up.
+function nicMAC() {
+    const cpu = state.emulator && state.emulator.v86 && state.emulator.v86.cpu;
+    const prom = cpu && cpu.devices && cpu.devices.net && cpu.devices.net.memory;
+    if (!prom || prom.length < 12) return null;
+    // The ne2k PROM stores each byte twice (word mode).
+    return Array.from({ length: 6 }, (_, i) => prom[2 * i].toString(16).padStart(2, "0")).join(":");
+}
+
+const handlers = {
+    start,
+    wait_agent: async cmd => {
+        await waitAgent(cmd.timeout_ms || 60000);
+        return { version: state.agentVersion, timings: state.timings };
+    },
+    agent: async cmd => ({ response: await agentRequest(cmd.request, cmd.timeout_ms || 60000) }),
+    console: consoleCommand,
+    save_state: saveState,
+    stats: async () => ({
+        blob: state.blob,
+        timings: state.timings,
+        console_tail: state.consoleText.slice(-4000),
+        memory_rss: process.memoryUsage().rss,
+        nic_mac: nicMAC(),
+    }),
+    stop: async () => {
+        if (state.emulator) await state.emulator.destroy();
+        setImmediate(() => process.exit(0));
+        return {};
+    },
+};
+
+async function handle(line) {
+    let cmd;
+    try {
+        cmd = JSON.parse(line);
+    } catch {
+        send({ id: 0, ok: false, error: "command is not JSON" });
+        return;
+    }
+    const h = handlers[cmd.cmd];
+    try {
+        if (!h) throw new Error(`unknown command ${JSON.stringify(cmd.cmd)}`);
+        if (cmd.cmd !== "start" && cmd.cmd !== "stop" && cmd.cmd !== "stats" && !state.emulator) {
+            throw new Error("not started");
+        }
+        send({ id: cmd.id, ok: true, ...(await h(cmd)) });
+    } catch (err) {
+        send({ id: cmd.id, ok: false, error: String(err && err.message || err) });
+    }
+}
+
+process.on("unhandledRejection", err => log("unhandled rejection", { err: String(err && err.stack || err) }));
+
+// Commands run concurrently (the Go side may read stats while a query runs);
+// the agent itself answers one request at a time, in order.
+const rl = readline.createInterface({ input: process.stdin });
+rl.on("line", line => { if (line.trim()) handle(line); });
+// The Go side closing stdin means it is gone: do not linger.
+rl.on("close", () => process.exit(0));

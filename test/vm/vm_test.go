@@ -1,0 +1,346 @@
+// Package vm_test boots the real VM image (headless v86 in Node) and checks
+// pgwasm vm run and the internal/vm API end to end. `make test-vm` runs it
+// with PGWASM_IMAGE (the image directory, with state-128.bin.zst from
+// `make snapshot`) and PGWASM_BIN (the pgwasm binary).
+package vm_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgwasm/pgwasm/internal/vm"
+)
+
+func env(t *testing.T) (image, bin string) {
+	t.Helper()
+	image, bin = os.Getenv("PGWASM_IMAGE"), os.Getenv("PGWASM_BIN")
+	if image == "" || bin == "" {
+		t.Skip("PGWASM_IMAGE and PGWASM_BIN are not set: `make test-vm` runs these tests against the built image")
+	}
+	return image, bin
+}
+
+// run runs the pgwasm binary and returns stdout, stderr and the exit code.
+func run(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	_, bin := env(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if exit := (*exec.ExitError)(nil); errors.As(err, &exit) {
+		code = exit.ExitCode()
+	} else if err != nil {
+		t.Fatalf("pgwasm %v: %v", args, err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+func TestSnapshotExists(t *testing.T) {
+	image, _ := env(t)
+	img, err := vm.LoadImage(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := img.StatePath(vm.DefaultMemoryMB)
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatalf("no 128 MB snapshot (make snapshot makes it): %v", err)
+	}
+	data, err := os.ReadFile(vm.MetaPath(path))
+	if err != nil {
+		t.Fatalf("snapshot metadata: %v", err)
+	}
+	var meta vm.StateMeta
+	if err := json.Unmarshal(data, &meta); err != nil {
+		t.Fatal(err)
+	}
+	if meta.ImageKey != img.Key() || meta.MemoryMB != 128 || meta.Size != st.Size() {
+		t.Errorf("metadata %+v does not describe %s (key %s, %d bytes)", meta, path, img.Key(), st.Size())
+	}
+	t.Logf("state-128.bin.zst: %d bytes (raw %d)", st.Size(), meta.RawSize)
+}
+
+func TestVersion(t *testing.T) {
+	image, _ := env(t)
+	out, stderr, code := run(t, "vm", "run", "--image", image, "-c", "select version()")
+	if code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, stderr)
+	}
+	if !strings.Contains(out, "PostgreSQL 17") || !strings.Contains(out, "i686") {
+		t.Errorf("version output does not say PostgreSQL 17 on i686:\n%s", out)
+	}
+	if !strings.Contains(out, "(1 row)") {
+		t.Errorf("output is not a psql-style table:\n%s", out)
+	}
+}
+
+func TestTableRoundTrip(t *testing.T) {
+	image, _ := env(t)
+	sql := "create table t (id int, name text); insert into t values (1, 'alice'), (2, NULL); select id, name from t order by id"
+	out, stderr, code := run(t, "vm", "run", "--image", image, "--json", "--timings", "-c", sql)
+	if code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, stderr)
+	}
+	var res struct {
+		Results []vm.Result   `json:"results"`
+		Timings *vm.Timings   `json:"timings"`
+		Blob    *vm.BlobStats `json:"blob"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, out)
+	}
+	if len(res.Results) != 3 {
+		t.Fatalf("got %d results, want 3: %s", len(res.Results), out)
+	}
+	if res.Results[0].Command != "CREATE TABLE" || res.Results[1].Command != "INSERT 0 2" {
+		t.Errorf("commands %q, %q", res.Results[0].Command, res.Results[1].Command)
+	}
+	rows := res.Results[2].Rows
+	if len(rows) != 2 || *rows[0][0] != "1" || *rows[0][1] != "alice" || *rows[1][0] != "2" || rows[1][1] != nil {
+		t.Errorf("rows = %s", out)
+	}
+	if res.Timings == nil || res.Timings.Mode != "restore" || res.Timings.FirstQuery <= 0 || res.Blob == nil {
+		t.Errorf("timings/blob missing: %s", out)
+	} else {
+		t.Logf("restore: emulator %d ms, agent %d ms, postgres %d ms, first query %d ms; blobs %d files, %d bytes",
+			res.Timings.EmulatorStarted, res.Timings.AgentReady, res.Timings.PostgresReady, res.Timings.FirstQuery, res.Blob.Files, res.Blob.Bytes)
+	}
+}
+
+func TestFullBoot(t *testing.T) {
+	image, _ := env(t)
+	out, stderr, code := run(t, "vm", "run", "--image", image, "--full-boot", "--timings", "-c", "select 6 * 7 as answer")
+	if code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, stderr)
+	}
+	if !strings.Contains(out, "answer") || !strings.Contains(out, "42") {
+		t.Errorf("output:\n%s", out)
+	}
+	t.Logf("full boot timings: %s", strings.TrimSpace(stderr))
+}
+
+func TestSQLError(t *testing.T) {
+	image, _ := env(t)
+	_, stderr, code := run(t, "vm", "run", "--image", image, "-c", "selec 1")
+	if code != 3 {
+		t.Fatalf("exit %d, want 3; stderr:\n%s", code, stderr)
+	}
+	if !strings.Contains(stderr, "syntax error") || !strings.Contains(stderr, "42601") {
+		t.Errorf("stderr does not carry the server's message and SQLSTATE:\n%s", stderr)
+	}
+}
+
+func TestSaveRestore(t *testing.T) {
+	image, _ := env(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	v, err := vm.Start(ctx, vm.Options{ImageDir: image})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strconv.FormatInt(time.Now().UnixNano(), 10)
+	if _, err := v.Exec(ctx, "create table saved (v text); insert into saved values ('"+want+"')"); err != nil {
+		v.Close()
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "saved.bin.zst")
+	meta, err := v.SaveState(ctx, path)
+	v.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("saved state: %d bytes (raw %d)", meta.Size, meta.RawSize)
+
+	v2, err := vm.Start(ctx, vm.Options{ImageDir: image, StatePath: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v2.Close()
+	res, err := v2.Query(ctx, "select v, extract(epoch from now())::bigint from saved")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Rows) != 1 || *res.Rows[0][0] != want {
+		t.Fatalf("restored rows = %v, want %s", res.Rows, want)
+	}
+	// The restore set the guest clock: now() is the host's time, not the save's.
+	guest, _ := strconv.ParseInt(*res.Rows[0][1], 10, 64)
+	if d := time.Now().Unix() - guest; d < -60 || d > 60 {
+		t.Errorf("guest clock is %d s off after restore", d)
+	}
+	// The emulated NIC kept the MAC the guest driver knows.
+	st, err := v2.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err = v2.Query(ctx, "select pg_read_file('/sys/class/net/eth0/address')")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if guestMAC := strings.TrimSpace(*res.Rows[0][0]); st.NICMAC == "" || st.NICMAC != guestMAC {
+		t.Errorf("NIC MAC %q after restore, guest driver has %q", st.NICMAC, guestMAC)
+	}
+	// Parameters go through as text.
+	res, err = v2.Query(ctx, "select $1::int + 1, $2::text is null", 41, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *res.Rows[0][0] != "42" || *res.Rows[0][1] != "t" {
+		t.Errorf("params: rows = %v", res.Rows)
+	}
+}
+
+// copyState copies the image's 128 MB snapshot and its metadata into dir,
+// letting edit change the metadata and cut shorten the state file.
+func copyState(t *testing.T, dir string, edit func(*vm.StateMeta), cut bool) string {
+	t.Helper()
+	image, _ := env(t)
+	img, err := vm.LoadImage(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := img.StatePath(128)
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cut {
+		data = data[:len(data)/2]
+	}
+	dst := filepath.Join(dir, "copy.bin.zst")
+	if err := os.WriteFile(dst, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	metaData, err := os.ReadFile(vm.MetaPath(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta vm.StateMeta
+	if err := json.Unmarshal(metaData, &meta); err != nil {
+		t.Fatal(err)
+	}
+	if edit != nil {
+		edit(&meta)
+	}
+	metaData, _ = json.Marshal(meta)
+	if err := os.WriteFile(vm.MetaPath(dst), metaData, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+func TestBadStates(t *testing.T) {
+	image, _ := env(t)
+	tests := []struct {
+		name  string
+		edit  func(*vm.StateMeta)
+		cut   bool
+		extra []string
+		want  []string
+	}{
+		{"other image", func(m *vm.StateMeta) { m.ImageKey = strings.Repeat("ab", 32) }, false, nil,
+			[]string{"saved on image abababababab", "take a new snapshot"}},
+		{"other memory", nil, false, []string{"--memory", "256"},
+			[]string{"128 MB of memory, not 256 MB"}},
+		{"truncated", nil, true, nil, []string{"truncated"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			state := copyState(t, t.TempDir(), tt.edit, tt.cut)
+			args := append([]string{"vm", "run", "--image", image, "--state", state, "-c", "select 1"}, tt.extra...)
+			_, stderr, code := run(t, args...)
+			if code != 1 {
+				t.Errorf("exit %d, want 1", code)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+		})
+	}
+	// No snapshot for a memory size: say how to make one.
+	// An image dir with everything but the snapshots.
+	dir := t.TempDir()
+	entries, err := os.ReadDir(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "state-") {
+			continue
+		}
+		if err := os.Symlink(filepath.Join(image, e.Name()), filepath.Join(dir, e.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, stderr, code := run(t, "vm", "run", "--image", dir, "--memory", "512", "-c", "select 1")
+	if want := fmt.Sprintf("pgwasm image snapshot --image %s --memory 512", dir); code != 1 || !strings.Contains(stderr, want) {
+		t.Errorf("no snapshot: exit %d, stderr:\n%s\nwant %q", code, stderr, want)
+	}
+}
+
+func TestReadyTimeout(t *testing.T) {
+	image, _ := env(t)
+	_, stderr, code := run(t, "vm", "run", "--image", image, "--full-boot", "--timeout", "4s", "-c", "select 1")
+	if code != 1 || !strings.Contains(stderr, "did not become ready within 4s") || !strings.Contains(stderr, "last console lines:") {
+		t.Errorf("exit %d, stderr:\n%s", code, stderr)
+	}
+}
+
+// The psql console on ttyS0 (the page's terminal) answers after a restore:
+// input sent right after the start is not lost.
+func TestConsole(t *testing.T) {
+	image, _ := env(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	v, err := vm.Start(ctx, vm.Options{ImageDir: image})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	out, err := v.Console(ctx, "select 40 + 2 as answer;\n", `\(1 row\)`, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "42") {
+		t.Errorf("console output lacks 42:\n%s", out)
+	}
+}
+
+// Large requests and results cross the serial port in reasonable time (v86's
+// UART input used to make a 256 KB request take minutes).
+func TestLargeRequest(t *testing.T) {
+	image, _ := env(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	v, err := vm.Start(ctx, vm.Options{ImageDir: image})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	const n = 256 << 10
+	start := time.Now()
+	res, err := v.Query(ctx, "select length($1), repeat('z', $2::int)", strings.Repeat("y", n), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *res.Rows[0][0] != strconv.Itoa(n) || len(*res.Rows[0][1]) != n {
+		t.Errorf("got length %s and a %d-byte result, want %d", *res.Rows[0][0], len(*res.Rows[0][1]), n)
+	}
+	t.Logf("256 KB in and 256 KB out: %v", time.Since(start).Round(time.Millisecond))
+}
