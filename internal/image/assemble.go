@@ -19,6 +19,7 @@ import (
 	"github.com/pgwasm/pgwasm/internal/image/kmod"
 	"github.com/pgwasm/pgwasm/internal/image/ninep"
 	"github.com/pgwasm/pgwasm/internal/image/pgconf"
+	"github.com/pgwasm/pgwasm/internal/image/rootfs"
 )
 
 const (
@@ -64,7 +65,7 @@ func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, s
 			return nil, err
 		}
 	}
-	if err := mergeUsr(root); err != nil {
+	if err := rootfs.MergeUsr(root); err != nil {
 		return nil, err
 	}
 	pruned, err := prune(root)
@@ -114,40 +115,6 @@ func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, s
 		Files: stats.Files, Bytes: stats.Bytes, Blobs: stats.Blobs, BlobBytes: stats.BlobBytes, Compressed: stats.Compressed,
 	}
 	return m, nil
-}
-
-// mergeUsr makes /bin, /sbin and /lib symlinks into /usr, as on every current
-// Debian system: packages unpacked by dpkg-deb alone (no base-files, no
-// usrmerge) may still ship files under the old paths, and i386 binaries look
-// for their loader at /lib/ld-linux.so.2.
-func mergeUsr(root string) error {
-	for _, d := range []string{"bin", "sbin", "lib"} {
-		top, usr := filepath.Join(root, d), filepath.Join(root, "usr", d)
-		if err := os.MkdirAll(usr, 0o755); err != nil {
-			return fmt.Errorf("cannot create /usr/%s: %w", d, err)
-		}
-		st, err := os.Lstat(top)
-		if err == nil && st.IsDir() {
-			entries, err := os.ReadDir(top)
-			if err != nil {
-				return err
-			}
-			for _, e := range entries {
-				if err := os.Rename(filepath.Join(top, e.Name()), filepath.Join(usr, e.Name())); err != nil {
-					return fmt.Errorf("cannot merge /%s/%s into /usr: %w", d, e.Name(), err)
-				}
-			}
-			if err := os.Remove(top); err != nil {
-				return err
-			}
-		} else if err == nil {
-			continue // already a symlink
-		}
-		if err := os.Symlink("usr/"+d, top); err != nil {
-			return fmt.Errorf("cannot link /%s: %w", d, err)
-		}
-	}
-	return nil
 }
 
 // pruneRules are removed from the root: nothing in the VM reads them. The
@@ -405,7 +372,7 @@ pg_ctl -D "$PGDATA" -m fast -w stop`
 	log, _ := os.ReadFile(filepath.Join(root, "tmp/pgwasm-build.log"))
 	os.Remove(filepath.Join(root, "tmp/pgwasm-build.log"))
 	if err != nil {
-		return fmt.Errorf("cannot start the new cluster with the VM's configuration: %w; server log: %s", err, lastLines(log, 8))
+		return fmt.Errorf("cannot start the new cluster with the VM's configuration: %w; server log: %s", err, rootfs.Tail(log, 8))
 	}
 	return nil
 }
@@ -422,7 +389,7 @@ exec chroot --userspec=` + fmt.Sprintf("%d:%d", uid, uid) + ` "$ROOT" env -i PAT
 	cmd := exec.CommandContext(ctx, "unshare", append([]string{"--mount", "--propagation", "private", "--fork", "sh", "-c", script, "sh"}, args...)...)
 	cmd.Env = append(os.Environ(), "ROOT="+root)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s (needs root for chroot and a mount namespace): %w: %s", args[0], err, lastLines(out, 8))
+		return fmt.Errorf("%s (needs root for chroot and a mount namespace): %w: %s", args[0], err, rootfs.Tail(out, 8))
 	}
 	return nil
 }
@@ -549,14 +516,6 @@ func copyFile(from, to string) error {
 		return err
 	}
 	return writeFile(to, b, 0o644)
-}
-
-func lastLines(b []byte, n int) string {
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
 }
 
 // extensionInfo records the extensions built from source in the manifest.

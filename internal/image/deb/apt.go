@@ -20,6 +20,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/pgwasm/pgwasm/internal/image/rootfs"
 )
 
 // Package is one resolved binary package.
@@ -114,7 +116,7 @@ func (a *Apt) Update(ctx context.Context) error {
 	}
 	// apt-get update exits 0 even when some index failed to download.
 	if bytes.Contains(out, []byte("\nW: Failed to fetch")) || bytes.Contains(out, []byte("\nE: ")) {
-		return fmt.Errorf("cannot fetch package lists: %s", lastLines(out, 5))
+		return fmt.Errorf("cannot fetch package lists: %s", rootfs.Tail(out, 5))
 	}
 	return os.WriteFile(stamp, nil, 0o644)
 }
@@ -224,7 +226,7 @@ func (a *Apt) Fetch(ctx context.Context, pkgs []Package) error {
 	for i := range pkgs {
 		p := &pkgs[i]
 		p.Path = filepath.Join(dir, debFileName(*p))
-		if err := verifyFile(p.Path, p.SHA256); err == nil {
+		if err := VerifyFile(p.Path, p.SHA256); err == nil {
 			continue
 		}
 		os.Remove(p.Path)
@@ -235,11 +237,11 @@ func (a *Apt) Fetch(ctx context.Context, pkgs []Package) error {
 		cmd := a.command(ctx, "apt-get", append([]string{"download"}, missing...)...)
 		cmd.Dir = dir
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("cannot download packages: %w: %s", err, lastLines(out, 5))
+			return fmt.Errorf("cannot download packages: %w: %s", err, rootfs.Tail(out, 5))
 		}
 	}
 	for _, p := range pkgs {
-		if err := verifyFile(p.Path, p.SHA256); err != nil {
+		if err := VerifyFile(p.Path, p.SHA256); err != nil {
 			os.Remove(p.Path)
 			return fmt.Errorf("package %s %s: %w", p.Name, p.Version, err)
 		}
@@ -253,7 +255,8 @@ func debFileName(p Package) string {
 	return fmt.Sprintf("%s_%s_%s.deb", p.Name, strings.ReplaceAll(p.Version, ":", "%3a"), p.Arch)
 }
 
-func verifyFile(path, want string) error {
+// VerifyFile checks a downloaded file against the SHA256 of a signed index.
+func VerifyFile(path, want string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -278,17 +281,9 @@ func (a *Apt) command(ctx context.Context, name string, args ...string) *exec.Cm
 func (a *Apt) run(ctx context.Context, name string, args ...string) ([]byte, error) {
 	out, err := a.command(ctx, name, args...).CombinedOutput()
 	if err != nil {
-		return out, fmt.Errorf("%s %s: %w: %s", name, args[0], err, lastLines(out, 5))
+		return out, fmt.Errorf("%s %s: %w: %s", name, args[0], err, rootfs.Tail(out, 5))
 	}
 	return out, nil
-}
-
-func lastLines(b []byte, n int) string {
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
 }
 
 func writeIfChanged(path, content string) error {
@@ -305,7 +300,7 @@ func writeIfChanged(path, content string) error {
 func Unpack(ctx context.Context, debPath, root string) error {
 	out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", debPath, root).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("cannot unpack %s: %w: %s", filepath.Base(debPath), err, lastLines(out, 3))
+		return fmt.Errorf("cannot unpack %s: %w: %s", filepath.Base(debPath), err, rootfs.Tail(out, 3))
 	}
 	return nil
 }

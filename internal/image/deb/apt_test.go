@@ -72,7 +72,7 @@ func TestResolveRealArchive(t *testing.T) {
 	if err := a.Fetch(ctx, one); err != nil {
 		t.Fatalf("Fetch after corruption: %v", err)
 	}
-	if err := verifyFile(one[0].Path, one[0].SHA256); err != nil {
+	if err := VerifyFile(one[0].Path, one[0].SHA256); err != nil {
 		t.Fatal(err)
 	}
 }

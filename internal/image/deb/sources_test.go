@@ -84,8 +84,8 @@ func TestDebFileName(t *testing.T) {
 func TestVerifyFileRejectsCorruptDownload(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "x.deb")
 	os.WriteFile(path, []byte("not a deb"), 0o644)
-	err := verifyFile(path, strings.Repeat("0", 64))
+	err := VerifyFile(path, strings.Repeat("0", 64))
 	if err == nil || !strings.Contains(err.Error(), "corrupt download") {
-		t.Fatalf("verifyFile() = %v, want a corrupt download error", err)
+		t.Fatalf("VerifyFile() = %v, want a corrupt download error", err)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/pgwasm/pgwasm/internal/image/deb"
+	"github.com/pgwasm/pgwasm/internal/image/rootfs"
 )
 
 const (
@@ -238,7 +239,7 @@ func readResult(dir string) (*Result, error) {
 	res.Dir = filepath.Join(dir, "root")
 	// A result whose files went missing or changed is no result.
 	for _, f := range res.Files {
-		if err := verifyFile(filepath.Join(res.Dir, f.Path), f.SHA256); err != nil {
+		if err := deb.VerifyFile(filepath.Join(res.Dir, f.Path), f.SHA256); err != nil {
 			return nil, err
 		}
 	}
@@ -270,7 +271,7 @@ func builderRoot(ctx context.Context, cache string, tool []deb.Package, log *slo
 			return "", err
 		}
 	}
-	if err := mergeUsr(root); err != nil {
+	if err := rootfs.MergeUsr(root); err != nil {
 		return "", err
 	}
 	for _, d := range []string{"dev", "proc", "tmp", "build"} {
@@ -339,7 +340,7 @@ exec chroot "$ROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/build LC_ALL=C.UTF-
 	cmd.Env = append(os.Environ(), "ROOT="+root, "BUILD="+buildScript, "JOBS="+strconv.Itoa(jobs), "SOURCE_DATE_EPOCH="+strconv.Itoa(sourceDateEpoch))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return out, fmt.Errorf("extension build failed (needs root for chroot and a mount namespace): %w: %s", err, lastLines(out, 10))
+		return out, fmt.Errorf("extension build failed (needs root for chroot and a mount namespace): %w: %s", err, rootfs.Tail(out, 10))
 	}
 	if err := checkNoMounts(root); err != nil {
 		return out, err
@@ -436,40 +437,4 @@ func copyFile(from, to string, mode os.FileMode) error {
 		return err
 	}
 	return os.Chmod(to, mode)
-}
-
-// mergeUsr makes /bin, /sbin and /lib links into /usr as on every current
-// Debian system (the same step as the image's root): i386 binaries look for
-// their loader at /lib/ld-linux.so.2, and make at /bin/sh.
-func mergeUsr(root string) error {
-	for _, d := range []string{"bin", "sbin", "lib"} {
-		top, usr := filepath.Join(root, d), filepath.Join(root, "usr", d)
-		if err := os.MkdirAll(usr, 0o755); err != nil {
-			return fmt.Errorf("cannot create /usr/%s: %w", d, err)
-		}
-		st, err := os.Lstat(top)
-		switch {
-		case err == nil && st.IsDir():
-			entries, err := os.ReadDir(top)
-			if err != nil {
-				return err
-			}
-			for _, e := range entries {
-				if err := os.Rename(filepath.Join(top, e.Name()), filepath.Join(usr, e.Name())); err != nil {
-					return fmt.Errorf("cannot merge /%s/%s into /usr: %w", d, e.Name(), err)
-				}
-			}
-			if err := os.Remove(top); err != nil {
-				return err
-			}
-		case err == nil:
-			continue // already a symlink
-		case !errors.Is(err, os.ErrNotExist):
-			return err
-		}
-		if err := os.Symlink("usr/"+d, top); err != nil {
-			return fmt.Errorf("cannot link /%s: %w", d, err)
-		}
-	}
-	return nil
 }

@@ -171,22 +171,3 @@ func TestInstallAndReadResult(t *testing.T) {
 		t.Fatal("readResult accepted a result whose vector.so changed")
 	}
 }
-
-func TestMergeUsr(t *testing.T) {
-	root := t.TempDir()
-	writeTree(t, root, map[string]string{"lib/ld-linux.so.2": "x", "bin/dash": "y", "usr/bin/gcc": "z"})
-	if err := mergeUsr(root); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []string{"lib/ld-linux.so.2", "usr/lib/ld-linux.so.2", "bin/dash", "usr/bin/gcc", "bin/gcc"} {
-		if _, err := os.Stat(filepath.Join(root, p)); err != nil {
-			t.Errorf("after mergeUsr: %v", err)
-		}
-	}
-	if target, err := os.Readlink(filepath.Join(root, "sbin")); err != nil || target != "usr/sbin" {
-		t.Errorf("/sbin -> %q, %v; want usr/sbin", target, err)
-	}
-	if err := mergeUsr(root); err != nil {
-		t.Errorf("second mergeUsr: %v", err)
-	}
-}

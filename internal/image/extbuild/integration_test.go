@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pgwasm/pgwasm/internal/image/deb"
+	"github.com/pgwasm/pgwasm/internal/image/rootfs"
 )
 
 // newTestConfig uses the real Debian archive through the host's apt
@@ -187,7 +188,7 @@ func loadInPostgres(ctx context.Context, t *testing.T, cfg Config, res *Result) 
 			t.Fatal(err)
 		}
 	}
-	if err := mergeUsr(root); err != nil {
+	if err := rootfs.MergeUsr(root); err != nil {
 		t.Fatal(err)
 	}
 	if err := Install(res, root); err != nil {

@@ -3,17 +3,17 @@ package extbuild
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/pgwasm/pgwasm/internal/image/deb"
+	"github.com/pgwasm/pgwasm/internal/image/rootfs"
 )
 
 // srcApt runs apt-get and apt-cache for source packages in a private state
@@ -67,7 +67,7 @@ func (s *srcApt) command(ctx context.Context, name string, args ...string) *exec
 func (s *srcApt) run(ctx context.Context, name string, args ...string) ([]byte, error) {
 	out, err := s.command(ctx, name, args...).CombinedOutput()
 	if err != nil {
-		return out, fmt.Errorf("%s %s: %w: %s", name, args[0], err, lastLines(out, 5))
+		return out, fmt.Errorf("%s %s: %w: %s", name, args[0], err, rootfs.Tail(out, 5))
 	}
 	return out, nil
 }
@@ -103,7 +103,7 @@ func (s *srcApt) update(ctx context.Context) error {
 		return fmt.Errorf("cannot fetch the source index (is the Debian archive reachable?): %w", err)
 	}
 	if bytes.Contains(out, []byte("\nW: Failed to fetch")) || bytes.Contains(out, []byte("\nE: ")) {
-		return fmt.Errorf("cannot fetch the source index: %s", lastLines(out, 5))
+		return fmt.Errorf("cannot fetch the source index: %s", rootfs.Tail(out, 5))
 	}
 	return os.WriteFile(stamp, nil, 0o644)
 }
@@ -205,7 +205,7 @@ func versionGreater(ctx context.Context, a, b string) (bool, error) {
 func (s *srcApt) fetch(ctx context.Context, p *sourcePkg, dir string) error {
 	ok := true
 	for _, f := range p.Files {
-		if err := verifyFile(filepath.Join(dir, f.Name), f.SHA256); err != nil {
+		if err := deb.VerifyFile(filepath.Join(dir, f.Name), f.SHA256); err != nil {
 			os.Remove(filepath.Join(dir, f.Name))
 			ok = false
 		}
@@ -215,12 +215,12 @@ func (s *srcApt) fetch(ctx context.Context, p *sourcePkg, dir string) error {
 		cmd := s.command(ctx, "apt-get", "source", "--download-only", p.Name+"="+p.Version)
 		cmd.Dir = dir
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("cannot download source package %s %s: %w: %s", p.Name, p.Version, err, lastLines(out, 5))
+			return fmt.Errorf("cannot download source package %s %s: %w: %s", p.Name, p.Version, err, rootfs.Tail(out, 5))
 		}
 	}
 	for _, f := range p.Files {
 		path := filepath.Join(dir, f.Name)
-		if err := verifyFile(path, f.SHA256); err != nil {
+		if err := deb.VerifyFile(path, f.SHA256); err != nil {
 			os.Remove(path)
 			return fmt.Errorf("source package %s %s: %w", p.Name, p.Version, err)
 		}
@@ -253,31 +253,7 @@ func unpackSource(ctx context.Context, p *sourcePkg, dir, dest string) error {
 		if errors.Is(err, exec.ErrNotFound) {
 			return fmt.Errorf("dpkg-source is missing (install dpkg-dev): %w", err)
 		}
-		return fmt.Errorf("cannot unpack source package %s: %w: %s", dsc, err, lastLines(out, 5))
+		return fmt.Errorf("cannot unpack source package %s: %w: %s", dsc, err, rootfs.Tail(out, 5))
 	}
 	return nil
-}
-
-func verifyFile(path, want string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return fmt.Errorf("cannot read %s: %w", path, err)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != want {
-		return fmt.Errorf("corrupt download %s: sha256 %s, index says %s", filepath.Base(path), got, want)
-	}
-	return nil
-}
-
-func lastLines(b []byte, n int) string {
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
 }

@@ -1,0 +1,48 @@
+package rootfs
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestMergeUsr(t *testing.T) {
+	root := t.TempDir()
+	for p, content := range map[string]string{"lib/ld-linux.so.2": "x", "bin/dash": "y", "usr/bin/gcc": "z"} {
+		os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755)
+		if err := os.WriteFile(filepath.Join(root, p), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := MergeUsr(root); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"lib/ld-linux.so.2", "usr/lib/ld-linux.so.2", "bin/dash", "usr/bin/gcc", "bin/gcc"} {
+		if _, err := os.Stat(filepath.Join(root, p)); err != nil {
+			t.Errorf("after MergeUsr: %v", err)
+		}
+	}
+	if target, err := os.Readlink(filepath.Join(root, "sbin")); err != nil || target != "usr/sbin" {
+		t.Errorf("/sbin -> %q, %v; want usr/sbin", target, err)
+	}
+	if err := MergeUsr(root); err != nil {
+		t.Errorf("second MergeUsr: %v", err)
+	}
+}
+
+func TestTail(t *testing.T) {
+	tests := []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"a\nb\nc\n", 2, "b | c"},
+		{"one", 5, "one"},
+		{"", 3, ""},
+	}
+	for _, tt := range tests {
+		if got := Tail([]byte(tt.in), tt.n); got != tt.want {
+			t.Errorf("Tail(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
+		}
+	}
+}
