@@ -13,7 +13,7 @@ IMAGE   ?= $(BUILD)/image
 MEMORY  ?= 128
 LISTEN  ?= 127.0.0.1:8080
 
-.PHONY: help setup build image snapshot run test test-go test-vm fuzz bench lint clean FORCE
+.PHONY: help setup build web image snapshot run test test-go test-vm test-web test-e2e fuzz bench clean FORCE
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,7 +23,10 @@ setup: ## install what the build and tests need (apt packages, npm modules); ide
 
 build: $(PGWASM) $(AGENT) ## build the pgwasm binary and the guest agent
 
-$(PGWASM): FORCE
+web: setup ## bundle the browser app (web/) into internal/web/dist with esbuild's Go API
+	$(GO) run ./internal/web/cmd/webbuild -web web -out internal/web/dist
+
+$(PGWASM): FORCE web
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -o $@ ./cmd/pgwasm
 
@@ -42,9 +45,10 @@ snapshot: image ## boot the image headless and save state-$(MEMORY).bin.zst (cac
 run: snapshot ## build what is missing, then serve the page on http://$(LISTEN)
 	$(PGWASM) serve --listen $(LISTEN) --image $(IMAGE)
 
-test: setup image ## run the whole suite: Go unit tests, then the real VM tests
+test: setup image ## run the whole suite: Go unit tests, the real VM, the browser app
 	$(MAKE) --no-print-directory test-go
 	$(MAKE) --no-print-directory test-vm
+	$(MAKE) --no-print-directory test-web
 
 # The image build's cache lets the kmod tests run on the real Debian kernel's
 # modules and the extension build test reuse the i386 toolchain it unpacked.
@@ -59,12 +63,17 @@ test-go: build ## Go unit and loopback integration tests (no VM), fuzz seed corp
 test-vm: snapshot ## boot the real VM (headless v86 in Node) and test it end to end
 	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) test -count=1 -timeout 30m -v ./test/vm/...
 
+test-web: build snapshot ## browser tests: Playwright driving Debian's Chromium against pgwasm serve
+	cd web && npx tsc -p .
+	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) node web/test/run.mjs
+
 FUZZTIME ?= 20s
 fuzz: ## run every fuzz target for FUZZTIME each
 	@scripts/fuzz.sh $(FUZZTIME)
 
 bench: snapshot ## measure sizes and speeds and write docs/BENCHMARKS.md
 	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) run ./cmd/pgwasm-bench -out docs/BENCHMARKS.md
+	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) node web/test/bench.mjs
 
 clean: ## remove build outputs (keeps the download cache in build/cache)
 	rm -rf $(BIN) $(IMAGE)

@@ -24,6 +24,7 @@ import (
 	"github.com/pgwasm/pgwasm/internal/relay"
 	"github.com/pgwasm/pgwasm/internal/server"
 	"github.com/pgwasm/pgwasm/internal/tunnel"
+	"github.com/pgwasm/pgwasm/internal/web"
 )
 
 // serveConfig is everything `pgwasm serve` takes; docs/serve.md lists it.
@@ -46,6 +47,7 @@ type serveConfig struct {
 	tunnelHandshake time.Duration
 
 	relay        relay.Config
+	hostAlias    string
 	allowEgress  listFlag
 	dnsUpstreams listFlag
 }
@@ -87,6 +89,7 @@ func (c *serveConfig) registerFlags(fs *flag.FlagSet) {
 
 	r := &c.relay
 	fs.Var(&c.allowEgress, "allow-egress", "extra destinations VMs may reach (ADDR, ADDR:PORT, CIDR, CIDR:PORT), e.g. 127.0.0.1:5432; repeat or comma list; the default is public internet only")
+	fs.StringVar(&c.hostAlias, "host-alias", "off", "address in the VM subnet (e.g. 10.0.2.3) that leads to this host's 127.0.0.1, for ports --allow-egress allows (127.0.0.1:PORT); off disables it")
 	fs.Var(&c.dnsUpstreams, "dns", "DNS resolvers for the VMs (host:port); repeat or comma list; empty: /etc/resolv.conf")
 	fs.IntVar(&r.MaxSessions, "max-sessions", r.MaxSessions, "sessions in all")
 	fs.IntVar(&r.MaxSessionsPerClient, "max-sessions-per-client", r.MaxSessionsPerClient, "sessions per client IP address")
@@ -136,6 +139,11 @@ func (c *serveConfig) parts() (serveParts, error) {
 	}
 	p.relay.Egress = pol
 	p.relay.DNSUpstreams = c.dnsUpstreams
+	if !off(c.hostAlias) {
+		if p.relay.HostAlias, err = netip.ParseAddr(c.hostAlias); err != nil {
+			return p, fmt.Errorf("cannot parse --host-alias: %w", err)
+		}
+	}
 
 	if c.publicURL != "" {
 		u, err := url.Parse(c.publicURL)
@@ -262,6 +270,14 @@ func runServe(ctx context.Context, e *env, cfg *serveConfig, ready func(httpAddr
 	parts.server.Relay = mgr
 	parts.server.Gatherer = reg
 	parts.server.Tunnel = tun
+	app, err := web.NewHandler(web.Assets())
+	if err != nil {
+		return fmt.Errorf("cannot load the web app: %w", err)
+	}
+	if !app.Built() {
+		log.Warn("the web app is not built into this binary: run make web, then rebuild")
+	}
+	parts.server.App = app
 	h, err := server.New(parts.server, sessions, log.With("component", "http"), reg)
 	if err != nil {
 		return fmt.Errorf("cannot set up the HTTP server: %w", err)

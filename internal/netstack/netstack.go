@@ -66,6 +66,11 @@ type Config struct {
 	// a frame (broadcast until one has), and the stack keeps no ARP cache.
 	// ARP requests from the peer are still answered.
 	PointToPoint bool
+	// Aliases are extra IPv4 addresses the stack owns besides Addr: it
+	// answers ARP for them, so on-link peers can reach them (the relay's
+	// host alias). Traffic to them reaches the TCP/UDP handlers as any
+	// other flow does.
+	Aliases []netip.Addr
 }
 
 // BufferSizes is the min/default/max TCP buffer size per direction.
@@ -207,6 +212,22 @@ func New(cfg Config) (*Stack, error) {
 			s.Close()
 			s.Wait()
 			return nil, err
+		}
+	}
+	for _, a := range cfg.Aliases {
+		if !a.Is4() {
+			s.Close()
+			s.Wait()
+			return nil, fmt.Errorf("cannot add alias %s: only IPv4 is supported", a)
+		}
+		pa := tcpip.ProtocolAddress{
+			Protocol:          ipv4.ProtocolNumber,
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpip.AddrFrom4(a.As4()), PrefixLen: 32},
+		}
+		// NeverPrimaryEndpoint: the stack never picks an alias as the
+		// source of its own packets.
+		if e := s.AddProtocolAddress(nicID, pa, stack.AddressProperties{PEB: stack.NeverPrimaryEndpoint}); e != nil {
+			return fail("add alias "+a.String(), e)
 		}
 	}
 	return st, nil

@@ -26,6 +26,13 @@ type Config struct {
 	// LeaseTime is the DHCP lease time.
 	LeaseTime time.Duration
 
+	// HostAlias, if valid, is an address in Subnet that leads to the relay
+	// host's loopback, like QEMU slirp's 10.0.2.2: TCP/UDP to
+	// HostAlias:PORT is forwarded to 127.0.0.1:PORT, and only when Egress
+	// allows 127.0.0.1:PORT. The guest cannot use 127.0.0.1 itself (it
+	// routes 127/8 to its own lo). Off (zero) by default.
+	HostAlias netip.Addr
+
 	// Egress decides which destinations VMs may reach.
 	Egress policy.Policy
 	// DNSUpstreams are "host:port" resolvers. Empty means read ResolvConf.
@@ -105,6 +112,9 @@ func (c Config) validate() error {
 	switch {
 	case !c.Subnet.Addr().Is4() || !c.Subnet.Contains(c.Gateway) || !c.Subnet.Contains(c.Guest) || c.Gateway == c.Guest:
 		return fmt.Errorf("invalid relay config: gateway %s and guest %s must be distinct addresses in IPv4 subnet %s", c.Gateway, c.Guest, c.Subnet)
+	case c.HostAlias.IsValid() && (!c.HostAlias.Is4() || !c.Subnet.Contains(c.HostAlias) || c.HostAlias == c.Gateway || c.HostAlias == c.Guest ||
+		c.HostAlias == c.Subnet.Masked().Addr()):
+		return fmt.Errorf("invalid relay config: host alias %s must be an IPv4 address in subnet %s other than the gateway %s and the guest %s", c.HostAlias, c.Subnet, c.Gateway, c.Guest)
 	case len(c.GatewayMAC) != 6:
 		return fmt.Errorf("invalid relay config: gateway MAC %q", c.GatewayMAC)
 	case c.MTU < 576:

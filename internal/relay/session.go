@@ -103,7 +103,12 @@ func newSession(m *Manager, client netip.Addr) (*Session, error) {
 	s.in = rate.NewLimiter(limit, burst)
 	s.out = rate.NewLimiter(limit, burst)
 
+	var aliases []netip.Addr
+	if cfg.HostAlias.IsValid() {
+		aliases = append(aliases, cfg.HostAlias)
+	}
 	st, err := netstack.New(netstack.Config{
+		Aliases:     aliases,
 		MAC:         cfg.GatewayMAC,
 		Addr:        netip.PrefixFrom(cfg.Gateway, cfg.Subnet.Bits()),
 		Promiscuous: true,
@@ -175,6 +180,7 @@ func newSession(m *Manager, client netip.Addr) (*Session, error) {
 	s.nat = nat.New(nat.Config{
 		Policy:      cfg.Egress,
 		Local:       cfg.Subnet,
+		HostAlias:   cfg.HostAlias,
 		MaxTCP:      cfg.MaxTCPFlows,
 		MaxUDP:      cfg.MaxUDPFlows,
 		DialTimeout: cfg.DialTimeout,

@@ -33,6 +33,15 @@ type Config struct {
 	// Local is the VM's virtual subnet: destinations in it are never
 	// forwarded to the host network, whatever the policy says.
 	Local netip.Prefix
+	// HostAlias, if valid, is an address in Local that stands for the
+	// relay host's loopback (as 10.0.2.2 does in QEMU's slirp): flows to
+	// HostAlias:PORT go to HostLoopback:PORT, and the policy decides on
+	// HostLoopback:PORT, so an operator still has to allow-list each
+	// port (e.g. 127.0.0.1:5432). The guest routes 127/8 to its own lo,
+	// so without an alias it cannot reach the host at all.
+	HostAlias netip.Addr
+	// HostLoopback is where HostAlias leads. Default 127.0.0.1.
+	HostLoopback netip.Addr
 	// MaxTCP and MaxUDP bound concurrent flows. Zero means no limit.
 	MaxTCP, MaxUDP int
 	// DialTimeout bounds a host TCP dial. Default 10 s.
@@ -68,6 +77,9 @@ func New(cfg Config, log *slog.Logger) *NAT {
 	if cfg.Dial == nil {
 		cfg.Dial = (&net.Dialer{}).DialContext
 	}
+	if !cfg.HostLoopback.IsValid() {
+		cfg.HostLoopback = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
 	return &NAT{cfg: cfg, log: log}
 }
 
@@ -92,7 +104,17 @@ func (n *NAT) flow(proto string, delta int) {
 	}
 }
 
-// check applies the subnet rule and the policy; it returns "" if allowed.
+// translate maps the host alias to the host's loopback; other destinations
+// are returned as they are.
+func (n *NAT) translate(dst netip.AddrPort) netip.AddrPort {
+	if n.cfg.HostAlias.IsValid() && dst.Addr().Unmap() == n.cfg.HostAlias {
+		return netip.AddrPortFrom(n.cfg.HostLoopback, dst.Port())
+	}
+	return dst
+}
+
+// check applies the subnet rule and the policy to a translated destination;
+// it returns "" if allowed.
 func (n *NAT) check(dst netip.AddrPort) string {
 	a := dst.Addr().Unmap()
 	if n.cfg.Local.IsValid() && n.cfg.Local.Contains(a) {
@@ -116,6 +138,7 @@ func acquire(c *atomic.Int64, limit int) bool {
 // first, so a refused or unreachable destination reaches the guest as a
 // RST, as it would on a real network. It blocks until the flow ends.
 func (n *NAT) TCP(ctx context.Context, src, dst netip.AddrPort, accept func() (net.Conn, error), reject func()) {
+	dst = n.translate(dst)
 	if reason := n.check(dst); reason != "" {
 		n.refuse("tcp", reason, src, dst)
 		reject()
@@ -182,6 +205,7 @@ func splice(ctx context.Context, a, b net.Conn) {
 // valid until then), and returns false to refuse, which the stack turns into
 // an ICMP port unreachable. The flow then runs on its own goroutine.
 func (n *NAT) UDP(ctx context.Context, src, dst netip.AddrPort, accept func() (net.Conn, error)) bool {
+	dst = n.translate(dst)
 	if reason := n.check(dst); reason != "" {
 		n.refuse("udp", reason, src, dst)
 		return false

@@ -114,3 +114,62 @@ func TestUDPFlowLimitAndIdle(t *testing.T) {
 		t.Error("denied destination accepted")
 	}
 }
+
+func TestHostAlias(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	port := netip.MustParseAddrPort(l.Addr().String()).Port()
+	pol, _ := policy.Parse([]string{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String()})
+	alias := netip.MustParseAddr("10.0.2.3")
+	src := netip.MustParseAddrPort("10.0.2.15:40000")
+	tests := []struct {
+		alias  netip.Addr
+		dst    netip.AddrPort
+		accept bool
+		reason string
+	}{
+		{alias, netip.AddrPortFrom(alias, port), true, ""},
+		{alias, netip.AddrPortFrom(alias, port+1), false, policy.ReasonLoopback}, // port not allow-listed
+		{netip.Addr{}, netip.AddrPortFrom(alias, port), false, ReasonLocal},      // alias off
+		{alias, netip.AddrPortFrom(netip.MustParseAddr("10.0.2.4"), port), false, ReasonLocal},
+	}
+	for _, tt := range tests {
+		var reason string
+		n := New(Config{Policy: pol, Local: netip.MustParsePrefix("10.0.2.0/24"), HostAlias: tt.alias, DialTimeout: 2 * time.Second,
+			OnRefused: func(_, r string) { reason = r }}, slog.New(slog.DiscardHandler))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		guest, inside := net.Pipe()
+		accepted, rejected := false, false
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			n.TCP(ctx, src, tt.dst, func() (net.Conn, error) { accepted = true; return inside, nil }, func() { rejected = true })
+		}()
+		if tt.accept {
+			guest.Write([]byte("ping"))
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(guest, buf); err != nil || string(buf) != "ping" {
+				t.Errorf("%s: echo %q, %v", tt.dst, buf, err)
+			}
+			guest.Close()
+		}
+		cancel()
+		<-done
+		n.Wait()
+		if accepted != tt.accept || rejected == tt.accept || reason != tt.reason {
+			t.Errorf("TCP(%s) alias %s: accepted %v rejected %v reason %q; want accept %v reason %q", tt.dst, tt.alias, accepted, rejected, reason, tt.accept, tt.reason)
+		}
+	}
+}

@@ -1,0 +1,101 @@
+// Helpers for the browser tests: a real `pgwasm serve` on loopback and
+// Debian's Chromium driven by playwright-core.
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const artifacts = path.join(root, "build", "test-artifacts");
+
+// startServer runs pgwasm serve on free loopback ports and resolves with
+// its base URL once it listens.
+export async function startServer({ bin = process.env.PGWASM_BIN || path.join(root, "build/bin/pgwasm"), image = process.env.PGWASM_IMAGE || path.join(root, "build/image") } = {}) {
+  if (!fs.existsSync(path.join(image, "manifest.json"))) throw new Error(`no VM image in ${image} (make image snapshot)`);
+  const first = 20000 + Math.floor(Math.random() * 40000);
+  const args = ["serve", "--listen", "127.0.0.1:0", "--image", image,
+    "--tunnel-sni-listen", "127.0.0.1:0", "--tunnel-ports", `${first}-${first + 15}`,
+    "--tunnel-bind", "127.0.0.1", "--tunnel-host", "127.0.0.1"];
+  const proc = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
+  // Never leave a server behind, even when a test run dies.
+  process.on("exit", () => proc.kill("SIGKILL"));
+  const log = [];
+  const url = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("pgwasm serve did not start:\n" + log.join(""))), 30000);
+    proc.stderr.setEncoding("utf8");
+    proc.stderr.on("data", chunk => {
+      log.push(chunk);
+      const m = /msg=serving http=(\S+)/.exec(log.join("")) || /"msg":"serving","http":"([^"]+)"/.exec(log.join(""));
+      if (m) {
+        clearTimeout(timer);
+        resolve(`http://${m[1]}/`);
+      }
+    });
+    proc.on("exit", code => reject(new Error(`pgwasm serve exited (${code}):\n` + log.join(""))));
+  });
+  return { url, log, stop: () => new Promise(r => { proc.on("exit", r); proc.kill("SIGTERM"); }) };
+}
+
+export async function launchBrowser() {
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "pgwasm-chromium-"));
+  const ctx = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    viewport: { width: 1280, height: 800 },
+    acceptDownloads: true,
+  });
+  return { ctx, close: async () => { await ctx.close(); fs.rmSync(userDataDir, { recursive: true, force: true }); } };
+}
+
+// waitReady waits until the page's VM reports ready (or fails).
+export async function waitReady(page, timeoutMs = 240000) {
+  await page.waitForFunction(() => {
+    const pg = window.pgwasm;
+    if (document.querySelector("#message.error:not([hidden])")) return true;
+    return pg && pg.timings && pg.timings.ready > 0;
+  }, null, { timeout: timeoutMs, polling: 250 });
+  const err = await page.evaluate(() => {
+    const m = document.querySelector("#message.error:not([hidden])");
+    return m ? m.textContent : "";
+  });
+  if (err) throw new Error("page error: " + err);
+}
+
+// screenText is what the xterm terminal shows (its whole buffer).
+export function screenText(page) {
+  return page.evaluate(() => window.pgwasm.terminal.text());
+}
+
+export async function waitScreen(page, re, timeoutMs = 60000) {
+  const deadline = Date.now() + timeoutMs;
+  let text = "";
+  while (Date.now() < deadline) {
+    text = await screenText(page);
+    if (re.test(text)) return text;
+    await new Promise(r => setTimeout(r, 200));
+  }
+  throw new Error(`terminal never showed ${re}; it shows:\n${text.trimEnd().split("\n").slice(-15).join("\n")}`);
+}
+
+// waitMessage waits for the page's message line to change to a final kind.
+export async function waitMessage(page, timeoutMs = 180000) {
+  await page.waitForFunction(() => {
+    const m = document.querySelector("#message");
+    return m && !m.hidden && /\b(ok|error)\b/.test(m.className);
+  }, null, { timeout: timeoutMs, polling: 200 });
+  return page.evaluate(() => {
+    const m = document.querySelector("#message");
+    const r = { kind: m.className.includes("error") ? "error" : "ok", text: m.textContent };
+    m.hidden = true;
+    m.className = "message";
+    return r;
+  });
+}
+
+export function apiQuery(page, sql, params) {
+  return page.evaluate(([sql, params]) => window.pgwasm.query(sql, params), [sql, params]);
+}
