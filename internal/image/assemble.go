@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
@@ -40,7 +41,9 @@ var initramfsModules = []string{"virtio_pci", "9pnet_virtio", "9p", "ne2k-pci", 
 
 func guestHash() [32]byte {
 	h := sha256.New()
-	for _, b := range [][]byte{guest.InitramfsInit, guest.Init, guest.UdhcpcScript, []byte(pgconf.ConfFile()), []byte(pgconf.HBA()), []byte(strings.Join(pgconf.InitdbArgs(), " ")), []byte(strings.Join(initramfsModules, " "))} {
+	etc, _ := json.Marshal(etcFiles()) // map keys marshal sorted
+	for _, b := range [][]byte{guest.InitramfsInit, guest.Init, guest.UdhcpcScript, []byte(pgconf.ConfFile()), []byte(pgconf.HBA()),
+		[]byte(strings.Join(pgconf.InitdbArgs(), " ")), []byte(strings.Join(initramfsModules, " ")), etc, []byte(psqlRC)} {
 		s := sha256.Sum256(b)
 		h.Write(s[:])
 	}
@@ -48,6 +51,26 @@ func guestHash() [32]byte {
 	copy(out[:], h.Sum(nil))
 	return out
 }
+
+// etcFiles are the /etc files dpkg's maintainer scripts and base-files would
+// have written. They are part of the cache key.
+func etcFiles() map[string]string {
+	return map[string]string{
+		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\n" +
+			fmt.Sprintf("postgres:x:%d:%d:PostgreSQL administrator:/var/lib/postgresql:/bin/sh\n", postgresUID, postgresUID) +
+			"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+		"etc/group":         "root:x:0:\n" + fmt.Sprintf("postgres:x:%d:\n", postgresUID) + "ssl-cert:x:101:postgres\nnogroup:x:65534:\n",
+		"etc/shadow":        "root:*:19000:0:99999:7:::\npostgres:*:19000:0:99999:7:::\n",
+		"etc/hostname":      "pgwasm\n",
+		"etc/hosts":         "127.0.0.1\tlocalhost pgwasm\n::1\tlocalhost ip6-localhost\n",
+		"etc/nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n",
+		"etc/resolv.conf":   "# written by the guest agent when the network comes up\n",
+		"etc/os-release":    "PRETTY_NAME=\"pgwasm (Debian packages)\"\nNAME=pgwasm\nID=pgwasm\nID_LIKE=debian\n",
+		"etc/profile":       "export PATH=" + pgBin + ":/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\nexport PAGER=cat PGDATA=" + pgData + " LANG=C.UTF-8\n",
+	}
+}
+
+const psqlRC = "\\set HISTCONTROL ignorespace\n"
 
 // assemble builds everything into staged, using work for scratch space.
 func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, staged string) (*Manifest, error) {
@@ -174,23 +197,16 @@ func configureRoot(ctx context.Context, root string, agent []byte) error {
 	if err := installBusybox(ctx, root); err != nil {
 		return err
 	}
-	files := map[string]string{
-		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\n" +
-			fmt.Sprintf("postgres:x:%d:%d:PostgreSQL administrator:/var/lib/postgresql:/bin/sh\n", postgresUID, postgresUID) +
-			"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-		"etc/group":         "root:x:0:\n" + fmt.Sprintf("postgres:x:%d:\n", postgresUID) + "ssl-cert:x:101:postgres\nnogroup:x:65534:\n",
-		"etc/shadow":        "root:*:19000:0:99999:7:::\npostgres:*:19000:0:99999:7:::\n",
-		"etc/hostname":      "pgwasm\n",
-		"etc/hosts":         "127.0.0.1\tlocalhost pgwasm\n::1\tlocalhost ip6-localhost\n",
-		"etc/nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n",
-		"etc/resolv.conf":   "# written by the guest agent when the network comes up\n",
-		"etc/os-release":    "PRETTY_NAME=\"pgwasm (Debian packages)\"\nNAME=pgwasm\nID=pgwasm\nID_LIKE=debian\n",
-		"etc/profile":       "export PATH=" + pgBin + ":/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\nexport PAGER=cat PGDATA=" + pgData + " LANG=C.UTF-8\n",
-	}
-	for name, content := range files {
+	for name, content := range etcFiles() {
 		if err := writeFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
 			return err
 		}
+	}
+	// psql in the page's terminal: the page sets the terminal size with a
+	// line that starts with a space, which this keeps out of the history.
+	psqlrc := filepath.Join(root, "var/lib/postgresql/.psqlrc")
+	if err := writeFile(psqlrc, []byte(psqlRC), 0o644); err != nil {
+		return err
 	}
 	os.Chmod(filepath.Join(root, "etc/shadow"), 0o640)
 	for _, d := range []string{"proc", "sys", "dev", "run", "tmp", "root", "var/tmp", "var/log", "usr/lib/pgwasm", "etc/ssl/certs"} {
