@@ -45,10 +45,11 @@ snapshot: image ## boot the image headless and save state-$(MEMORY).bin.zst (cac
 run: snapshot ## build what is missing, then serve the page on http://$(LISTEN)
 	$(PGWASM) serve --listen $(LISTEN) --image $(IMAGE)
 
-test: setup image ## run the whole suite: Go unit tests, the real VM, the browser app
+test: setup image ## run the whole suite: Go unit tests, the real VM, the browser app, the scenarios
 	$(MAKE) --no-print-directory test-go
 	$(MAKE) --no-print-directory test-vm
 	$(MAKE) --no-print-directory test-web
+	$(MAKE) --no-print-directory test-e2e
 
 # The image build's cache lets the kmod tests run on the real Debian kernel's
 # modules and the extension build test reuse the i386 toolchain it unpacked.
@@ -66,6 +67,9 @@ test-vm: snapshot ## boot the real VM (headless v86 in Node) and test it end to 
 test-web: build snapshot ## browser tests: Playwright driving Debian's Chromium against pgwasm serve
 	cd web && npx tsc -p .
 	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) node web/test/run.mjs
+
+test-e2e: build snapshot ## scenarios of issue #5: real serve + VM + host PostgreSQL 15 (about 9 min)
+	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) test -count=1 -timeout 40m -v ./test/e2e/
 
 FUZZTIME ?= 20s
 fuzz: ## run every fuzz target for FUZZTIME each
