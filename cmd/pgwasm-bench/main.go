@@ -1,0 +1,228 @@
+// Command pgwasm-bench measures what issues #2 (the VM image) and #3 (relay
+// and tunnel) ask for and writes docs/BENCHMARKS.md:
+//
+//	PGWASM_IMAGE=build/image go run ./cmd/pgwasm-bench -out docs/BENCHMARKS.md
+//	go run ./cmd/pgwasm-bench -quick            # a short run to try it out
+//	go run ./cmd/pgwasm-bench -parts net        # only the relay benchmarks
+//
+// The VM part boots and restores the real image headless (internal/vm); the
+// network part runs the repository's Go benchmarks with `go test -bench` and
+// parses their output. Every figure comes from this run; the report is also
+// printed to stdout.
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Config is the command's settings; flags, with PGWASM_IMAGE as the image
+// directory's default.
+type Config struct {
+	Out          string
+	ImageDir     string
+	HarnessDir   string
+	NativeBinDir string
+	Go           string
+	Memory       []int
+	Parts        []string
+	Quick        bool
+	Timeout      time.Duration
+	VMBudget     time.Duration
+	Verbose      bool
+
+	Boots, Restores, QueryRuns int
+	Count, IdleCount           int
+	IdleSessions               int
+	Benchtime                  string
+	ConnectBenchtime           string
+
+	Args string // the flags given, for the report
+}
+
+// RegisterFlags defines the flags on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	imageDir := os.Getenv("PGWASM_IMAGE")
+	if imageDir == "" {
+		imageDir = "build/image"
+	}
+	fs.StringVar(&c.Out, "out", "", "write the report (markdown) to this file as well as stdout")
+	fs.StringVar(&c.ImageDir, "image", imageDir, "built image directory with state-<MB>.bin.zst (env PGWASM_IMAGE)")
+	fs.StringVar(&c.HarnessDir, "harness", os.Getenv("PGWASM_HARNESS"), "Node harness directory (found from the working directory when empty)")
+	fs.StringVar(&c.NativeBinDir, "native-pg", "/usr/lib/postgresql/15/bin", "host PostgreSQL server binaries for the native query comparison")
+	fs.StringVar(&c.Go, "go", "go", "go command that runs the Go benchmarks")
+	fs.Func("memory", "comma list of memory sizes (MB): each gets a snapshot (cached by image key); the first is restored and booted (default 128)", func(s string) error {
+		c.Memory = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n <= 0 {
+				return fmt.Errorf("bad memory size %q", f)
+			}
+			c.Memory = append(c.Memory, n)
+		}
+		return nil
+	})
+	fs.Func("parts", "comma list of parts to run: vm, net (default both)", func(s string) error {
+		c.Parts = strings.Split(s, ",")
+		for _, p := range c.Parts {
+			if p != "vm" && p != "net" {
+				return fmt.Errorf("unknown part %q (want vm or net)", p)
+			}
+		}
+		return nil
+	})
+	fs.BoolVar(&c.Quick, "quick", false, "few runs and short benchmarks (about 3 minutes), to try the program; flags given explicitly still win")
+	fs.DurationVar(&c.Timeout, "timeout", 25*time.Minute, "stop everything after this long")
+	fs.DurationVar(&c.VMBudget, "vm-budget", 12*time.Minute, "start no further VM run (restore, query, boot) after this long; the first of each kind always runs")
+	fs.BoolVar(&c.Verbose, "v", false, "debug logs (VM harness included)")
+	fs.IntVar(&c.Boots, "boots", 3, "full boots to first query")
+	fs.IntVar(&c.Restores, "restores", 5, "snapshot restores to first query")
+	fs.IntVar(&c.QueryRuns, "query-runs", 3, "runs of the count query in the VM (natively: at least 5)")
+	fs.IntVar(&c.Count, "count", 5, "go test -count for the relay and tunnel benchmarks")
+	fs.IntVar(&c.IdleCount, "idle-count", 3, "go test -count for the idle-session benchmark")
+	fs.IntVar(&c.IdleSessions, "idle-sessions", 10000, "idle sessions to hold (the benchmark has 1000 and 10000)")
+	fs.StringVar(&c.Benchtime, "benchtime", "1s", "go test -benchtime for throughput, round trip and tunnel setup")
+	fs.StringVar(&c.ConnectBenchtime, "connect-benchtime", "30x", "go test -benchtime for the full pgx connection benchmark")
+}
+
+// applyQuick lowers every run count the user did not set.
+func (c *Config) applyQuick(set map[string]bool) {
+	if !c.Quick {
+		return
+	}
+	quick := map[string]func(){
+		"boots":             func() { c.Boots = 1 },
+		"restores":          func() { c.Restores = 2 },
+		"query-runs":        func() { c.QueryRuns = 1 },
+		"count":             func() { c.Count = 1 },
+		"idle-count":        func() { c.IdleCount = 1 },
+		"idle-sessions":     func() { c.IdleSessions = 1000 },
+		"benchtime":         func() { c.Benchtime = "300ms" },
+		"connect-benchtime": func() { c.ConnectBenchtime = "5x" },
+	}
+	for name, f := range quick {
+		if !set[name] {
+			f()
+		}
+	}
+}
+
+func (c *Config) part(p string) bool { return len(c.Parts) == 0 || slices.Contains(c.Parts, p) }
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	var cfg Config
+	fs := flag.NewFlagSet("pgwasm-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	cfg.applyQuick(set)
+	if len(cfg.Memory) == 0 {
+		cfg.Memory = []int{128}
+	}
+	cfg.Args = strings.Join(args, " ")
+	level := slog.LevelInfo
+	if cfg.Verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+
+	if err := checkModuleRoot(); err != nil {
+		logger.Error("cannot run", "err", err)
+		return 1
+	}
+	start := time.Now()
+	rep := &report{Cfg: &cfg, Env: collectEnv(ctx, &cfg, logger)}
+	if cfg.part("vm") {
+		rep.VM = measureVM(ctx, &cfg, logger, &rep.Errors)
+	}
+	if cfg.part("net") {
+		rep.Net = measureNet(ctx, &cfg, logger, &rep.Errors)
+	}
+	rep.Env.Wall = time.Since(start).Round(time.Second).String()
+	rep.Env.LoadEnd = loadAvg()
+
+	var buf bytes.Buffer
+	rep.write(&buf)
+	if _, err := stdout.Write(buf.Bytes()); err != nil {
+		logger.Error("cannot write the report", "err", err)
+		return 1
+	}
+	if cfg.Out != "" {
+		if err := writeFileAtomic(cfg.Out, buf.Bytes()); err != nil {
+			logger.Error("cannot write the report", "err", err)
+			return 1
+		}
+		logger.Info("report written", "path", cfg.Out, "wall", rep.Env.Wall)
+	}
+	if len(rep.Errors) > 0 {
+		logger.Error("some measurements failed; the report lists them", "failures", len(rep.Errors))
+		return 1
+	}
+	return 0
+}
+
+// checkModuleRoot makes sure `go test ./internal/...` runs in this module.
+func checkModuleRoot() error {
+	data, err := os.ReadFile("go.mod")
+	if err != nil {
+		return fmt.Errorf("run from the repository root (go.mod): %w", err)
+	}
+	if !bytes.Contains(data, []byte("module github.com/pgwasm/pgwasm")) {
+		return errors.New("go.mod here is not github.com/pgwasm/pgwasm: run from the repository root")
+	}
+	return nil
+}
+
+// writeFileAtomic writes through a temporary file and a rename, so an
+// interrupted run leaves the previous report in place.
+func writeFileAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".bench-*")
+	if err != nil {
+		return fmt.Errorf("cannot create the report file: %w", err)
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("cannot write the report file: %w", err)
+	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		return fmt.Errorf("cannot write the report file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("cannot write the report file: %w", err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("cannot put the report in place: %w", err)
+	}
+	return nil
+}
