@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -35,6 +37,8 @@ type serveConfig struct {
 	allowedOrigins    listFlag
 	trustForwardedFor bool
 	shutdownTimeout   time.Duration
+	sessionSecret     string
+	sessionSecretFile string
 
 	tunnelPorts     string
 	tunnelBind      string
@@ -76,6 +80,8 @@ func (c *serveConfig) registerFlags(fs *flag.FlagSet) {
 	fs.Var(&c.allowedOrigins, "allowed-origins", "other page origins (scheme://host[:port]) that may use the API and relay; repeat or comma list; * allows any")
 	fs.BoolVar(&c.trustForwardedFor, "trust-forwarded-for", false, "take the client address from X-Forwarded-For (only behind a proxy that sets it)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long shutdown waits for requests to finish")
+	fs.StringVar(&c.sessionSecret, "session-secret", "", "secret (at least 16 bytes) that signs session tokens, so sessions survive a restart and any server with the same secret accepts them; empty: random at start (a restart then ends every session)")
+	fs.StringVar(&c.sessionSecretFile, "session-secret-file", "", "file holding --session-secret (surrounding white space ignored)")
 
 	fs.StringVar(&c.tunnelPorts, "tunnel-ports", "15432-15531", "port range for per-session tunnel ports (FIRST-LAST); off disables port mode")
 	fs.StringVar(&c.tunnelBind, "tunnel-bind", td.PortBind.String(), "address per-session tunnel ports listen on")
@@ -138,6 +144,24 @@ func (c *serveConfig) parts() (serveParts, error) {
 		return p, fmt.Errorf("cannot parse --allow-egress: %w", err)
 	}
 	p.relay.Egress = pol
+	switch {
+	case c.sessionSecret != "" && c.sessionSecretFile != "":
+		return p, errors.New("give --session-secret or --session-secret-file, not both")
+	case c.sessionSecretFile != "":
+		b, err := os.ReadFile(c.sessionSecretFile)
+		if err != nil {
+			return p, fmt.Errorf("cannot read --session-secret-file: %w", err)
+		}
+		p.relay.SessionSecret = bytes.TrimSpace(b)
+		if len(p.relay.SessionSecret) == 0 {
+			return p, fmt.Errorf("--session-secret-file %s is empty", c.sessionSecretFile)
+		}
+	case c.sessionSecret != "":
+		p.relay.SessionSecret = []byte(c.sessionSecret)
+	}
+	if n := len(p.relay.SessionSecret); n > 0 && n < relay.MinSecretLen {
+		return p, fmt.Errorf("session secret of %d bytes: want at least %d", n, relay.MinSecretLen)
+	}
 	p.relay.DNSUpstreams = c.dnsUpstreams
 	if !off(c.hostAlias) {
 		if p.relay.HostAlias, err = netip.ParseAddr(c.hostAlias); err != nil {
@@ -169,6 +193,10 @@ func (c *serveConfig) parts() (serveParts, error) {
 		p.relay.AllowedOrigins = append(p.relay.AllowedOrigins, p.server.PublicURL.Host)
 	}
 	p.server.TrustForwardedFor = c.trustForwardedFor
+	trust := c.trustForwardedFor
+	// A session re-created on a websocket counts against the same
+	// per-client limit as one made through the API.
+	p.relay.ClientAddr = func(r *http.Request) netip.Addr { return server.ClientAddr(r, trust) }
 	p.server.ImageDir = c.image
 	p.server.TunnelHost = c.tunnelHost
 
@@ -236,6 +264,9 @@ func runServe(ctx context.Context, e *env, cfg *serveConfig, ready func(httpAddr
 		return fmt.Errorf("cannot register process metrics: %w", err)
 	}
 
+	if len(parts.relay.SessionSecret) == 0 {
+		log.Warn("no --session-secret: sessions will not survive a restart of this server")
+	}
 	mgr, err := relay.NewManager(parts.relay, log.With("component", "relay"), reg)
 	if err != nil {
 		return fmt.Errorf("cannot start the relay: %w", err)

@@ -60,6 +60,18 @@ func TestServeFlags(t *testing.T) {
 			}
 			return ""
 		}},
+		{"session secret from env", nil, map[string]string{"PGWASM_SESSION_SECRET": "0123456789abcdef-env"}, func(p serveParts) string {
+			if string(p.relay.SessionSecret) != "0123456789abcdef-env" || p.relay.ClientAddr == nil {
+				return "secret " + string(p.relay.SessionSecret)
+			}
+			return ""
+		}},
+		{"session secret file", []string{"--session-secret-file", "testdata/session-secret"}, nil, func(p serveParts) string {
+			if string(p.relay.SessionSecret) != "0123456789abcdef-from-a-file" {
+				return "secret " + string(p.relay.SessionSecret)
+			}
+			return ""
+		}},
 		{"flag beats env", []string{"--tunnel-domain", "a.example"}, map[string]string{"PGWASM_TUNNEL_DOMAIN": "b.example"}, func(p serveParts) string {
 			if p.tunnel.Domain != "a.example" {
 				return "domain " + p.tunnel.Domain
@@ -96,6 +108,9 @@ func TestServeFlagErrors(t *testing.T) {
 		{[]string{"--tunnel-tls-cert", "/c.pem"}, "go together"},
 		{[]string{"--tunnel-bind", "localhost"}, "tunnel-bind"},
 		{[]string{"--allowed-origins", "docs.example.org"}, "allowed-origins"},
+		{[]string{"--session-secret", "short"}, "at least 16"},
+		{[]string{"--session-secret", "0123456789abcdef", "--session-secret-file", "testdata/session-secret"}, "not both"},
+		{[]string{"--session-secret-file", "testdata/nosuchfile"}, "session-secret-file"},
 	}
 	for _, tt := range tests {
 		cfg, err := parseServe(t, tt.args, nil)

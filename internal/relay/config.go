@@ -3,6 +3,7 @@ package relay
 import (
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"time"
 
@@ -39,6 +40,17 @@ type Config struct {
 	DNSUpstreams []string
 	// ResolvConf is read when DNSUpstreams is empty.
 	ResolvConf string
+
+	// SessionSecret signs session tokens (see token.go). A server that
+	// restarts with the same secret, or another server sharing it, accepts
+	// the tokens it made and re-creates their sessions when the VM
+	// reconnects. Empty: NewManager draws a random one, so sessions do not
+	// survive a restart. At least MinSecretLen bytes.
+	SessionSecret []byte
+	// ClientAddr gives the client address of a websocket request (for the
+	// per-client limit when a session is re-created). Nil: the request's
+	// RemoteAddr.
+	ClientAddr func(*http.Request) netip.Addr
 
 	// AllowedOrigins are websocket Origin host patterns (path.Match
 	// syntax, e.g. "*.example.com"). Empty allows only the request's own
@@ -115,6 +127,8 @@ func (c Config) validate() error {
 	case c.HostAlias.IsValid() && (!c.HostAlias.Is4() || !c.Subnet.Contains(c.HostAlias) || c.HostAlias == c.Gateway || c.HostAlias == c.Guest ||
 		c.HostAlias == c.Subnet.Masked().Addr()):
 		return fmt.Errorf("invalid relay config: host alias %s must be an IPv4 address in subnet %s other than the gateway %s and the guest %s", c.HostAlias, c.Subnet, c.Gateway, c.Guest)
+	case len(c.SessionSecret) > 0 && len(c.SessionSecret) < MinSecretLen:
+		return fmt.Errorf("invalid relay config: session secret of %d bytes, want at least %d", len(c.SessionSecret), MinSecretLen)
 	case len(c.GatewayMAC) != 6:
 		return fmt.Errorf("invalid relay config: gateway MAC %q", c.GatewayMAC)
 	case c.MTU < 576:

@@ -2,17 +2,22 @@ package relay
 
 import (
 	"bufio"
+	"errors"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/coder/websocket"
 )
 
 // ServeHTTP attaches a websocket to a session. Mount it at /relay/; the URL
-// is /relay/{id}?token={token}. Unknown session: 404; wrong token: 401;
-// Origin not allowed: 403 (from the websocket library).
+// is /relay/{id}?token={token}. An unknown id with a valid token re-creates
+// the session (see the package doc). Wrong, forged or expired token: 401;
+// a session deleted here: 404; a session limit: 429; Origin not allowed:
+// 403 (from the websocket library).
 func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id := r.URL.Path
 	if i := strings.LastIndex(id, "/"); i >= 0 {
@@ -24,10 +29,10 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s, ok := m.Lookup(id)
 	if !ok {
-		http.Error(w, "relay: unknown or ended session", http.StatusNotFound)
-		return
-	}
-	if !s.checkToken(r.URL.Query().Get("token")) {
+		if s, ok = m.restoreFromRequest(w, r, id); !ok {
+			return
+		}
+	} else if !s.checkToken(r.URL.Query().Get("token")) {
 		s.log.Info("websocket refused: bad token", "remote", r.RemoteAddr)
 		http.Error(w, "relay: missing or wrong session token", http.StatusUnauthorized)
 		return
@@ -49,6 +54,55 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.attach(r.Context(), c, cw.conn)
+}
+
+// restoreFromRequest re-creates session id from the request's token, or
+// answers the request with the reason it cannot.
+func (m *Manager) restoreFromRequest(w http.ResponseWriter, r *http.Request, id string) (*Session, bool) {
+	log := m.log.With("session", id, "remote", r.RemoteAddr)
+	created, expires, err := verifyToken(m.secret, id, r.URL.Query().Get("token"), time.Now(), m.cfg.Lifetime)
+	if err != nil {
+		m.metrics.sessionRefused.WithLabelValues("restore-bad-token").Inc()
+		log.Info("websocket refused: unknown session, token does not restore it", "err", err)
+		msg := "relay: unknown session, and a missing or wrong session token"
+		if errors.Is(err, errTokenExpired) {
+			msg = "relay: session expired (its lifetime is over)"
+		}
+		http.Error(w, msg, http.StatusUnauthorized)
+		return nil, false
+	}
+	client := m.clientAddr(r)
+	s, fresh, err := m.restore(r.Context(), client, id, created, expires)
+	if err != nil {
+		log.Warn("cannot restore session", "client", client, "err", err)
+		switch {
+		case errors.Is(err, ErrDeleted):
+			http.Error(w, "relay: session was deleted", http.StatusNotFound)
+		case errors.Is(err, ErrTooManySessions), errors.Is(err, ErrTooManySessionsForClient):
+			w.Header().Set("Retry-After", "30")
+			http.Error(w, "relay: "+err.Error(), http.StatusTooManyRequests)
+		default:
+			http.Error(w, "relay: cannot restore session", http.StatusServiceUnavailable)
+		}
+		return nil, false
+	}
+	m.mu.Lock()
+	hook := m.onRestore
+	m.mu.Unlock()
+	if hook != nil && fresh {
+		hook(s, r)
+	}
+	return s, true
+}
+
+func (m *Manager) clientAddr(r *http.Request) netip.Addr {
+	if m.cfg.ClientAddr != nil {
+		return m.cfg.ClientAddr(r)
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 // validID accepts what newID makes: lowercase letters and digits.

@@ -7,13 +7,22 @@
 // The server creates a session, gives the page its ID and token, and mounts
 // the Manager at /relay/; the page points v86 at
 // ws(s)://host/relay/{id}?token={token}.
+//
+// Tokens are signed with Config.SessionSecret, so a session outlives the
+// process: when a websocket arrives for an id this Manager does not know
+// (the server restarted, or another server with the same secret made it)
+// and its token verifies and has not expired, the session is re-created
+// with the same id, creation time and token, and a fresh network (the VM
+// keeps its address; its open TCP connections through the NAT are lost).
 package relay
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"sync"
 	"time"
@@ -29,7 +38,13 @@ var (
 	ErrTooManySessionsForClient = errors.New("too many relay sessions for this client")
 	ErrUnknownSession           = errors.New("unknown relay session")
 	ErrClosed                   = errors.New("relay manager closed")
+	// ErrDeleted: the session was deleted here; its token no longer
+	// re-creates it on this Manager.
+	ErrDeleted = errors.New("relay session was deleted")
 )
+
+// maxDeleted bounds the ids of deleted sessions a Manager remembers.
+const maxDeleted = 100000
 
 // Manager owns every session.
 type Manager struct {
@@ -37,6 +52,7 @@ type Manager struct {
 	log          *slog.Logger
 	metrics      *metrics
 	dnsUpstreams []string
+	secret       []byte
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -47,6 +63,10 @@ type Manager struct {
 	sessions map[string]*Session
 	pending  int // sessions being built; they count against MaxSessions
 	byClient map[netip.Addr]int
+	// deleted holds ids deleted here until their lifetime ends, so their
+	// tokens cannot bring them back on this Manager.
+	deleted   map[string]time.Time
+	onRestore func(*Session, *http.Request)
 }
 
 // NewManager checks cfg and starts the timeout checker. Metrics go to reg
@@ -69,13 +89,22 @@ func NewManager(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Ma
 	if err != nil {
 		return nil, err
 	}
+	secret := cfg.SessionSecret
+	if len(secret) == 0 {
+		secret = make([]byte, 32)
+		if _, err := rand.Read(secret); err != nil {
+			return nil, fmt.Errorf("cannot generate a session secret: %w", err)
+		}
+	}
 	m := &Manager{
 		cfg:          cfg,
 		log:          logger.With("component", "relay"),
 		metrics:      met,
 		dnsUpstreams: ups,
+		secret:       secret,
 		sessions:     make(map[string]*Session),
 		byClient:     make(map[netip.Addr]int),
+		deleted:      make(map[string]time.Time),
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.wg.Add(1)
@@ -85,47 +114,93 @@ func NewManager(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Ma
 
 // Create makes a session for the HTTP client at clientAddr.
 func (m *Manager) Create(ctx context.Context, clientAddr netip.Addr) (*Session, error) {
+	now := time.Now()
+	s, _, err := m.create(ctx, clientAddr, newID(), now, now.Add(m.cfg.Lifetime), false)
+	return s, err
+}
+
+// OnRestore sets a function called with each session re-created from its
+// token, and the websocket request that brought it back, before the
+// websocket attaches (the server gives it a tunnel port there). Set it
+// before serving.
+func (m *Manager) OnRestore(f func(*Session, *http.Request)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.onRestore = f
+}
+
+// restore re-creates session id from a verified token, under the same
+// limits as Create. If the session exists by now (a concurrent
+// reconnect), it returns that one with fresh false.
+func (m *Manager) restore(ctx context.Context, clientAddr netip.Addr, id string, created, expires time.Time) (s *Session, fresh bool, err error) {
+	m.mu.Lock()
+	_, deleted := m.deleted[id]
+	m.mu.Unlock()
+	if deleted {
+		return nil, false, ErrDeleted
+	}
+	return m.create(ctx, clientAddr, id, created, expires, true)
+}
+
+// create makes session id; fresh is false when restoring found it made.
+func (m *Manager) create(ctx context.Context, clientAddr netip.Addr, id string, created, expires time.Time, restored bool) (_ *Session, fresh bool, _ error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	clientAddr = clientAddr.Unmap()
 	m.mu.Lock()
+	if s, ok := m.sessions[id]; ok && restored {
+		m.mu.Unlock()
+		return s, false, nil
+	}
 	switch {
 	case m.closed:
 		m.mu.Unlock()
-		return nil, ErrClosed
+		return nil, false, ErrClosed
 	case len(m.sessions)+m.pending >= m.cfg.MaxSessions:
 		m.mu.Unlock()
 		m.metrics.sessionRefused.WithLabelValues("total-limit").Inc()
-		return nil, ErrTooManySessions
+		return nil, false, ErrTooManySessions
 	case m.byClient[clientAddr] >= m.cfg.MaxSessionsPerClient:
 		m.mu.Unlock()
 		m.metrics.sessionRefused.WithLabelValues("client-limit").Inc()
-		return nil, ErrTooManySessionsForClient
+		return nil, false, ErrTooManySessionsForClient
 	}
 	// Hold the slot while the stack is built outside the lock.
 	m.byClient[clientAddr]++
 	m.pending++
 	m.mu.Unlock()
 
-	s, err := newSession(m, clientAddr)
+	s, err := newSession(m, clientAddr, id, created, expires)
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.pending--
-	if err != nil || m.closed {
+	var existing *Session
+	if err == nil && !m.closed {
+		existing = m.sessions[id]
+	}
+	if err != nil || m.closed || existing != nil {
 		m.releaseClient(clientAddr)
-		if err == nil {
-			go s.endDetached()
-			return nil, ErrClosed
+		if err != nil {
+			return nil, false, fmt.Errorf("cannot create relay session: %w", err)
 		}
-		return nil, fmt.Errorf("cannot create relay session: %w", err)
+		go s.endDetached()
+		if existing != nil {
+			return existing, false, nil // a concurrent reconnect restored it first
+		}
+		return nil, false, ErrClosed
 	}
 	m.sessions[s.id] = s
 	m.metrics.sessions.Inc()
 	m.metrics.sessionsTotal.Inc()
-	s.log.Info("session created")
-	return s, nil
+	if restored {
+		m.metrics.sessionsRestored.Inc()
+		s.log.Info("session restored from its token", "created", created.UTC().Format(time.RFC3339))
+	} else {
+		s.log.Info("session created")
+	}
+	return s, true, nil
 }
 
 func (m *Manager) releaseClient(a netip.Addr) {
@@ -166,8 +241,29 @@ func (m *Manager) Delete(id string) error {
 	if !ok {
 		return ErrUnknownSession
 	}
+	m.mu.Lock()
+	if len(m.deleted) >= maxDeleted {
+		m.pruneDeleted(time.Now())
+		for k := range m.deleted {
+			if len(m.deleted) < maxDeleted {
+				break
+			}
+			delete(m.deleted, k)
+		}
+	}
+	m.deleted[id] = s.ExpiresAt()
+	m.mu.Unlock()
 	s.end("deleted")
 	return nil
+}
+
+// pruneDeleted forgets deleted ids whose tokens have expired anyway.
+func (m *Manager) pruneDeleted(now time.Time) {
+	for id, exp := range m.deleted {
+		if now.After(exp) {
+			delete(m.deleted, id)
+		}
+	}
 }
 
 // forget is called by Session.end.
@@ -193,6 +289,7 @@ func (m *Manager) janitor() {
 			return
 		case now := <-t.C:
 			m.mu.Lock()
+			m.pruneDeleted(now)
 			var ending []*Session
 			var reasons []string
 			for _, s := range m.sessions {

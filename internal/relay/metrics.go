@@ -21,17 +21,20 @@ const (
 )
 
 type metrics struct {
-	sessions       prometheus.Gauge
-	sessionsTotal  prometheus.Counter
-	sessionsEnded  *prometheus.CounterVec
-	websockets     prometheus.Gauge
-	bytes          *prometheus.CounterVec
-	frames         *prometheus.CounterVec
-	dropped        *prometheus.CounterVec
-	flows          *prometheus.GaugeVec
-	flowsTotal     *prometheus.CounterVec
-	refusals       *prometheus.CounterVec
-	sessionRefused *prometheus.CounterVec
+	sessions      prometheus.Gauge
+	sessionsTotal prometheus.Counter
+	// sessionsRestored counts sessions re-created from their token (a
+	// subset of sessionsTotal).
+	sessionsRestored prometheus.Counter
+	sessionsEnded    *prometheus.CounterVec
+	websockets       prometheus.Gauge
+	bytes            *prometheus.CounterVec
+	frames           *prometheus.CounterVec
+	dropped          *prometheus.CounterVec
+	flows            *prometheus.GaugeVec
+	flowsTotal       *prometheus.CounterVec
+	refusals         *prometheus.CounterVec
+	sessionRefused   *prometheus.CounterVec
 
 	// The per-frame counters, resolved once: WithLabelValues hashes and
 	// locks on every call, which showed in the per-frame profile.
@@ -44,6 +47,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "pgwasm_relay_sessions", Help: "Relay sessions alive now."}),
 		sessionsTotal: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pgwasm_relay_sessions_created_total", Help: "Relay sessions created."}),
+		sessionsRestored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgwasm_relay_sessions_restored_total", Help: "Relay sessions re-created from their token on a websocket reconnect (after a restart, or made by another server)."}),
 		sessionsEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgwasm_relay_sessions_ended_total", Help: "Relay sessions ended, by reason."}, []string{"reason"}),
 		websockets: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -68,7 +73,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.sessions, m.sessionsTotal, m.sessionsEnded, m.websockets, m.bytes, m.frames, m.dropped, m.flows, m.flowsTotal, m.refusals, m.sessionRefused} {
+	for _, c := range []prometheus.Collector{m.sessions, m.sessionsTotal, m.sessionsRestored, m.sessionsEnded, m.websockets, m.bytes, m.frames, m.dropped, m.flows, m.flowsTotal, m.refusals, m.sessionRefused} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("cannot register relay metrics: %w", err)
 		}

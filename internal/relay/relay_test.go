@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,7 +31,9 @@ import (
 // upstream and echo servers, all on 127.0.0.1.
 type env struct {
 	t       *testing.T
-	m       *relay.Manager
+	m       *relay.Manager // replaced by restart; read it in the test goroutine only
+	cur     atomic.Pointer[relay.Manager]
+	cfg     relay.Config
 	reg     *prometheus.Registry
 	srv     *httptest.Server
 	tcpEcho netip.AddrPort
@@ -135,17 +138,36 @@ func newEnv(t testing.TB, mutate func(*relay.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.m = m
+	e.m, e.cfg = m, cfg
+	e.cur.Store(m)
 	mux := http.NewServeMux()
-	mux.Handle("/relay/", m)
+	mux.Handle("/relay/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { e.cur.Load().ServeHTTP(w, r) }))
 	e.srv = httptest.NewServer(mux)
 	t.Cleanup(func() {
 		// Close the relay first: it ends the hijacked websockets that
 		// httptest.Server.Close would otherwise wait for.
-		m.Close()
+		e.cur.Load().Close()
 		e.srv.Close()
 	})
 	return e
+}
+
+// restart closes the Manager (ending its sessions and websockets) and puts
+// a new one with the same config, and fresh metrics, at the same URL: what
+// a restart of `pgwasm serve` does.
+func (e *env) restart(t testing.TB, mutate func(*relay.Config)) {
+	t.Helper()
+	e.cur.Load().Close()
+	if mutate != nil {
+		mutate(&e.cfg)
+	}
+	e.reg = prometheus.NewRegistry()
+	m, err := relay.NewManager(e.cfg, testLogger(t), e.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.m = m
+	e.cur.Store(m)
 }
 
 func (e *env) wsURL(s *relay.Session) string {

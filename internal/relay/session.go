@@ -34,6 +34,7 @@ type Session struct {
 	m         *Manager
 	log       *slog.Logger
 	created   time.Time
+	ends      time.Time // the latest end: the token's expiry, capped by Config.Lifetime
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -81,20 +82,25 @@ type attachment struct {
 
 func newID() string { return strings.ToLower(rand.Text()) }
 
-func newSession(m *Manager, client netip.Addr) (*Session, error) {
+// newSession builds session id, created at created and expiring at expires
+// (both earlier than a new session's when it is re-created from its token).
+func newSession(m *Manager, client netip.Addr, id string, created, expires time.Time) (*Session, error) {
 	cfg := &m.cfg
 	s := &Session{
-		id:      newID(),
-		token:   strings.ToLower(rand.Text() + rand.Text()),
+		id:      id,
+		token:   mintToken(m.secret, id, created, expires),
 		client:  client,
 		cfg:     cfg,
 		m:       m,
-		created: time.Now(),
+		created: created,
+		ends:    sessionEnd(created, expires, cfg.Lifetime),
 		done:    make(chan struct{}),
 	}
 	s.log = m.log.With("session", s.id, "client", client)
-	s.lastActive.Store(s.created.UnixNano())
-	s.detachedAt = s.created
+	// Idle and grace periods run from now, the lifetime from created.
+	now := time.Now()
+	s.lastActive.Store(now.UnixNano())
+	s.detachedAt = now
 	s.stats.dropReasons = make(map[string]uint64)
 	limit, burst := rate.Inf, 0
 	if cfg.BytesPerSecond > 0 {
@@ -216,7 +222,8 @@ func newSession(m *Manager, client netip.Addr) (*Session, error) {
 // (130 random bits), usable as a DNS label.
 func (s *Session) ID() string { return s.id }
 
-// Token returns the secret that attaches a websocket to the session.
+// Token returns the secret that attaches a websocket to the session: its
+// creation time signed with the Manager's secret (see token.go).
 func (s *Session) Token() string { return s.token }
 
 // GuestAddr returns the VM's address inside the session network.
@@ -226,9 +233,10 @@ func (s *Session) GuestAddr() netip.Addr { return s.cfg.Guest }
 func (s *Session) ClientAddr() netip.Addr { return s.client }
 
 // ExpiresAt returns when the session ends at the latest: its creation time
-// plus Config.Lifetime. It may end sooner: after Config.IdleTimeout without
-// frames, Config.Grace without a websocket, or when deleted.
-func (s *Session) ExpiresAt() time.Time { return s.created.Add(s.cfg.Lifetime) }
+// plus Config.Lifetime (of the server that made it, as its token says). It
+// may end sooner: after Config.IdleTimeout without frames, Config.Grace
+// without a websocket, or when deleted.
+func (s *Session) ExpiresAt() time.Time { return s.ends }
 
 // Done is closed when the session has ended.
 func (s *Session) Done() <-chan struct{} { return s.done }
@@ -541,7 +549,7 @@ func (s *Session) end(reason string) {
 
 // expired returns why the session should end now, or "".
 func (s *Session) expired(now time.Time) string {
-	if now.Sub(s.created) > s.cfg.Lifetime {
+	if now.After(s.ends) {
 		return "lifetime"
 	}
 	if now.Sub(time.Unix(0, s.lastActive.Load())) > s.cfg.IdleTimeout {

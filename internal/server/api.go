@@ -1,9 +1,11 @@
 package server
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -73,32 +75,62 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log := s.log.With("session", sess.ID(), "client", client)
-	if t := s.cfg.Tunnel; t != nil && t.PortsEnabled() {
-		tp := tunnelPort{}
-		port, err := t.Attach(r.Context(), sess)
-		if err != nil {
-			// Port mode is an extra: the session keeps its network and SNI.
-			log.Warn("session has no tunnel port", "err", err)
-			tp.err = err.Error()
-			if errors.Is(err, tunnel.ErrNoFreePort) {
-				tp.err = "no free tunnel port; use the SNI connection string"
-			}
-		} else {
-			tp.port = port
-		}
-		s.mu.Lock()
-		s.ports[sess.ID()] = tp
-		s.mu.Unlock()
-		go func() {
-			<-sess.Done()
-			s.mu.Lock()
-			delete(s.ports, sess.ID())
-			s.mu.Unlock()
-		}()
-	}
+	s.attachPort(r.Context(), sess, 0, log)
 	log.Info("session created")
 	writeJSON(w, http.StatusCreated, s.describe(r, sess, true))
 }
+
+// attachPort gives sess a tunnel port, want if it is free, when port mode
+// is on, and remembers it (or why there is none) until the session ends.
+func (s *Server) attachPort(ctx context.Context, sess Session, want uint16, log *slog.Logger) {
+	t := s.cfg.Tunnel
+	if t == nil || !t.PortsEnabled() {
+		return
+	}
+	tp := tunnelPort{}
+	port, err := t.AttachPreferring(ctx, sess, want)
+	if err != nil {
+		// Port mode is an extra: the session keeps its network and SNI.
+		log.Warn("session has no tunnel port", "err", err)
+		tp.err = err.Error()
+		if errors.Is(err, tunnel.ErrNoFreePort) {
+			tp.err = "no free tunnel port; use the SNI connection string"
+		}
+	} else {
+		tp.port = port
+	}
+	s.mu.Lock()
+	s.ports[sess.ID()] = tp
+	s.mu.Unlock()
+	go func() {
+		<-sess.Done()
+		s.mu.Lock()
+		if s.ports[sess.ID()] == tp {
+			delete(s.ports, sess.ID())
+		}
+		s.mu.Unlock()
+	}()
+}
+
+// restored is called when the relay re-creates a session from its token
+// (after a restart, or on another server): the session gets a tunnel port
+// again, the one named in its relay URL if that is free.
+func (s *Server) restored(sess Session, r *http.Request) {
+	var want uint16
+	if p, err := strconv.ParseUint(r.URL.Query().Get(relayPortParam), 10, 16); err == nil {
+		want = uint16(p)
+	}
+	log := s.log.With("session", sess.ID(), "client", s.clientAddr(r))
+	s.attachPort(context.Background(), sess, want, log)
+	s.mu.Lock()
+	tp := s.ports[sess.ID()]
+	s.mu.Unlock()
+	log.Info("session restored", "tunnel_port", tp.port, "wanted_port", want)
+}
+
+// relayPortParam carries a session's tunnel port in its relay URL, so a
+// server that re-creates the session can give it the same port.
+const relayPortParam = "port"
 
 // authorized finds the session and checks its bearer token, answering the
 // request itself when it fails.
@@ -196,7 +228,14 @@ func (s *Server) describe(r *http.Request, sess Session, withToken bool) session
 		relay.Scheme = "wss"
 	}
 	relay.Path = strings.TrimSuffix(base.Path, "/") + "/relay/" + sess.ID()
-	relay.RawQuery = url.Values{"token": {sess.Token()}}.Encode()
+	q := url.Values{"token": {sess.Token()}}
+	s.mu.Lock()
+	tp, ok := s.ports[sess.ID()]
+	s.mu.Unlock()
+	if ok && tp.port != 0 {
+		q.Set(relayPortParam, strconv.Itoa(int(tp.port)))
+	}
+	relay.RawQuery = q.Encode()
 	out := sessionJSON{ID: sess.ID(), RelayURL: relay.String()}
 	if withToken {
 		out.Token = sess.Token()
@@ -214,9 +253,6 @@ func (s *Server) describe(r *http.Request, sess Session, withToken bool) session
 		host = base.Hostname()
 	}
 	tj := &tunnelJSON{}
-	s.mu.Lock()
-	tp, ok := s.ports[sess.ID()]
-	s.mu.Unlock()
 	if ok && tp.port != 0 {
 		tj.Port = &endpointJSON{Host: host, Port: tp.port, URL: pgURL(host, tp.port, nil)}
 	} else if ok {

@@ -48,6 +48,12 @@ type Sessions interface {
 	Delete(id string) error
 }
 
+// restoreNotifier is a Sessions that re-creates sessions from their tokens
+// (RelaySessions) and tells the server, which gives them a tunnel port.
+type restoreNotifier interface {
+	OnRestore(func(Session, *http.Request))
+}
+
 // ErrLimit marks Create errors that mean "too many sessions, try later";
 // the API answers them with 429 instead of 500.
 var ErrLimit = errors.New("session limit reached")
@@ -141,6 +147,9 @@ func New(cfg Config, sessions Sessions, logger *slog.Logger, reg prometheus.Regi
 		}
 		app = http.FileServerFS(sub)
 	}
+	if rs, ok := sessions.(restoreNotifier); ok {
+		rs.OnRestore(s.restored)
+	}
 	s.handle("POST /api/sessions", "api", http.HandlerFunc(s.createSession))
 	s.handle("GET /api/sessions/{id}", "api", http.HandlerFunc(s.getSession))
 	s.handle("DELETE /api/sessions/{id}", "api", http.HandlerFunc(s.deleteSession))
@@ -173,7 +182,13 @@ func (s *Server) handle(pattern, route string, h http.Handler) {
 
 // clientAddr is the address the session is created for.
 func (s *Server) clientAddr(r *http.Request) netip.Addr {
-	if s.cfg.TrustForwardedFor {
+	return ClientAddr(r, s.cfg.TrustForwardedFor)
+}
+
+// ClientAddr is the address of the client behind r: the last
+// X-Forwarded-For hop if trustForwardedFor, else the peer address.
+func ClientAddr(r *http.Request, trustForwardedFor bool) netip.Addr {
+	if trustForwardedFor {
 		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
 			parts := strings.Split(xff[len(xff)-1], ",")
 			if a, err := netip.ParseAddr(strings.TrimSpace(parts[len(parts)-1])); err == nil {

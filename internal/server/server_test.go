@@ -155,7 +155,12 @@ func TestSessionAPI(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &got); err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf("ws://%s/relay/s1?token=tok1", host)
+	if got.Tunnel == nil || got.Tunnel.Port == nil {
+		t.Fatalf("POST = %s: no tunnel port", body)
+	}
+	// The tunnel port rides in the relay URL: a server that re-creates
+	// the session after a restart gives it the same port if it can.
+	want := fmt.Sprintf("ws://%s/relay/s1?port=%d&token=tok1", host, got.Tunnel.Port.Port)
 	if got.ID != "s1" || got.Token != "tok1" || got.RelayURL != want {
 		t.Errorf("POST = %+v, want id s1, token tok1, relay_url %s", got, want)
 	}
@@ -251,7 +256,7 @@ func TestPublicURLAndForwardedFor(t *testing.T) {
 	}
 	var got sessionJSON
 	json.Unmarshal([]byte(body), &got)
-	if want := "wss://db.example.com/pg/relay/s1?token=tok1"; got.RelayURL != want {
+	if want := fmt.Sprintf("wss://db.example.com/pg/relay/s1?port=%d&token=tok1", got.Tunnel.Port.Port); got.RelayURL != want {
 		t.Errorf("relay_url = %q, want %q", got.RelayURL, want)
 	}
 	if want := "postgres://postgres:PASSWORD@s1.pg.localhost:5433/postgres?sslmode=require"; got.Tunnel.SNI.URL != want {

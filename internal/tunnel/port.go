@@ -14,13 +14,20 @@ import (
 // ends or the tunnel closes. It returns ErrPortsDisabled or ErrNoFreePort
 // when it cannot; the session itself is not touched.
 func (t *Tunnel) Attach(ctx context.Context, s Session) (uint16, error) {
+	return t.AttachPreferring(ctx, s, 0)
+}
+
+// AttachPreferring is Attach that takes port want if it is in the range
+// and free, and any free port otherwise. A session re-created after a
+// restart asks for the port it had, so its connection string keeps working.
+func (t *Tunnel) AttachPreferring(ctx context.Context, s Session, want uint16) (uint16, error) {
 	if !t.PortsEnabled() {
 		return 0, ErrPortsDisabled
 	}
 	if t.ctx.Err() != nil {
 		return 0, ErrClosed
 	}
-	ln, port, err := t.allocate(ctx, s.ID())
+	ln, port, err := t.allocate(ctx, s.ID(), want)
 	if err != nil {
 		return 0, err
 	}
@@ -44,11 +51,22 @@ func (t *Tunnel) Attach(ctx context.Context, s Session) (uint16, error) {
 	return port, nil
 }
 
-func (t *Tunnel) allocate(ctx context.Context, id string) (net.Listener, uint16, error) {
+func (t *Tunnel) allocate(ctx context.Context, id string, want uint16) (net.Listener, uint16, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	size := int(t.cfg.PortLast) - int(t.cfg.PortFirst) + 1
 	var lc net.ListenConfig
+	if _, used := t.ports[want]; !used && want >= t.cfg.PortFirst && want <= t.cfg.PortLast {
+		ln, err := lc.Listen(ctx, "tcp", netip.AddrPortFrom(t.cfg.PortBind, want).String())
+		if err == nil {
+			t.ports[want] = id
+			t.m.portsUsed.Inc()
+			return ln, want, nil
+		}
+		t.log.Debug("wanted tunnel port unavailable", "port", want, "err", err)
+	}
+	// New ports go round the range, so a freed port is reused as late as
+	// possible (an old connection string then rarely reaches another VM).
 	for range size {
 		p := t.next
 		if t.next == t.cfg.PortLast {
@@ -110,7 +128,7 @@ func (t *Tunnel) handlePort(c net.Conn, s Session, log *slog.Logger) {
 	if err != nil {
 		t.m.conns.WithLabelValues("port", "dial_error").Inc()
 		log.Warn("tunnel cannot reach the VM", "err", err)
-		t.refuseClear(c, "cannot reach PostgreSQL in the browser tab: "+err.Error())
+		t.refuseStart(c, fatal("08006", "cannot reach PostgreSQL in the browser tab: "+err.Error(), ""), log)
 		return
 	}
 	t.m.conns.WithLabelValues("port", "ok").Inc()
@@ -120,15 +138,43 @@ func (t *Tunnel) handlePort(c net.Conn, s Session, log *slog.Logger) {
 	log.Debug("tunnel connection closed")
 }
 
-// refuseClear answers a client we could not connect with a readable
-// PostgreSQL error over the plaintext protocol, then closes.
-func (t *Tunnel) refuseClear(c net.Conn, msg string) {
-	defer c.Close()
+// refuseStart answers a client the tunnel could not connect with a readable
+// PostgreSQL error, in the form the client asked for, then closes. An
+// SSLRequest gets 'S' and the error inside TLS, with the tunnel's own
+// certificate as in SNI mode for unknown sessions (declining TLS would make
+// libpq with sslmode=require say only "server does not support SSL"); a
+// direct TLS start gets the same; a plain StartupMessage gets it in clear.
+// No user data passes: the connection goes nowhere.
+func (t *Tunnel) refuseStart(c net.Conn, errMsg []byte, log *slog.Logger) {
 	c.SetDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
 	br := bufio.NewReader(c)
 	kind, _, err := readFirstMessage(br)
-	if err != nil || kind == kindDirectTLS {
+	for n := 0; err == nil && kind == kindGSSENCRequest && n < 2; n++ {
+		// Decline GSS encryption; libpq then asks for TLS or starts plain.
+		if _, err = c.Write([]byte{'N'}); err == nil {
+			kind, _, err = readFirstMessage(br)
+		}
+	}
+	if err != nil {
+		log.Debug("tunnel cannot read the client's start", "err", err)
+		c.Close()
 		return
 	}
-	refusePlain(br, c, kind, fatal("08006", msg, ""))
+	switch kind {
+	case kindSSLRequest:
+		if _, err := c.Write([]byte{'S'}); err != nil {
+			c.Close()
+			return
+		}
+		t.refuseTLS(c, nil, br, errMsg, log)
+	case kindDirectTLS:
+		t.refuseTLS(c, nil, br, errMsg, log)
+	case kindStartup:
+		if _, err := c.Write(errMsg); err != nil {
+			log.Debug("tunnel cannot send the error", "err", err)
+		}
+		c.Close()
+	default: // a CancelRequest: nothing to cancel
+		c.Close()
+	}
 }

@@ -472,3 +472,90 @@ func TestSNIHandshakeCap(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestPortUnreachableVM: a session whose VM cannot be dialled (no websocket,
+// PostgreSQL down) answers each kind of client start with the tunnel's own
+// error, in TLS when the client asked for TLS. Real psql 15 for the classic
+// starts, pgx for a direct TLS start.
+func TestPortUnreachableVM(t *testing.T) {
+	if _, err := exec.LookPath("psql"); err != nil {
+		t.Skip("no psql")
+	}
+	// A loopback port nobody listens on: the dial is refused at once.
+	gone, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	goneAddr := gone.Addr().String()
+	gone.Close()
+	f := newFixture(t, nil)
+	s := newLoopSession("u1", goneAddr)
+	f.reg2.add(s)
+	port, err := f.tun.Attach(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = "FATAL:  cannot reach PostgreSQL in the browser tab"
+
+	tests := []struct {
+		sslmode string
+	}{
+		{"require"},
+		{"prefer"},
+		{"allow"},
+		{"disable"},
+	}
+	for _, tt := range tests {
+		t.Run("psql sslmode="+tt.sslmode, func(t *testing.T) {
+			_, stderr, err := psql(t, fmt.Sprintf("host=127.0.0.1 port=%d sslmode=%s", port, tt.sslmode), "x", "select 1")
+			if err == nil || !strings.Contains(stderr, want) {
+				t.Fatalf("psql sslmode=%s = %v, stderr %q; want %q", tt.sslmode, err, stderr, want)
+			}
+		})
+	}
+	t.Run("pgx direct tls", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:x@127.0.0.1:%d/postgres?sslmode=require&sslnegotiation=direct", port))
+		if err == nil || !strings.Contains(err.Error(), "cannot reach PostgreSQL in the browser tab") {
+			t.Fatalf("connect error = %v, want the tunnel's error", err)
+		}
+	})
+	if got := testutil.ToFloat64(f.tun.m.conns.WithLabelValues("port", "dial_error")); got < 5 {
+		t.Errorf("port dial_error counter = %v, want at least 5", got)
+	}
+}
+
+func TestAttachPreferring(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.PortLast = c.PortFirst + 2 })
+	first := f.tun.cfg.PortFirst
+	ctx := context.Background()
+	holder := newLoopSession("holder", "127.0.0.1:1")
+	if p, err := f.tun.AttachPreferring(ctx, holder, first+1); err != nil || p != first+1 {
+		t.Fatalf("AttachPreferring(%d) = %d, %v; want %d", first+1, p, err, first+1)
+	}
+	tests := []struct {
+		name string
+		want uint16
+		ok   func(uint16) bool
+	}{
+		{"free port in range", first + 2, func(p uint16) bool { return p == first+2 }},
+		{"port taken", first + 1, func(p uint16) bool { return p == first }},
+		{"outside the range", 1, func(p uint16) bool { return p == 0 }},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newLoopSession(fmt.Sprint("s", i), "127.0.0.1:1")
+			p, err := f.tun.AttachPreferring(ctx, s, tt.want)
+			if tt.ok(0) {
+				if !errors.Is(err, ErrNoFreePort) {
+					t.Fatalf("AttachPreferring(%d) = %d, %v; want ErrNoFreePort", tt.want, p, err)
+				}
+				return
+			}
+			if err != nil || !tt.ok(p) {
+				t.Fatalf("AttachPreferring(%d) = %d, %v", tt.want, p, err)
+			}
+		})
+	}
+}

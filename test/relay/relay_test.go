@@ -16,9 +16,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,10 +37,30 @@ import (
 type stack struct {
 	http    *httptest.Server
 	sniAddr string
+
+	handler             atomic.Pointer[http.Handler]
+	portFirst, portLast uint16
+	stop                func() // ends the current relay, tunnel and SNI listener
 }
 
 // newStack wires the parts the way `pgwasm serve` does.
 func newStack(tb testing.TB) *stack {
+	tb.Helper()
+	first, last := freeRange(tb, 8)
+	s := &stack{}
+	s.http = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		(*s.handler.Load()).ServeHTTP(w, r)
+	}))
+	s.start(tb, []byte("test-relay-session-secret"), first, last, "127.0.0.1:0")
+	tb.Cleanup(func() {
+		s.stop()
+		s.http.Close()
+	})
+	return s
+}
+
+// start builds relay, tunnel and server behind the stack's HTTP address.
+func (s *stack) start(tb testing.TB, secret []byte, first, last uint16, sniAddr string) {
 	tb.Helper()
 	reg := prometheus.NewRegistry()
 	log := slog.New(slog.DiscardHandler)
@@ -46,18 +68,19 @@ func newStack(tb testing.TB) *stack {
 	// Nothing in these tests resolves names; keep even a stray query on
 	// loopback.
 	rcfg.DNSUpstreams = []string{"127.0.0.1:1"}
+	rcfg.SessionSecret = secret
 	mgr, err := relay.NewManager(rcfg, log, reg)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	sessions := server.NewRelaySessions(mgr)
 	tcfg := tunnel.DefaultConfig()
-	tcfg.PortFirst, tcfg.PortLast = freeRange(tb, 8)
+	tcfg.PortFirst, tcfg.PortLast = first, last
 	tun, err := tunnel.New(tcfg, sessions.TunnelLookup, log, reg)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	sniLn, err := net.Listen("tcp", "127.0.0.1:0")
+	sniLn, err := net.Listen("tcp", sniAddr)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -71,18 +94,19 @@ func newStack(tb testing.TB) *stack {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	var hh http.Handler = h
+	s.handler.Store(&hh)
+	s.portFirst, s.portLast = first, last
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- tun.ServeSNI(ctx, sniLn) }()
-	s := &stack{http: httptest.NewServer(h), sniAddr: sniLn.Addr().String()}
-	tb.Cleanup(func() {
-		s.http.Close()
+	s.sniAddr = sniLn.Addr().String()
+	s.stop = func() {
 		cancel()
 		<-served
 		mgr.Close()
 		tun.Close()
-	})
-	return s
+	}
 }
 
 func freeRange(t testing.TB, n int) (uint16, uint16) {
@@ -127,6 +151,13 @@ type sessionInfo struct {
 // port 5432 in the VM reach pgAddr on the host.
 func (s *stack) vmWithPostgres(tb testing.TB, ctx context.Context, pgAddr string) sessionInfo {
 	tb.Helper()
+	info, _ := s.vmWithPostgresVM(tb, ctx, pgAddr)
+	return info
+}
+
+// vmWithPostgresVM is vmWithPostgres that also returns the VM.
+func (s *stack) vmWithPostgresVM(tb testing.TB, ctx context.Context, pgAddr string) (sessionInfo, *simvm.VM) {
+	tb.Helper()
 	resp, err := http.Post(s.http.URL+"/api/sessions", "application/json", nil)
 	if err != nil {
 		tb.Fatal(err)
@@ -168,7 +199,7 @@ func (s *stack) vmWithPostgres(tb testing.TB, ctx context.Context, pgAddr string
 			}()
 		}
 	}()
-	return info
+	return info, vm
 }
 
 func forward(c net.Conn, addr string) {
@@ -319,4 +350,53 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestRestartRestoresSession: the server restarts (same secret, same
+// ports); the VM reconnects to its old relay URL, as v86 does, and its
+// session comes back: same id, same tunnel port, psql works again through
+// port and SNI mode.
+func TestRestartRestoresSession(t *testing.T) {
+	if _, err := exec.LookPath("psql"); err != nil {
+		t.Skip("no psql")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pg := pgtest.Start(t)
+	s := newStack(t)
+	// Two sessions; only the second comes back, so a new server would give
+	// it the range's first port if the relay URL did not name its own.
+	s.vmWithPostgres(t, ctx, pgtest.Direct17(t, pg.Addr))
+	info, vm := s.vmWithPostgresVM(t, ctx, pgtest.Direct17(t, pg.Addr))
+	if info.Tunnel.Port.Port == s.portFirst {
+		t.Fatalf("second session got the range's first port %d", s.portFirst)
+	}
+	want := fmt.Sprint(pg.Port, "|t")
+	if out, stderr, err := psql(t, withPassword(info.Tunnel.Port.URL, pg.Password), whoQuery); err != nil || out != want {
+		t.Fatalf("before the restart: %q, %v, %q", out, err, stderr)
+	}
+
+	s.stop()
+	u, _ := url.Parse(info.RelayURL)
+	s.start(t, []byte("test-relay-session-secret"), s.portFirst, s.portLast, s.sniAddr)
+	if err := vm.Reconnect(ctx, info.RelayURL); err != nil {
+		t.Fatalf("reconnect %s after the restart: %v", u.Path, err)
+	}
+	req, _ := http.NewRequest("GET", s.http.URL+"/api/sessions/"+info.ID, nil)
+	req.Header.Set("Authorization", "Bearer "+info.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var again sessionInfo
+	err = json.NewDecoder(resp.Body).Decode(&again)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || again.Tunnel.Port.Port != info.Tunnel.Port.Port || again.RelayURL != info.RelayURL {
+		t.Fatalf("GET the restored session = %d %+v, %v; want port %d, relay URL %s", resp.StatusCode, again, err, info.Tunnel.Port.Port, info.RelayURL)
+	}
+	for _, conn := range []string{info.Tunnel.Port.URL, info.Tunnel.SNI.URL} {
+		if out, stderr, err := psql(t, withPassword(conn, pg.Password), whoQuery); err != nil || out != want {
+			t.Errorf("after the restart, %s: %q, %v, %q", conn, out, err, stderr)
+		}
+	}
 }
