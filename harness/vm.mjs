@@ -9,7 +9,10 @@
 //   agent      pass one request object to the guest agent, return its response
 //   console    write to ttyS0 and/or read its output until a pattern appears
 //   save_state write the raw (uncompressed) v86 state to a path
-//   stats      9p blob bytes fetched, phase timings, the console tail
+//   set_relay  move the NIC to another relay URL and open its websocket
+//   write_file one chunk of a file to create on the 9p root (base64)
+//   read_file  one chunk of a file on the 9p root (base64)
+//   stats      9p blob bytes fetched, phase timings, the console tail, relay state
 //   stop       destroy the emulator and exit
 // Events ({"event":...}): "agent_ready" when the agent announces itself.
 
@@ -45,6 +48,7 @@ const state = {
     agentWaiters: [],
     agentPending: new Map(), // agent request id -> {resolve}
     agentNextID: 1,
+    uploads: new Map(),     // path -> {buf, received}: write_file chunks so far
 };
 
 function mark(phase) {
@@ -257,6 +261,151 @@ function countBlobs(emulator, blobDir) {
     };
 }
 
+// ---- network relay ----
+
+// relayAdapter is v86's websocket NetworkAdapter (src/browser/network.js),
+// present when the emulator was started with a relay URL.
+function relayAdapter() {
+    const a = state.emulator && state.emulator.network_adapter;
+    if (!a || typeof a.connect !== "function" || typeof a.change_proxy !== "function") return null;
+    return a;
+}
+
+// connectRelay opens the relay websocket now. v86 opens it only when the guest
+// sends a frame, so a restored (idle) VM could not be reached through the
+// inbound tunnel until it sent something. connect() does nothing within
+// reconnect_interval (10 s) of its last attempt: clear that, this one is ours.
+function connectRelay(a) {
+    a.last_connect_attempt = 0;
+    a.connect();
+}
+
+const WS_STATES = ["connecting", "open", "closing", "closed"];
+
+function relayState() {
+    const a = relayAdapter();
+    if (!a) return "none";
+    return a.socket ? WS_STATES[a.socket.readyState] || "unknown" : "closed";
+}
+
+// relayHost names the relay in messages without its query (the session token).
+function relayHost(url) {
+    try {
+        const u = new URL(url);
+        return u.origin + u.pathname;
+    } catch {
+        return "(bad URL)";
+    }
+}
+
+// setRelay moves the NIC to another relay (a new session after a relay
+// restart) without a restore, and answers once its websocket is open. The
+// guest keeps its address; it should run DHCP again (agent net_up) for the
+// new session's lease.
+async function setRelay(cmd) {
+    const a = relayAdapter();
+    if (!a) throw new Error("the VM was started without a relay URL: v86 has no relay adapter to switch");
+    if (!cmd.url || !/^wss?:\/\//.test(cmd.url)) throw new Error(`relay URL must be ws:// or wss://, got ${JSON.stringify(relayHost(cmd.url || ""))}`);
+    a.change_proxy(cmd.url);
+    // Frames queued for the old relay mean nothing to the new session.
+    a.send_queue = [];
+    connectRelay(a);
+    const timeoutMs = cmd.timeout_ms || 10000;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+        const st = relayState();
+        if (st === "open") return { relay: st };
+        if (st === "closed" || st === "closing") {
+            throw new Error(`relay websocket to ${relayHost(cmd.url)} was refused or closed (unknown session or bad token?); v86 retries every 10 s`);
+        }
+        if (Date.now() > deadline) throw new Error(`relay websocket to ${relayHost(cmd.url)} not open within ${timeoutMs} ms (${st})`);
+        await new Promise(r => setTimeout(r, 50));
+    }
+}
+
+// ---- files on the 9p root ----
+
+// The guest mounts its own file systems over these 9p directories: a file
+// written there on the 9p side is invisible to it, and one it writes there is
+// not on the 9p side.
+const GUEST_MOUNTS = ["/proc", "/sys", "/dev", "/run", "/tmp"];
+
+function normPath(path) {
+    if (typeof path !== "string" || !path.startsWith("/")) throw new Error(`path must be absolute, got ${JSON.stringify(path)}`);
+    const parts = path.split("/").filter(p => p !== "" && p !== ".");
+    if (parts.includes("..")) throw new Error(`path must not contain "..": ${path}`);
+    const norm = "/" + parts.join("/");
+    for (const m of GUEST_MOUNTS) {
+        if (norm === m || norm.startsWith(m + "/")) throw new Error(`${norm} is on the guest's own ${m} mount, not the 9p root`);
+    }
+    return norm;
+}
+
+function fs9p() {
+    const f = state.emulator.fs9p;
+    if (!f || typeof f.SearchPath !== "function") throw new Error("v86 has no 9p filesystem");
+    return f;
+}
+
+// writeFile receives one chunk of a new file ({path, data_base64, offset,
+// size}). Chunks arrive in order and are collected here; the file appears in
+// the 9p tree whole, with the last one, so the guest never sees a partial
+// file. Existing paths are refused: the guest mounts 9p with cache=loose and
+// may keep the old file's pages and size. A name the guest looked up and did
+// not find is fine (checked: it sees the new file at once).
+async function writeFile(cmd) {
+    const path = normPath(cmd.path);
+    const size = cmd.size;
+    const offset = cmd.offset || 0;
+    if (!Number.isSafeInteger(size) || size < 0) throw new Error(`write_file ${path}: bad size ${size}`);
+    const chunk = Buffer.from(cmd.data_base64 || "", "base64");
+    let up = state.uploads.get(path);
+    if (offset === 0) {
+        const f = fs9p();
+        const found = f.SearchPath(path);
+        if (found.id !== -1) throw new Error(`${path} exists: write a new name (the guest may cache the old file)`);
+        if (found.parentid === -1) throw new Error(`${path}: its directory does not exist`);
+        up = { buf: new Uint8Array(size), received: 0 };
+        state.uploads.set(path, up);
+    } else if (!up || up.received !== offset || up.buf.length !== size) {
+        state.uploads.delete(path);
+        throw new Error(`write_file ${path}: chunk at ${offset} does not follow ${up ? up.received : "no upload"}`);
+    }
+    if (offset + chunk.length > size) {
+        state.uploads.delete(path);
+        throw new Error(`write_file ${path}: chunk ends at ${offset + chunk.length}, past size ${size}`);
+    }
+    up.buf.set(chunk, offset);
+    up.received = offset + chunk.length;
+    if (up.received < size) return { received: up.received, done: false };
+    state.uploads.delete(path);
+    try {
+        await state.emulator.create_file(path, up.buf);
+    } catch (err) {
+        throw new Error(`cannot create ${path} on the 9p root: ${err && err.message || err}`);
+    }
+    return { received: size, done: true };
+}
+
+// readFile returns {data_base64, size} for length bytes at offset of a
+// regular file in the 9p tree. What the guest wrote and has not yet written
+// back (its page cache) is not there: sync in the guest first.
+async function readFile(cmd) {
+    const path = normPath(cmd.path);
+    const f = fs9p();
+    const found = f.SearchPath(path);
+    if (found.id === -1) throw new Error(`no file ${path} on the 9p root`);
+    const inode = f.GetInode(found.id);
+    if ((inode.mode & 0o170000) !== 0o100000) throw new Error(`${path} is not a regular file (mode ${inode.mode.toString(8)})`);
+    const size = inode.size;
+    const offset = Math.min(cmd.offset || 0, size);
+    const length = Math.min(cmd.length || 1 << 20, size - offset);
+    const data = length > 0 ? await f.Read(found.id, offset, length) : null;
+    const bytes = data ? Buffer.from(data.buffer, data.byteOffset, data.length) : Buffer.alloc(0);
+    if (bytes.length !== length) throw new Error(`read_file ${path}: read ${bytes.length} bytes at ${offset}, want ${length}`);
+    return { data_base64: bytes.toString("base64"), size };
+}
+
 // ---- commands ----
 
 async function start(cmd) {
@@ -323,6 +472,11 @@ async function start(cmd) {
     await emulator.run();
     await started;
     mark("emulator_started");
+    if (cmd.relay_url) {
+        const a = relayAdapter();
+        if (a) connectRelay(a);
+        else log("relay: v86 has no network adapter with connect(); the websocket opens on the guest's first frame");
+    }
     return { timings: state.timings, restored: state.restored };
 }
 
@@ -356,12 +510,16 @@ const handlers = {
     agent: async cmd => ({ response: await agentRequest(cmd.request, cmd.timeout_ms || 60000) }),
     console: consoleCommand,
     save_state: saveState,
+    set_relay: setRelay,
+    write_file: writeFile,
+    read_file: readFile,
     stats: async () => ({
         blob: state.blob,
         timings: state.timings,
         console_tail: state.consoleText.slice(-4000),
         memory_rss: process.memoryUsage().rss,
         nic_mac: nicMAC(),
+        relay: state.emulator ? relayState() : "none",
     }),
     stop: async () => {
         if (state.emulator) await state.emulator.destroy();

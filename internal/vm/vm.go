@@ -127,6 +127,9 @@ type Stats struct {
 	ConsoleTail string           `json:"console_tail"`
 	NodeRSS     int64            `json:"memory_rss"`
 	NICMAC      string           `json:"nic_mac"` // station address in the emulated NIC's PROM
+	// Relay is the state of the NIC's relay websocket: "none" (no relay),
+	// "connecting", "open", "closing" or "closed".
+	Relay string `json:"relay"`
 }
 
 // VM is one running VM.
