@@ -267,7 +267,7 @@ func runServe(ctx context.Context, e *env, cfg *serveConfig, ready func(httpAddr
 	if len(parts.relay.SessionSecret) == 0 {
 		log.Warn("no --session-secret: sessions will not survive a restart of this server")
 	}
-	mgr, err := relay.NewManager(parts.relay, log.With("component", "relay"), reg)
+	mgr, err := relay.NewManager(parts.relay, log, reg)
 	if err != nil {
 		return fmt.Errorf("cannot start the relay: %w", err)
 	}
