@@ -33,6 +33,9 @@ type config struct {
 
 	DropCaches    string
 	CompactMemory string
+	Reclaim       string
+	Warm          bool
+	WarmConsole   string
 }
 
 func (c *config) registerFlags(fs *flag.FlagSet) {
@@ -53,6 +56,9 @@ func (c *config) registerFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Net.Timeout, "net-timeout", 90*time.Second, "time limit for net_up and net_down")
 
 	fs.StringVar(&c.DropCaches, "drop-caches", "/proc/sys/vm/drop_caches", "file written by prepare_snapshot to drop the page cache")
+	fs.StringVar(&c.Reclaim, "reclaim", "", "memory cgroup reclaim file written by prepare_snapshot to evict mapped file pages, e.g. /sys/fs/cgroup/memory.reclaim (empty: skip)")
+	fs.BoolVar(&c.Warm, "warm", false, "prepare_snapshot runs typical requests after dropping caches, so the pages the first requests after a restore need are in the state")
+	fs.StringVar(&c.WarmConsole, "warm-console", "", "terminal of the psql console into which prepare_snapshot types a query (with -warm; empty: skip)")
 	fs.StringVar(&c.CompactMemory, "compact-memory", "/proc/sys/vm/compact_memory", "file written by prepare_snapshot to compact memory (skipped when absent or empty)")
 }
 

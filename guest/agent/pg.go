@@ -5,13 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 )
 
 type pgConfig struct {
@@ -28,12 +24,10 @@ type pgConfig struct {
 type pgClient struct {
 	cfg     pgConfig
 	log     *slog.Logger
-	conn    *pgconn.PgConn
-	guard   *copyGuard
+	conn    *pgConn
 	lastErr error
-	// types maps type OIDs to names; built-in types come from pgtype, others
-	// are looked up in pg_type once.
-	types *pgtype.Map
+	// extra maps the OIDs of types that are not in builtinTypes (extension
+	// types, domains, enums) to names, looked up in pg_type once.
 	extra map[uint32]string
 }
 
@@ -43,83 +37,39 @@ func newPGClient(cfg pgConfig, log *slog.Logger) *pgClient {
 
 func (c *pgClient) Close() {
 	if c.conn != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		c.conn.Close(ctx)
+		c.conn.Close()
 		c.conn = nil
 	}
 }
 
-// connString quotes values the libpq way so socket paths with spaces work.
-func (c *pgClient) connString() string {
-	q := func(s string) string {
-		return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
-	}
-	return "host=" + q(c.cfg.SocketDir) +
-		" port=" + strconv.Itoa(c.cfg.Port) +
-		" user=" + q(c.cfg.User) +
-		" dbname=" + q(c.cfg.Database) +
-		" application_name=pgwasm-agent sslmode=disable connect_timeout=10"
-}
-
-// alive reports whether the open connection can still be used, noticing a
-// server that closed it (restart, crash) before a request is sent on it.
-// Messages that arrived while idle are consumed first: a backend killed by
-// an immediate shutdown sends a notice before its end of file.
+// alive reports whether the open connection can still be used.
 func (c *pgClient) alive() bool {
 	if c.conn == nil {
 		return false
 	}
-	for i := 0; i < 16 && !c.conn.IsClosed(); i++ {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
-		_, err := c.conn.ReceiveMessage(ctx)
-		cancel()
-		if err == nil {
-			continue
-		}
-		if pgconn.Timeout(err) {
-			return true
-		}
-		c.log.Info("postgres connection lost", "err", err)
-		break
+	if c.conn.alive() {
+		return true
 	}
 	c.Close()
 	return false
 }
 
 func (c *pgClient) connectOnce(ctx context.Context) error {
-	cfg, err := pgconn.ParseConfig(c.connString())
-	if err != nil {
-		return fmt.Errorf("bad PostgreSQL settings: %w", err)
-	}
-	// Notices (e.g. from DO blocks) are not part of the protocol yet; keep
-	// them in the log rather than losing them silently.
-	cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
-		c.log.Info("postgres notice", "severity", n.Severity, "message", n.Message)
-	}
-	var guard *copyGuard
-	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		guard = &copyGuard{Conn: conn}
-		return guard, nil
-	}
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := dialPG(ctx, c.cfg, c.log)
 	if err != nil {
 		c.lastErr = err
 		return err
 	}
-	c.conn, c.guard, c.lastErr = conn, guard, nil
-	c.log.Info("connected to postgres", "server_version", conn.ParameterStatus("server_version"), "pid", conn.PID())
+	c.conn, c.lastErr = conn, nil
+	c.log.Info("connected to postgres", "server_version", conn.params["server_version"], "pid", conn.pid)
 	return nil
 }
 
 // get returns an open connection, waiting up to cfg.Wait for PostgreSQL to
 // start accepting connections.
-func (c *pgClient) get(ctx context.Context) (*pgconn.PgConn, error) {
+func (c *pgClient) get(ctx context.Context) (*pgConn, error) {
 	if c.alive() {
 		return c.conn, nil
 	}
@@ -130,8 +80,8 @@ func (c *pgClient) get(ctx context.Context) (*pgconn.PgConn, error) {
 		if err == nil {
 			return c.conn, nil
 		}
-		// Wrong password, missing database and the like will not fix themselves.
-		var pe *pgconn.PgError
+		// Wrong authentication, missing database and the like will not fix themselves.
+		var pe *pgError
 		if errors.As(err, &pe) && pe.Code != "57P03" { // 57P03: the database system is starting up
 			return nil, fmt.Errorf("cannot connect to postgres: %w", err)
 		}
@@ -151,13 +101,13 @@ func (c *pgClient) State(ctx context.Context) dbState {
 			return dbState{Err: err.Error()}
 		}
 	}
-	return dbState{Ready: true, Version: c.conn.ParameterStatus("server_version")}
+	return dbState{Ready: true, Version: c.conn.params["server_version"]}
 }
 
 // retry runs op on a live connection, and once more on a new connection when
 // the first attempt failed before anything reached the server (the old
-// connection had died in a way CheckConn could not see).
-func (c *pgClient) retry(ctx context.Context, op func(*pgconn.PgConn) error) error {
+// connection had died in a way alive could not see).
+func (c *pgClient) retry(ctx context.Context, op func(*pgConn) error) error {
 	for attempt := 0; ; attempt++ {
 		conn, err := c.get(ctx)
 		if err != nil {
@@ -167,9 +117,9 @@ func (c *pgClient) retry(ctx context.Context, op func(*pgconn.PgConn) error) err
 		if err == nil {
 			return nil
 		}
-		if conn.IsClosed() {
+		if conn.closed {
 			c.Close()
-			if attempt == 0 && pgconn.SafeToRetry(err) {
+			if attempt == 0 && errors.Is(err, errNotSent) {
 				continue
 			}
 		}
@@ -186,50 +136,35 @@ func (c *pgClient) Query(ctx context.Context, sql string, params []*string) (res
 			values[i] = []byte(*p)
 		}
 	}
-	var res result
-	err := c.retry(ctx, func(conn *pgconn.PgConn) error {
-		c.guard.extended.Store(true)
-		var err error
-		res, err = c.collect(conn.ExecParams(ctx, sql, values, nil, nil, nil))
-		return err
+	var res *result
+	err := c.retry(ctx, func(conn *pgConn) error {
+		res = nil
+		if err := conn.extended(sql, values); err != nil {
+			return err
+		}
+		return conn.run(ctx, true, c.cfg.MaxResultBytes, func(r result) { res = &r })
 	})
 	if err != nil {
 		return result{}, err
 	}
-	if err := c.nameTypes(ctx, []result{res}); err != nil {
-		return result{}, err
+	if res == nil { // an empty statement
+		res = &result{Columns: []column{}, Rows: [][]*string{}}
 	}
-	return res, nil
+	c.nameTypes(ctx, []result{*res})
+	return *res, nil
 }
 
 // Exec runs any number of statements with the simple protocol.
 func (c *pgClient) Exec(ctx context.Context, sql string) ([]result, error) {
 	var results []result
-	err := c.retry(ctx, func(conn *pgconn.PgConn) error {
+	err := c.retry(ctx, func(conn *pgConn) error {
 		results = results[:0]
-		c.guard.extended.Store(false)
-		mrr := conn.Exec(ctx, sql)
-		var err error
-		for mrr.NextResult() {
-			var res result
-			res, err = c.collect(mrr.ResultReader())
-			if err != nil {
-				break
-			}
-			// An empty statement ("" or ";") is not a statement.
-			if res.Command == "" && len(res.Columns) == 0 {
-				continue
-			}
-			results = append(results, res)
+		if err := conn.simple(sql); err != nil {
+			return err
 		}
-		if cerr := mrr.Close(); err == nil {
-			err = cerr
-		}
-		return err
+		return conn.run(ctx, false, c.cfg.MaxResultBytes, func(r result) { results = append(results, r) })
 	})
-	if nerr := c.nameTypes(ctx, results); nerr != nil && err == nil {
-		err = nerr
-	}
+	c.nameTypes(ctx, results)
 	if err != nil {
 		var se *sqlError
 		if errors.As(err, &se) {
@@ -240,52 +175,9 @@ func (c *pgClient) Exec(ctx context.Context, sql string) ([]result, error) {
 	return results, nil
 }
 
-// collect reads one statement's rows as text, enforcing the result size limit.
-func (c *pgClient) collect(rr *pgconn.ResultReader) (result, error) {
-	res := result{Columns: []column{}, Rows: [][]*string{}}
-	for _, fd := range rr.FieldDescriptions() {
-		res.Columns = append(res.Columns, column{Name: fd.Name, TypeOID: fd.DataTypeOID})
-	}
-	var size int64
-	tooBig := false
-	for rr.NextRow() {
-		if tooBig {
-			continue // drain the rest so the connection stays usable
-		}
-		vals := rr.Values()
-		row := make([]*string, len(vals))
-		for i, v := range vals {
-			if v != nil {
-				s := string(v)
-				row[i] = &s
-				size += int64(len(v))
-			}
-		}
-		size += int64(8 * len(vals))
-		if size > c.cfg.MaxResultBytes {
-			tooBig, res.Rows = true, nil
-			continue
-		}
-		res.Rows = append(res.Rows, row)
-	}
-	tag, err := rr.Close()
-	if err != nil {
-		return result{}, err
-	}
-	if tooBig {
-		return result{}, fmt.Errorf("result is larger than %d bytes; add a LIMIT or fetch it in parts", c.cfg.MaxResultBytes)
-	}
-	res.Command = tag.String()
-	res.RowsAffected = tag.RowsAffected()
-	return res, nil
-}
-
 // nameTypes fills in the type names of every column, asking pg_type about
 // the OIDs that are not built in (extension types, domains, enums).
-func (c *pgClient) nameTypes(ctx context.Context, results []result) error {
-	if c.types == nil {
-		c.types = pgtype.NewMap()
-	}
+func (c *pgClient) nameTypes(ctx context.Context, results []result) {
 	var unknown []string
 	for _, r := range results {
 		for _, col := range r.Columns {
@@ -295,17 +187,21 @@ func (c *pgClient) nameTypes(ctx context.Context, results []result) error {
 		}
 	}
 	if len(unknown) > 0 && c.alive() {
-		c.guard.extended.Store(true)
-		rr := c.conn.ExecParams(ctx, "SELECT oid, typname FROM pg_catalog.pg_type WHERE oid = ANY($1::oid[])",
-			[][]byte{[]byte("{" + strings.Join(unknown, ",") + "}")}, nil, nil, nil)
-		for rr.NextRow() {
-			v := rr.Values()
-			oid, err := strconv.ParseUint(string(v[0]), 10, 32)
-			if err == nil {
-				c.extra[uint32(oid)] = string(v[1])
-			}
+		conn := c.conn
+		err := conn.extended("SELECT oid, typname FROM pg_catalog.pg_type WHERE oid = ANY($1::oid[])",
+			[][]byte{[]byte("{" + strings.Join(unknown, ",") + "}")})
+		if err == nil {
+			err = conn.run(ctx, true, 1<<20, func(r result) {
+				for _, row := range r.Rows {
+					if len(row) == 2 && row[0] != nil && row[1] != nil {
+						if oid, err := strconv.ParseUint(*row[0], 10, 32); err == nil {
+							c.extra[uint32(oid)] = *row[1]
+						}
+					}
+				}
+			})
 		}
-		if _, err := rr.Close(); err != nil {
+		if err != nil {
 			c.log.Warn("cannot look up type names", "err", err)
 		}
 	}
@@ -318,20 +214,42 @@ func (c *pgClient) nameTypes(ctx context.Context, results []result) error {
 			r.Columns[i].Type = name
 		}
 	}
-	return nil
 }
 
 func (c *pgClient) typeName(oid uint32) (string, bool) {
-	if t, ok := c.types.TypeForOID(oid); ok {
-		return t.Name, true
+	if name, ok := builtinTypes[oid]; ok {
+		return name, true
 	}
 	name, ok := c.extra[oid]
 	return name, ok
 }
 
+// builtinTypes are PostgreSQL's built-in types with fixed OIDs (pg_type.dat),
+// the ones results carry most often; TestBuiltinTypes checks them against a
+// real server.
+var builtinTypes = map[uint32]string{
+	16: "bool", 17: "bytea", 18: "char", 19: "name", 20: "int8", 21: "int2", 23: "int4",
+	24: "regproc", 25: "text", 26: "oid", 27: "tid", 28: "xid", 29: "cid", 114: "json",
+	142: "xml", 600: "point", 601: "lseg", 602: "path", 603: "box", 604: "polygon",
+	628: "line", 650: "cidr", 700: "float4", 701: "float8", 705: "unknown", 718: "circle",
+	774: "macaddr8", 790: "money", 829: "macaddr", 869: "inet", 1033: "aclitem",
+	1042: "bpchar", 1043: "varchar", 1082: "date", 1083: "time", 1114: "timestamp",
+	1184: "timestamptz", 1186: "interval", 1266: "timetz", 1560: "bit", 1562: "varbit",
+	1700: "numeric", 2202: "regprocedure", 2205: "regclass", 2206: "regtype",
+	2249: "record", 2275: "cstring", 2278: "void", 2950: "uuid", 3220: "pg_lsn",
+	3614: "tsvector", 3615: "tsquery", 3802: "jsonb", 4072: "jsonpath", 5069: "xid8",
+	3904: "int4range", 3906: "numrange", 3908: "tsrange", 3910: "tstzrange",
+	3912: "daterange", 3926: "int8range",
+	199: "_json", 1000: "_bool", 1001: "_bytea", 1002: "_char", 1003: "_name",
+	1005: "_int2", 1007: "_int4", 1009: "_text", 1014: "_bpchar", 1015: "_varchar",
+	1016: "_int8", 1021: "_float4", 1022: "_float8", 1028: "_oid", 1115: "_timestamp",
+	1182: "_date", 1183: "_time", 1185: "_timestamptz", 1187: "_interval",
+	1231: "_numeric", 2951: "_uuid", 3807: "_jsonb",
+}
+
 // convertError turns a server error into the protocol's SQL error fields.
 func convertError(err error) error {
-	var pe *pgconn.PgError
+	var pe *pgError
 	if errors.As(err, &pe) {
 		return &sqlError{
 			SQLState: pe.Code,

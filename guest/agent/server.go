@@ -104,6 +104,14 @@ type system struct {
 	sync          func()
 	dropCaches    string
 	compactMemory string
+	// reclaim is the root memory cgroup's memory.reclaim ("" skips it).
+	reclaim string
+	// warm runs typical requests after the caches are dropped (warmSQL).
+	warm bool
+	// warmConsole is the psql console's terminal, into which the warm-up
+	// SQL is typed ("" skips it).
+	warmConsole string
+	meminfo     string
 }
 
 type server struct {
@@ -125,6 +133,10 @@ func newServer(cfg config, db database, log *slog.Logger) *server {
 			sync:          syncFS,
 			dropCaches:    cfg.DropCaches,
 			compactMemory: cfg.CompactMemory,
+			reclaim:       cfg.Reclaim,
+			warm:          cfg.Warm,
+			warmConsole:   cfg.WarmConsole,
+			meminfo:       "/proc/meminfo",
 		},
 		log:     log,
 		start:   time.Now(),

@@ -1,11 +1,20 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -36,9 +45,21 @@ type snapshotLog struct {
 // then dropping clean pages so they are not stored (v86 stores only non-zero
 // pages and the kernel zeroes freed ones with init_on_free=1). Every step is
 // tried even if an earlier one failed.
+//
+// Dropping the page cache leaves the pages that processes map: program
+// code and libraries, most of the RAM that is left. Proactive reclaim of the
+// root memory cgroup (memory.reclaim) unmaps and frees those too; the few
+// that the first request after a restore needs are then faulted in again by
+// one query (warm-up), so they are in the state and need no 9p fetch.
 func (s *server) prepareSnapshot(ctx context.Context) response {
 	var log snapshotLog
 	var errs []error
+	note := func(step string) {
+		if s.sys.meminfo != "" {
+			log.Notes = append(log.Notes, step+": "+memSummary(s.sys.meminfo))
+		}
+	}
+	note("before")
 	if _, err := s.db.Exec(ctx, "CHECKPOINT"); err != nil {
 		errs = append(errs, fmt.Errorf("checkpoint failed: %w", err))
 	} else {
@@ -46,10 +67,45 @@ func (s *server) prepareSnapshot(ctx context.Context) response {
 	}
 	s.sys.sync()
 	log.Synced = true
+	// The agent's own garbage goes back to the kernel, which zeroes it.
+	debug.FreeOSMemory()
+	if s.sys.reclaim != "" {
+		s.reclaimFiles(&log)
+		note("reclaimed")
+	}
 	if err := writeKnob(s.sys.dropCaches, "3"); err != nil {
 		errs = append(errs, err)
 	} else {
 		log.DroppedCaches = true
+	}
+	note("dropped")
+	if s.sys.warm {
+		s.warmUp(ctx, &log)
+		if s.sys.warmConsole != "" {
+			// Twice, more than PostgreSQL's idle statistics flush interval
+			// (10 s) apart: the flush that the first query arms runs in
+			// between, and its code is then resident for the flush that
+			// fires when the clock jumps after a restore.
+			for i := 0; i < 2; i++ {
+				if i > 0 {
+					time.Sleep(11 * time.Second)
+				}
+				if err := s.warmConsole(ctx); err != nil {
+					log.Notes = append(log.Notes, "console warm-up: "+err.Error())
+					break
+				}
+			}
+		}
+		// Run the agent's own garbage collector and scavenger now, so their
+		// code is resident too, and the warm-up's garbage is given back.
+		debug.FreeOSMemory()
+		note("warmed")
+		// Pages that the warm-up read but did not map (data files and WAL,
+		// which PostgreSQL reads with read() into its own buffers) go again.
+		if err := writeKnob(s.sys.dropCaches, "3"); err != nil {
+			log.Notes = append(log.Notes, err.Error())
+		}
+		note("dropped again")
 	}
 	// Compaction is optional: kernels without CONFIG_COMPACTION lack the file.
 	if s.sys.compactMemory == "" {
@@ -59,12 +115,196 @@ func (s *server) prepareSnapshot(ctx context.Context) response {
 	} else {
 		log.Compacted = true
 	}
+	s.log.Info("prepare_snapshot", "notes", strings.Join(log.Notes, "; "), "slabs", topSlabs("/proc/slabinfo", 12))
 	if err := errors.Join(errs...); err != nil {
 		r := fail(err)
 		r.Snapshot = &log
 		return r
 	}
 	return response{OK: true, Snapshot: &log}
+}
+
+// reclaimFiles asks the root memory cgroup to reclaim as much as there is
+// file cache (page cache less shared memory, which needs swap), a few times
+// while that shrinks. Asking for more than there is would make the kernel
+// evict and re-read the pages running processes touch, over and over.
+func (s *server) reclaimFiles(log *snapshotLog) {
+	for i := 0; i < 4; i++ {
+		m := readMeminfo(s.sys.meminfo)
+		file := m["Cached"] - m["Shmem"]
+		if file < 1024 {
+			return
+		}
+		err := writeKnob(s.sys.reclaim, strconv.FormatInt(file, 10)+"K")
+		if err != nil && !errors.Is(err, syscall.EAGAIN) {
+			log.Notes = append(log.Notes, err.Error())
+			return
+		}
+		if after := readMeminfo(s.sys.meminfo); m["Cached"]-after["Cached"] < 1024 {
+			return
+		}
+	}
+}
+
+// readMeminfo returns /proc/meminfo's values in kB.
+func readMeminfo(path string) map[string]int64 {
+	m := map[string]int64{}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return m
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		if n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64); err == nil {
+			m[k] = n
+		}
+	}
+	return m
+}
+
+// warmSQL is a typical first session, rolled back: the server code it runs
+// (parser, planner, executor, DDL, indexes, common functions) is then in the
+// state, so a first query after a restore rarely needs a page of the
+// postgres binary that is not resident, which would make v86 fetch the whole
+// file (4.5 MB).
+const warmSQL = `BEGIN;
+CREATE TEMP TABLE pgwasm_warm (id serial PRIMARY KEY, t text NOT NULL, n numeric, f float8, d date DEFAULT current_date, ts timestamptz DEFAULT now(), j jsonb, a int[]);
+INSERT INTO pgwasm_warm (t, n, f, j, a) SELECT 'x' || g, g * 1.5, g / 3.0, jsonb_build_object('g', g, 's', 'v' || g), ARRAY[g, g + 1] FROM generate_series(1, 20) g;
+CREATE INDEX ON pgwasm_warm (t);
+ANALYZE pgwasm_warm;
+UPDATE pgwasm_warm SET n = n + 1, t = upper(t) WHERE id % 2 = 0;
+DELETE FROM pgwasm_warm WHERE id > 18;
+SELECT t, count(*) AS c, sum(n), avg(f), max(ts), min(d) FROM pgwasm_warm w JOIN generate_series(1, 50) g ON g = w.id WHERE t LIKE 'x%' OR t ILIKE 'X1%' GROUP BY t HAVING count(*) > 0 ORDER BY 2 DESC, 1 LIMIT 5;
+SELECT j->>'s' AS s, j @> '{"g": 1}' AS has, to_char(ts, 'YYYY-MM-DD HH24:MI'), length(t), t || 'y', lower(t), substr(t, 2), a[1], round(n, 1), coalesce(NULL, 1), CASE WHEN id > 5 THEN 'big' ELSE 'small' END FROM pgwasm_warm WHERE id IN (1, 2, 3) ORDER BY id DESC;
+WITH s AS (SELECT id, row_number() OVER (ORDER BY n DESC) AS r FROM pgwasm_warm) SELECT * FROM s WHERE r < 3 UNION ALL SELECT 0, 0;
+SELECT string_agg(t, ',' ORDER BY id), json_agg(id), array_agg(n) FROM pgwasm_warm WHERE id < 4;
+EXPLAIN SELECT * FROM pgwasm_warm WHERE t = 'x1';
+SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid WHERE c.relname = 'pgwasm_warm' AND a.attnum > 0;
+SELECT * FROM pg_stat_activity WHERE pid = pg_backend_pid();
+SELECT version(), current_setting('server_version'), pg_database_size(current_database()) > 0, '2024-01-01'::date + 1, interval '1 day' * 2, gen_random_uuid() IS NOT NULL, md5('x'), 1.5::numeric / 3, 2 ^ 10, now() - interval '1 hour' < now();
+ROLLBACK`
+
+// warmUp runs the requests a host sends first after a restore through the
+// whole request path (decoding, dispatch, SQL, encoding), so the agent's and
+// the server's pages they touch are resident when the state is saved.
+func (s *server) warmUp(ctx context.Context, log *snapshotLog) {
+	sql, _ := json.Marshal(warmSQL)
+	bgSQL, _ := json.Marshal(`DO $$ BEGIN IF current_setting('server_version_num')::int >= 160000 AND current_setting('wal_level') <> 'minimal' THEN PERFORM pg_log_standby_snapshot(); END IF; END $$`)
+	for _, line := range []string{
+		`{"id":0,"op":"ping"}`,
+		`{"id":0,"op":"status"}`,
+		`{"id":0,"op":"set_time","unix_ms":` + strconv.FormatInt(s.sys.now().UnixMilli(), 10) + `}`,
+		`{"id":0,"op":"query","sql":"select 1"}`,
+		`{"id":0,"op":"query","sql":"select $1::int + 1 as two, now()","params":["1"]}`,
+		`{"id":0,"op":"exec","sql":"select 1 as one; select 'a'::text as a"}`,
+		`{"id":0,"op":"exec","sql":` + string(sql) + `}`,
+		// What the background processes do first after a restore, when the
+		// clock has jumped by days: a timed checkpoint (checkpointer), a
+		// standby snapshot record (bgwriter, wal_level logical), vacuum
+		// (autovacuum workers).
+		`{"id":0,"op":"exec","sql":"CHECKPOINT"}`,
+		`{"id":0,"op":"exec","sql":` + string(bgSQL) + `}`,
+		`{"id":0,"op":"exec","sql":"VACUUM ANALYZE pg_catalog.pg_class"}`,
+	} {
+		for _, v := range s.handleLine(ctx, []byte(line)) {
+			b, _ := json.Marshal(v)
+			if r, ok := v.(response); ok && !r.OK {
+				log.Notes = append(log.Notes, "warm-up failed: "+string(b))
+			}
+		}
+	}
+}
+
+// warmConsole types the warm-up SQL into the psql console, as a user would
+// after a restore, and waits until psql's session is idle again, so the
+// pages of psql, its libraries and its backend are resident in the state.
+func (s *server) warmConsole(ctx context.Context) error {
+	started := s.sys.now()
+	if err := typeInto(s.sys.warmConsole, "select 1 as one;\n"); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		res, err := s.db.Query(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'psql' AND state = 'idle' AND state_change > to_timestamp($1::float8 / 1000)",
+			[]*string{ptr(strconv.FormatInt(started.UnixMilli(), 10))})
+		if err != nil {
+			return err
+		}
+		if len(res.Rows) == 1 && res.Rows[0][0] != nil && *res.Rows[0][0] != "0" {
+			return nil
+		}
+	}
+	return errors.New("psql did not run the warm-up query within 20 s")
+}
+
+// typeInto pushes text into a terminal's input queue (TIOCSTI; root only).
+func typeInto(tty, text string) error {
+	f, err := os.OpenFile(tty, os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for i := 0; i < len(text); i++ {
+		c := text[i]
+		if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), syscall.TIOCSTI, uintptr(unsafe.Pointer(&c))); e != 0 {
+			return fmt.Errorf("cannot type into %s: %w", tty, e)
+		}
+	}
+	return nil
+}
+
+func ptr(s string) *string { return &s }
+
+// topSlabs lists the largest kernel slab caches (name=kB), for the log.
+func topSlabs(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	type slab struct {
+		name string
+		kb   int64
+	}
+	var all []slab
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		// name active_objs num_objs objsize objperslab pagesperslab : tunables ... : slabdata active_slabs num_slabs ...
+		if len(f) < 16 || f[0] == "#" {
+			continue
+		}
+		slabs, err1 := strconv.ParseInt(f[14], 10, 64)
+		pages, err2 := strconv.ParseInt(f[5], 10, 64)
+		if err1 == nil && err2 == nil {
+			all = append(all, slab{f[0], slabs * pages * 4})
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].kb > all[j].kb })
+	var out []string
+	for i := 0; i < len(all) && i < n; i++ {
+		out = append(out, all[i].name+"="+strconv.FormatInt(all[i].kb, 10))
+	}
+	return strings.Join(out, " ")
+}
+
+// memSummary condenses /proc/meminfo to the fields that say what a state
+// will hold, in kB.
+func memSummary(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	want := map[string]bool{"MemFree": true, "Cached": true, "Mapped": true, "AnonPages": true, "Shmem": true, "Slab": true, "PageTables": true, "KernelStack": true}
+	var out []string
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && want[k] {
+			out = append(out, k+"="+strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 // writeKnob writes a value to a /proc/sys file, which must already exist.

@@ -71,8 +71,14 @@ func DefaultConfig() Config {
 		Keyring:       "/usr/share/keyrings/debian-archive-keyring.gpg",
 		// cryptomgr.notests and noisapnp save about 5 s of boot in v86;
 		// init_on_free=1 zeroes freed pages, and v86 stores only non-zero
-		// pages in a state, so snapshots shrink by half.
-		Cmdline:   "console=ttyS0 tsc=reliable mitigations=off nowatchdog audit=0 random.trust_cpu=on quiet loglevel=3 cryptomgr.notests noisapnp init_on_free=1",
+		// pages in a state, so snapshots shrink by half (init_on_alloc=0:
+		// zeroing on allocation too would only cost time). The blacklisted
+		// initcalls were the slowest in a boot with initcall_debug (kprobe
+		// tracing 2.3 s, the KDF self-test, X.509 certificate loading, the
+		// blake2s self-test); without tracefs the kernel's slab at snapshot
+		// time drops from 9.4 to 3.5 MB. ipv6.disable=1: the relay carries
+		// IPv4 only.
+		Cmdline:   "console=ttyS0 tsc=reliable mitigations=off nowatchdog audit=0 random.trust_cpu=on quiet loglevel=3 cryptomgr.notests noisapnp init_on_free=1 init_on_alloc=0 ipv6.disable=1 initcall_blacklist=tracer_init_tracefs,trace_eval_init,init_kprobe_trace,crypto_kdf108_init,load_system_certificate_list,blake2s_mod_init",
 		NetDevice: "ne2k",
 	}
 }
