@@ -75,9 +75,8 @@ FUZZTIME ?= 20s
 fuzz: ## run every fuzz target for FUZZTIME each
 	@scripts/fuzz.sh $(FUZZTIME)
 
-bench: snapshot ## measure sizes and speeds and write docs/BENCHMARKS.md
+bench: snapshot ## measure us side by side with PGlite and native PostgreSQL; write docs/BENCHMARKS.md (about 15 min)
 	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) run ./cmd/pgwasm-bench -out docs/BENCHMARKS.md
-	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) node web/test/bench.mjs
 
 clean: ## remove build outputs (keeps the download cache in build/cache)
 	rm -rf $(BIN) $(IMAGE)

@@ -29,7 +29,7 @@ fi
 
 # npm modules, pinned by the committed lock files; reinstalled only when a lock
 # file changes.
-for dir in harness web; do
+for dir in harness web bench; do
 	[[ -f $dir/package-lock.json ]] || continue
 	stamp=$dir/node_modules/.lock-hash
 	want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)

@@ -1,5 +1,6 @@
-// Command pgwasm-bench measures what issues #2 (the VM image) and #3 (relay
-// and tunnel) ask for and writes docs/BENCHMARKS.md:
+// Command pgwasm-bench measures what issues #2 (the VM image), #3 (relay
+// and tunnel) and #6 (side by side with PGlite and native PostgreSQL) ask
+// for and writes docs/BENCHMARKS.md:
 //
 //	PGWASM_IMAGE=build/image go run ./cmd/pgwasm-bench -out docs/BENCHMARKS.md
 //	go run ./cmd/pgwasm-bench -quick            # a short run to try it out
@@ -7,7 +8,11 @@
 //
 // The VM part boots and restores the real image headless (internal/vm); the
 // network part runs the repository's Go benchmarks with `go test -bench` and
-// parses their output. Every figure comes from this run; the report is also
+// parses their output. The comparison part runs bench/queries.json on the
+// VM (agent API), on PGlite (node bench/pglite.mjs, JSON on stdout) and on
+// the host's PostgreSQL, then psql and pgbench through a real `pgwasm serve`
+// port tunnel, then both pages in Chromium (bench/pglite.mjs browser and
+// web/test/bench.mjs). Every figure comes from this run; the report is also
 // printed to stdout.
 package main
 
@@ -44,6 +49,15 @@ type Config struct {
 	VMBudget     time.Duration
 	Verbose      bool
 
+	// The comparison with PGlite and native PostgreSQL (issue #6).
+	BenchDir                    string
+	Bin                         string
+	Starts, QuerySetRuns        int
+	PgbenchRuns, PgbenchSeconds int
+	Browser                     bool
+	BrowserStarts               int
+	CompareBudget               time.Duration
+
 	Boots, Restores, QueryRuns int
 	Count, IdleCount           int
 	IdleSessions               int
@@ -75,15 +89,24 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		}
 		return nil
 	})
-	fs.Func("parts", "comma list of parts to run: vm, net (default both)", func(s string) error {
+	fs.Func("parts", "comma list of parts to run: vm, net, compare (default all)", func(s string) error {
 		c.Parts = strings.Split(s, ",")
 		for _, p := range c.Parts {
-			if p != "vm" && p != "net" {
-				return fmt.Errorf("unknown part %q (want vm or net)", p)
+			if p != "vm" && p != "net" && p != "compare" {
+				return fmt.Errorf("unknown part %q (want vm, net or compare)", p)
 			}
 		}
 		return nil
 	})
+	fs.StringVar(&c.BenchDir, "bench-dir", "bench", "directory of the Node comparison scripts (queries.json, pglite.mjs; npm ci there)")
+	fs.StringVar(&c.Bin, "pgwasm-bin", os.Getenv("PGWASM_BIN"), "pgwasm binary for serve (relay + tunnel) in the comparison (env PGWASM_BIN)")
+	fs.IntVar(&c.Starts, "starts", 3, "PGlite starts in Node (each a fresh process)")
+	fs.IntVar(&c.QuerySetRuns, "queryset-runs", 3, "timed runs of each query of bench/queries.json (a query's own runs wins when larger; native: at least 5)")
+	fs.IntVar(&c.PgbenchRuns, "pgbench-runs", 3, "pgbench runs per case and database")
+	fs.IntVar(&c.PgbenchSeconds, "pgbench-seconds", 10, "pgbench -T of each run")
+	fs.BoolVar(&c.Browser, "browser", true, "run the Chromium comparison (PGlite's page and ours)")
+	fs.IntVar(&c.BrowserStarts, "browser-starts", 3, "cold+warm page loads in Chromium, each in a fresh profile")
+	fs.DurationVar(&c.CompareBudget, "compare-budget", 10*time.Minute, "start no further comparison run after this long; the first of each kind always runs")
 	fs.BoolVar(&c.Quick, "quick", false, "few runs and short benchmarks (about 3 minutes), to try the program; flags given explicitly still win")
 	fs.DurationVar(&c.Timeout, "timeout", 25*time.Minute, "stop everything after this long")
 	fs.DurationVar(&c.VMBudget, "vm-budget", 12*time.Minute, "start no further VM run (restore, query, boot) after this long; the first of each kind always runs")
@@ -112,6 +135,11 @@ func (c *Config) applyQuick(set map[string]bool) {
 		"idle-sessions":     func() { c.IdleSessions = 1000 },
 		"benchtime":         func() { c.Benchtime = "300ms" },
 		"connect-benchtime": func() { c.ConnectBenchtime = "5x" },
+		"starts":            func() { c.Starts = 1 },
+		"queryset-runs":     func() { c.QuerySetRuns = 1 },
+		"pgbench-runs":      func() { c.PgbenchRuns = 1 },
+		"pgbench-seconds":   func() { c.PgbenchSeconds = 5 },
+		"browser-starts":    func() { c.BrowserStarts = 1 },
 	}
 	for name, f := range quick {
 		if !set[name] {
@@ -166,6 +194,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.part("net") {
 		rep.Net = measureNet(ctx, &cfg, logger, &rep.Errors)
+	}
+	if cfg.part("compare") {
+		rep.Cmp = measureCompare(ctx, &cfg, logger, &rep.Errors)
 	}
 	rep.Env.Wall = time.Since(start).Round(time.Second).String()
 	rep.Env.LoadEnd = loadAvg()

@@ -20,6 +20,7 @@ type nativePG struct {
 	binDir string
 	dir    string
 	data   string
+	port   int // loopback TCP port (pgbench and psql use it)
 	logger *slog.Logger
 }
 
@@ -38,7 +39,12 @@ func startNativePG(ctx context.Context, binDir string, logger *slog.Logger) (*na
 	if err != nil {
 		return nil, fmt.Errorf("cannot create the native PostgreSQL directory: %w", err)
 	}
-	p := &nativePG{binDir: binDir, dir: dir, data: filepath.Join(dir, "data"), logger: logger}
+	port, err := freePort()
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("no free port for the native PostgreSQL: %w", err)
+	}
+	p := &nativePG{binDir: binDir, dir: dir, data: filepath.Join(dir, "data"), port: port, logger: logger}
 	if err := os.Chown(dir, uid, gid); err != nil {
 		p.remove()
 		return nil, fmt.Errorf("cannot hand %s to postgres: %w", dir, err)
@@ -48,9 +54,10 @@ func startNativePG(ctx context.Context, binDir string, logger *slog.Logger) (*na
 		p.remove()
 		return nil, err
 	}
-	// No TCP listener; settings as in the VM where they matter for a
-	// single-session CPU-bound query (no JIT, no parallel workers).
-	conf := fmt.Sprintf("listen_addresses = ''\nunix_socket_directories = '%s'\nfsync = off\njit = off\nmax_parallel_workers_per_gather = 0\n", dir)
+	// Loopback only (trust auth, for pgbench and psql); settings as in the
+	// VM where they matter for a single-session CPU-bound query (no JIT, no
+	// parallel workers).
+	conf := fmt.Sprintf("listen_addresses = '127.0.0.1'\nport = %d\nunix_socket_directories = '%s'\nfsync = off\nsynchronous_commit = off\njit = off\nmax_parallel_workers_per_gather = 0\n", port, dir)
 	f, err := os.OpenFile(filepath.Join(p.data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err == nil {
 		_, err = f.WriteString(conf)
@@ -80,7 +87,7 @@ func (p *nativePG) run(ctx context.Context, name string, args ...string) error {
 
 // connect opens a session over the Unix socket.
 func (p *nativePG) connect(ctx context.Context) (*pgx.Conn, error) {
-	conn, err := pgx.Connect(ctx, fmt.Sprintf("host=%s user=postgres dbname=postgres sslmode=disable", p.dir))
+	conn, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres sslmode=disable", p.dir, p.port))
 	if err != nil {
 		return nil, fmt.Errorf("cannot connect to the native PostgreSQL: %w", err)
 	}

@@ -77,6 +77,7 @@ type report struct {
 	Cfg     *Config
 	VM      *vmResults
 	Net     *netResults
+	Cmp     *compareResults
 	Errors  []string
 	targets []target
 }
@@ -119,6 +120,9 @@ func (r *report) write(w io.Writer) {
 	}
 	if r.Net != nil {
 		r.writeNet(w)
+	}
+	if r.Cmp != nil {
+		r.writeCompare(w)
 	}
 	r.writeMisses(w)
 	r.writeHow(w)
@@ -303,4 +307,7 @@ func (r *report) writeHow(w io.Writer) {
 		}
 	}
 	fmt.Fprintln(w)
+	if r.Cmp != nil {
+		fmt.Fprintf(w, "Side by side: PGlite figures come from `node bench/pglite.mjs start|queries|browser` (one JSON object each, parsed by [compare.go](../cmd/pgwasm-bench/compare.go); bytes in Node are what PGlite's module loader and file reads took from its package), ours in Chromium from `node web/test/bench.mjs`. The VM of the comparison runs behind a real `pgwasm serve` (relay and port tunnel on loopback); psql and pgbench are the host's PostgreSQL 15 clients.\n\n")
+	}
 }

@@ -1,0 +1,263 @@
+#!/usr/bin/env node
+// PGlite side of `make bench` (cmd/pgwasm-bench runs it and parses the one
+// JSON object it prints on stdout; progress goes to stderr).
+//
+//   node bench/pglite.mjs start               one cold start in this fresh process, then a warm one
+//   node bench/pglite.mjs queries [--runs N]  the query set of bench/queries.json, in Node
+//   node bench/pglite.mjs browser [--runs N] [--starts N]
+//                                             PGlite in headless Chromium: cold and warm
+//                                             start, bytes transferred, the query set
+//
+// Every figure is measured here; nothing is typed in.
+import fs from "node:fs";
+import http from "node:http";
+import os from "node:os";
+import path from "node:path";
+import { register, syncBuiltinESMExports } from "node:module";
+import { MessageChannel } from "node:worker_threads";
+import { fileURLToPath } from "node:url";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const pkgDir = path.join(here, "node_modules", "@electric-sql", "pglite");
+const spec = JSON.parse(fs.readFileSync(path.join(here, "queries.json"), "utf8"));
+const version = JSON.parse(fs.readFileSync(path.join(pkgDir, "package.json"), "utf8")).version;
+
+const args = process.argv.slice(2);
+const mode = args[0] || "start";
+const flag = (name, def) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? Number(args[i + 1]) : def;
+};
+const log = (...a) => console.error("pglite-bench:", ...a);
+
+// expand turns a query of queries.json into the SQL sent.
+export function expand(q) {
+  if (!q.script) return q.sql;
+  const s = q.script;
+  let out = s.prefix;
+  for (let i = 1; i <= s.count; i++) out += s.repeat.replaceAll("{i}", String(i));
+  return out + s.suffix;
+}
+
+// runQuerySet runs setup and every query on db (PGlite's query/exec API);
+// runs is the default count, a query's own "runs" wins when larger.
+async function runQuerySet(db, runs, now) {
+  const out = { setup_ms: 0, queries: {} };
+  let t = now();
+  for (const sql of spec.setup) await db.exec(sql);
+  out.setup_ms = now() - t;
+  for (const q of spec.queries) {
+    const sql = expand(q);
+    const n = Math.max(runs, q.runs || 0);
+    const times = [];
+    // One untimed warm-up, as for the VM and native.
+    if (q.before) await db.exec(q.before);
+    q.script ? await db.exec(sql) : await db.query(sql);
+    for (let i = 0; i < n; i++) {
+      if (q.before) await db.exec(q.before);
+      t = now();
+      q.script ? await db.exec(sql) : await db.query(sql);
+      times.push(now() - t);
+    }
+    out.queries[q.name] = times;
+    log(q.name, times.map(x => x.toFixed(2)).join(" "));
+  }
+  return out;
+}
+
+// countModuleBytes installs a module loader hook that reports each PGlite
+// module's source size, so "bytes loaded" includes the JavaScript.
+function countModuleBytes() {
+  const loaded = new Map();
+  const { port1, port2 } = new MessageChannel();
+  port1.on("message", m => loaded.set(m.url, m.bytes));
+  port1.unref();
+  const hook = `let port;
+export function initialize(d) { port = d.port; }
+export async function load(url, ctx, next) {
+  const r = await next(url, ctx);
+  if (url.includes("@electric-sql")) port.postMessage({ url, bytes: r.source == null ? 0 : (r.source.byteLength ?? r.source.length) });
+  return r;
+}`;
+  register("data:text/javascript," + encodeURIComponent(hook), { parentURL: import.meta.url, data: { port: port2 }, transferList: [port2] });
+  return loaded;
+}
+
+// countFileBytes wraps fs reads of files in the PGlite package (the wasm,
+// the data file, extensions).
+function countFileBytes() {
+  const files = new Map();
+  const note = (p, data) => {
+    const s = String(p instanceof URL ? fileURLToPath(p) : p);
+    if (s.includes("@electric-sql") && data) files.set(s, (files.get(s) || 0) + (data.byteLength ?? data.length));
+  };
+  const rf = fs.promises.readFile, rfs = fs.readFileSync, rfc = fs.readFile;
+  fs.promises.readFile = async function (p, ...a) { const d = await rf.call(this, p, ...a); note(p, d); return d; };
+  fs.readFileSync = function (p, ...a) { const d = rfs.call(this, p, ...a); note(p, d); return d; };
+  fs.readFile = function (p, ...a) {
+    const cb = a.pop();
+    return rfc.call(this, p, ...a, (err, d) => { if (!err) note(p, d); cb(err, d); });
+  };
+  syncBuiltinESMExports();
+  return files;
+}
+
+const sum = m => [...m.values()].reduce((a, b) => a + b, 0);
+
+async function start() {
+  // performance.now() counts from this process's start: "from nothing".
+  const modules = countModuleBytes();
+  const files = countFileBytes();
+  const t0 = performance.now();
+  const { PGlite } = await import("@electric-sql/pglite");
+  const imported = performance.now();
+  const db = await PGlite.create();
+  const created = performance.now();
+  await db.query("select 1");
+  const first = performance.now();
+  const pgVersion = (await db.query("select version() as v")).rows[0].v;
+  await new Promise(r => setTimeout(r, 50)); // the loader hook's messages
+  const cold = {
+    process_to_first_query_ms: first, script_to_first_query_ms: first - t0,
+    import_ms: imported - t0, create_ms: created - imported, query_ms: first - created,
+    module_bytes: sum(modules), file_bytes: sum(files), bytes: sum(modules) + sum(files),
+    files: Object.fromEntries([...files].map(([k, v]) => [path.relative(pkgDir, k), v])),
+  };
+  await db.close();
+  modules.clear(); files.clear();
+  const t1 = performance.now();
+  const db2 = await PGlite.create();
+  await db2.query("select 1");
+  const warm = { first_query_ms: performance.now() - t1, bytes: sum(modules) + sum(files) };
+  await db2.close();
+  return { version, postgres: pgVersion, node: process.version, rss: process.memoryUsage().rss, cold, warm };
+}
+
+async function queries() {
+  const { PGlite } = await import("@electric-sql/pglite");
+  const db = await PGlite.create();
+  const res = await runQuerySet(db, flag("--runs", 3), () => performance.now());
+  res.rss = process.memoryUsage().rss;
+  await db.close();
+  return { version, ...res };
+}
+
+// The browser page: imports PGlite from the package's dist, starts it and
+// runs select 1; window.bench runs the query set.
+const pageHTML = `<!doctype html><meta charset="utf-8"><title>PGlite bench</title>
+<script type="module">
+window.t0 = performance.now();
+const { PGlite } = await import("/pglite/dist/index.js");
+const db = await PGlite.create();
+await db.query("select 1");
+window.firstQuery = performance.now();
+window.db = db;
+</script>`;
+
+const types = { ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".data": "application/octet-stream", ".html": "text/html", ".gz": "application/gzip" };
+
+function staticServer() {
+  const srv = http.createServer((req, res) => {
+    const u = new URL(req.url, "http://x");
+    if (u.pathname === "/") {
+      res.writeHead(200, { "content-type": "text/html", "cache-control": "no-cache" });
+      return res.end(pageHTML);
+    }
+    if (!u.pathname.startsWith("/pglite/")) { res.writeHead(404); return res.end(); }
+    const file = path.join(pkgDir, path.normalize(u.pathname.slice("/pglite/".length)).replace(/^(\.\.[/\\])+/, ""));
+    fs.readFile(file, (err, data) => {
+      if (err) { res.writeHead(404); return res.end(); }
+      // Cacheable, as a CDN would serve a versioned package.
+      res.writeHead(200, { "content-type": types[path.extname(file)] || "application/octet-stream", "cache-control": "public, max-age=31536000, immutable" });
+      res.end(data);
+    });
+  });
+  return new Promise(r => srv.listen(0, "127.0.0.1", () => r(srv)));
+}
+
+async function launch() {
+  const { chromium } = await import("playwright-core");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "pglite-bench-chromium-"));
+  const ctx = await chromium.launchPersistentContext(dir, {
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  return { ctx, close: async () => { await ctx.close(); fs.rmSync(dir, { recursive: true, force: true }); } };
+}
+
+async function browser() {
+  const srv = await staticServer();
+  const url = `http://127.0.0.1:${srv.address().port}/`;
+  const out = { version, cold: [], warm: [] };
+  try {
+    const starts = flag("--starts", 3);
+    for (let i = 0; i < starts; i++) {
+      // Cold: a fresh browser profile (empty HTTP cache); warm: the same
+      // page loaded again in that profile (HTTP and code cache filled).
+      const b = await launch();
+      try {
+        const page = await b.ctx.newPage();
+        const cdp = await b.ctx.newCDPSession(page);
+        await cdp.send("Network.enable");
+        let bytes = 0;
+        cdp.on("Network.loadingFinished", e => { bytes += e.encodedDataLength; });
+        for (const kind of ["cold", "warm"]) {
+          bytes = 0;
+          const t = Date.now();
+          await page.goto(url);
+          await page.waitForFunction(() => window.firstQuery > 0, null, { timeout: 120000, polling: 20 });
+          const ms = Date.now() - t;
+          out[kind].push({ first_query_ms: ms, bytes, in_page_ms: await page.evaluate(() => window.firstQuery - window.t0) });
+          log("browser", kind, ms, "ms", bytes, "bytes");
+        }
+        if (i === 0) {
+          out.chromium = b.ctx.browser()?.version() || "";
+          const runs = flag("--runs", 3);
+          await page.exposeFunction("benchLog", s => log(s));
+          out.query_set = await page.evaluate(async ([spec, runs]) => {
+            const expand = q => {
+              if (!q.script) return q.sql;
+              let s = q.script.prefix;
+              for (let i = 1; i <= q.script.count; i++) s += q.script.repeat.replaceAll("{i}", String(i));
+              return s + q.script.suffix;
+            };
+            const db = window.db, res = { queries: {} };
+            let t = performance.now();
+            for (const sql of spec.setup) await db.exec(sql);
+            res.setup_ms = performance.now() - t;
+            for (const q of spec.queries) {
+              const sql = expand(q), n = Math.max(runs, q.runs || 0), times = [];
+              if (q.before) await db.exec(q.before);
+              q.script ? await db.exec(sql) : await db.query(sql);
+              for (let i = 0; i < n; i++) {
+                if (q.before) await db.exec(q.before);
+                t = performance.now();
+                q.script ? await db.exec(sql) : await db.query(sql);
+                times.push(performance.now() - t);
+              }
+              res.queries[q.name] = times;
+              window.benchLog(q.name + " " + times.map(x => x.toFixed(2)).join(" "));
+            }
+            return res;
+          }, [spec, runs]);
+        }
+      } finally {
+        await b.close();
+      }
+    }
+  } finally {
+    srv.close();
+  }
+  return out;
+}
+
+const modes = { start, queries, browser };
+if (!modes[mode]) {
+  console.error(`unknown mode ${mode}: want ${Object.keys(modes).join(", ")}`);
+  process.exit(2);
+}
+const res = await modes[mode]();
+process.stdout.write(JSON.stringify(res) + "\n");
+process.exit(0);
