@@ -179,9 +179,20 @@ func (s *stack) vmWithPostgresVM(tb testing.TB, ctx context.Context, pgAddr stri
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var wg sync.WaitGroup
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
 	tb.Cleanup(func() {
 		ln.Close()
+		// A relay restart ends the relay's side of a connection without a
+		// RST reaching the simulated VM, so its side would wait for ever.
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
 		wg.Wait()
 	})
 	wg.Add(1)
@@ -192,6 +203,9 @@ func (s *stack) vmWithPostgresVM(tb testing.TB, ctx context.Context, pgAddr stri
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
