@@ -24,6 +24,9 @@ type request struct {
 	User     string    `json:"user"`
 	Password string    `json:"password"`
 	UnixMS   *int64    `json:"unix_ms"`
+	// Thorough (prepare_snapshot) also evicts file pages and replays a
+	// typical session: for the published snapshot, not for a user's save.
+	Thorough bool `json:"thorough"`
 }
 
 // response is the union of every op's answer; empty fields are left out so
@@ -304,7 +307,7 @@ func (s *server) handle(ctx context.Context, req *request) response {
 		}
 		return response{OK: true}
 	case "prepare_snapshot":
-		return s.prepareSnapshot(ctx)
+		return s.prepareSnapshot(ctx, req.Thorough)
 	case "":
 		return fail(errors.New("request has no op"))
 	default:

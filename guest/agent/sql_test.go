@@ -337,7 +337,7 @@ func TestPrepareSnapshot(t *testing.T) {
 			if tt.setup != nil {
 				tt.setup(env)
 			}
-			resp := srv.prepareSnapshot(context.Background())
+			resp := srv.prepareSnapshot(context.Background(), true)
 			if resp.OK != tt.wantOK {
 				t.Errorf("ok = %v, want %v (%+v)", resp.OK, tt.wantOK, resp)
 			}

@@ -51,7 +51,7 @@ type snapshotLog struct {
 // root memory cgroup (memory.reclaim) unmaps and frees those too; the few
 // that the first request after a restore needs are then faulted in again by
 // one query (warm-up), so they are in the state and need no 9p fetch.
-func (s *server) prepareSnapshot(ctx context.Context) response {
+func (s *server) prepareSnapshot(ctx context.Context, thorough bool) response {
 	var log snapshotLog
 	var errs []error
 	note := func(step string) {
@@ -69,7 +69,7 @@ func (s *server) prepareSnapshot(ctx context.Context) response {
 	log.Synced = true
 	// The agent's own garbage goes back to the kernel, which zeroes it.
 	debug.FreeOSMemory()
-	if s.sys.reclaim != "" {
+	if thorough && s.sys.reclaim != "" {
 		s.reclaimFiles(&log)
 		note("reclaimed")
 	}
@@ -79,7 +79,7 @@ func (s *server) prepareSnapshot(ctx context.Context) response {
 		log.DroppedCaches = true
 	}
 	note("dropped")
-	if s.sys.warm {
+	if thorough && s.sys.warm {
 		s.warmUp(ctx, &log)
 		if s.sys.warmConsole != "" {
 			// Twice, more than PostgreSQL's idle statistics flush interval

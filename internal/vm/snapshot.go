@@ -91,7 +91,7 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 	}
 
 	t = time.Now()
-	meta, err := v.saveState(ctx, path, SnapshotLevel)
+	meta, err := v.saveState(ctx, path, SnapshotLevel, true)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %d MB: %w", opts.Memory, err)
 	}
