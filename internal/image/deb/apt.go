@@ -53,17 +53,24 @@ type Apt struct {
 var ErrUnknownPackage = errors.New("unknown package")
 
 func (a *Apt) options() []string {
+	return append(PrivateOptions(a.Dir),
+		"-o", "APT::Architecture="+a.Arch,
+		"-o", "APT::Architectures::="+a.Arch)
+}
+
+// PrivateOptions are the apt-get/apt-cache options that keep all of apt's
+// state (lists, cache, sources, status) under dir, leaving the host's apt
+// setup untouched. The extension build uses them for its deb-src state too.
+func PrivateOptions(dir string) []string {
 	return []string{
-		"-o", "Dir::State=" + filepath.Join(a.Dir, "state"),
-		"-o", "Dir::State::Lists=" + filepath.Join(a.Dir, "lists"),
-		"-o", "Dir::State::status=" + filepath.Join(a.Dir, "status"),
-		"-o", "Dir::Cache=" + filepath.Join(a.Dir, "cache"),
-		"-o", "Dir::Etc::sourcelist=" + filepath.Join(a.Dir, "sources.list"),
-		"-o", "Dir::Etc::sourceparts=" + filepath.Join(a.Dir, "sources.list.d"),
-		"-o", "Dir::Etc::preferencesparts=" + filepath.Join(a.Dir, "preferences.d"),
-		"-o", "Dir::Etc::preferences=" + filepath.Join(a.Dir, "preferences"),
-		"-o", "APT::Architecture=" + a.Arch,
-		"-o", "APT::Architectures::=" + a.Arch,
+		"-o", "Dir::State=" + filepath.Join(dir, "state"),
+		"-o", "Dir::State::Lists=" + filepath.Join(dir, "lists"),
+		"-o", "Dir::State::status=" + filepath.Join(dir, "status"),
+		"-o", "Dir::Cache=" + filepath.Join(dir, "cache"),
+		"-o", "Dir::Etc::sourcelist=" + filepath.Join(dir, "sources.list"),
+		"-o", "Dir::Etc::sourceparts=" + filepath.Join(dir, "sources.list.d"),
+		"-o", "Dir::Etc::preferencesparts=" + filepath.Join(dir, "preferences.d"),
+		"-o", "Dir::Etc::preferences=" + filepath.Join(dir, "preferences"),
 		"-o", "APT::Get::AllowUnauthenticated=false",
 		"-o", "Debug::NoLocking=1",
 		// Downloads land in a directory the _apt sandbox user may not own.

@@ -37,29 +37,12 @@ type sourceFile struct {
 	SHA256 string `json:"sha256"`
 }
 
-func (s *srcApt) options() []string {
-	return []string{
-		"-o", "Dir::State=" + filepath.Join(s.dir, "state"),
-		"-o", "Dir::State::Lists=" + filepath.Join(s.dir, "lists"),
-		"-o", "Dir::State::status=" + filepath.Join(s.dir, "status"),
-		"-o", "Dir::Cache=" + filepath.Join(s.dir, "cache"),
-		"-o", "Dir::Etc::sourcelist=" + filepath.Join(s.dir, "sources.list"),
-		"-o", "Dir::Etc::sourceparts=" + filepath.Join(s.dir, "sources.list.d"),
-		"-o", "Dir::Etc::preferencesparts=" + filepath.Join(s.dir, "preferences.d"),
-		"-o", "Dir::Etc::preferences=" + filepath.Join(s.dir, "preferences"),
-		"-o", "APT::Get::AllowUnauthenticated=false",
-		"-o", "Debug::NoLocking=1",
-		"-o", "APT::Sandbox::User=root",
-		"-q",
-	}
-}
-
 func (s *srcApt) sourcesList() string {
 	return fmt.Sprintf("# written by pgwasm image build from the host's apt configuration\ndeb-src [signed-by=%s] %s %s main\n", s.keyring, s.mirror, s.suite)
 }
 
 func (s *srcApt) command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, name, append(s.options(), args...)...)
+	cmd := exec.CommandContext(ctx, name, append(deb.PrivateOptions(s.dir), args...)...)
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive")
 	return cmd
 }
