@@ -13,9 +13,11 @@ import fs from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
+import zlib from "node:zlib";
 import { register, syncBuiltinESMExports } from "node:module";
 import { MessageChannel } from "node:worker_threads";
 import { fileURLToPath } from "node:url";
+import { runQuerySet, inPage, trackBytes } from "./measure.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const pkgDir = path.join(here, "node_modules", "@electric-sql", "pglite");
@@ -29,41 +31,6 @@ const flag = (name, def) => {
   return i >= 0 ? Number(args[i + 1]) : def;
 };
 const log = (...a) => console.error("pglite-bench:", ...a);
-
-// expand turns a query of queries.json into the SQL sent.
-export function expand(q) {
-  if (!q.script) return q.sql;
-  const s = q.script;
-  let out = s.prefix;
-  for (let i = 1; i <= s.count; i++) out += s.repeat.replaceAll("{i}", String(i));
-  return out + s.suffix;
-}
-
-// runQuerySet runs setup and every query on db (PGlite's query/exec API);
-// runs is the default count, a query's own "runs" wins when larger.
-async function runQuerySet(db, runs, now) {
-  const out = { setup_ms: 0, queries: {} };
-  let t = now();
-  for (const sql of spec.setup) await db.exec(sql);
-  out.setup_ms = now() - t;
-  for (const q of spec.queries) {
-    const sql = expand(q);
-    const n = Math.max(runs, q.runs || 0);
-    const times = [];
-    // One untimed warm-up, as for the VM and native.
-    if (q.before) await db.exec(q.before);
-    q.script ? await db.exec(sql) : await db.query(sql);
-    for (let i = 0; i < n; i++) {
-      if (q.before) await db.exec(q.before);
-      t = now();
-      q.script ? await db.exec(sql) : await db.query(sql);
-      times.push(now() - t);
-    }
-    out.queries[q.name] = times;
-    log(q.name, times.map(x => x.toFixed(2)).join(" "));
-  }
-  return out;
-}
 
 // countModuleBytes installs a module loader hook that reports each PGlite
 // module's source size, so "bytes loaded" includes the JavaScript.
@@ -89,7 +56,7 @@ function countFileBytes() {
   const files = new Map();
   const note = (p, data) => {
     const s = String(p instanceof URL ? fileURLToPath(p) : p);
-    if (s.includes("@electric-sql") && data) files.set(s, (files.get(s) || 0) + (data.byteLength ?? data.length));
+    if (s.includes("@electric-sql") && data) files.set(s, Math.max(files.get(s) || 0, data.byteLength ?? data.length)); // PGlite reads pglite.data twice (initdb, then postgres): count each file once
   };
   const rf = fs.promises.readFile, rfs = fs.readFileSync, rfc = fs.readFile;
   fs.promises.readFile = async function (p, ...a) { const d = await rf.call(this, p, ...a); note(p, d); return d; };
@@ -136,7 +103,7 @@ async function start() {
 async function queries() {
   const { PGlite } = await import("@electric-sql/pglite");
   const db = await PGlite.create();
-  const res = await runQuerySet(db, flag("--runs", 3), () => performance.now());
+  const res = await runQuerySet(db, spec, flag("--runs", 3), log);
   res.rss = process.memoryUsage().rss;
   await db.close();
   return { version, ...res };
@@ -156,6 +123,8 @@ window.db = db;
 
 const types = { ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".data": "application/octet-stream", ".html": "text/html", ".gz": "application/gzip" };
 
+const gzipped = new Map();
+
 function staticServer() {
   const srv = http.createServer((req, res) => {
     const u = new URL(req.url, "http://x");
@@ -167,8 +136,16 @@ function staticServer() {
     const file = path.join(pkgDir, path.normalize(u.pathname.slice("/pglite/".length)).replace(/^(\.\.[/\\])+/, ""));
     fs.readFile(file, (err, data) => {
       if (err) { res.writeHead(404); return res.end(); }
-      // Cacheable, as a CDN would serve a versioned package.
-      res.writeHead(200, { "content-type": types[path.extname(file)] || "application/octet-stream", "cache-control": "public, max-age=31536000, immutable" });
+      // Cacheable and gzip-compressed (at the highest level, once per
+      // file), as a CDN would serve a versioned package and as pgwasm serve
+      // sends our bundle: PGlite's wasm and data shrink to about a third.
+      const headers = { "content-type": types[path.extname(file)] || "application/octet-stream", "cache-control": "public, max-age=31536000, immutable", "vary": "accept-encoding" };
+      if (/\bgzip\b/.test(req.headers["accept-encoding"] || "") && !file.endsWith(".gz")) {
+        if (!gzipped.has(file)) gzipped.set(file, zlib.gzipSync(data, { level: 9 }));
+        headers["content-encoding"] = "gzip";
+        data = gzipped.get(file);
+      }
+      res.writeHead(200, headers);
       res.end(data);
     });
   });
@@ -200,48 +177,24 @@ async function browser() {
       try {
         const page = await b.ctx.newPage();
         const cdp = await b.ctx.newCDPSession(page);
-        await cdp.send("Network.enable");
-        let bytes = 0;
-        cdp.on("Network.loadingFinished", e => { bytes += e.encodedDataLength; });
+        // PGlite's data is its filesystem bundle (pglite.data); its code the
+        // JavaScript and the wasm.
+        const bytes = await trackBytes(cdp, u => u.endsWith(".data"));
         for (const kind of ["cold", "warm"]) {
-          bytes = 0;
+          bytes.reset();
           const t = Date.now();
           await page.goto(url);
           await page.waitForFunction(() => window.firstQuery > 0, null, { timeout: 120000, polling: 20 });
           const ms = Date.now() - t;
-          out[kind].push({ first_query_ms: ms, bytes, in_page_ms: await page.evaluate(() => window.firstQuery - window.t0) });
-          log("browser", kind, ms, "ms", bytes, "bytes");
+          const b = bytes.get();
+          out[kind].push({ first_query_ms: ms, bytes: b.bytes, code_bytes: b.code, data_bytes: b.data, in_page_ms: await page.evaluate(() => window.firstQuery - window.t0) });
+          log("browser", kind, ms, "ms", b.bytes, "bytes");
         }
         if (i === 0) {
           out.chromium = b.ctx.browser()?.version() || "";
           const runs = flag("--runs", 3);
           await page.exposeFunction("benchLog", s => log(s));
-          out.query_set = await page.evaluate(async ([spec, runs]) => {
-            const expand = q => {
-              if (!q.script) return q.sql;
-              let s = q.script.prefix;
-              for (let i = 1; i <= q.script.count; i++) s += q.script.repeat.replaceAll("{i}", String(i));
-              return s + q.script.suffix;
-            };
-            const db = window.db, res = { queries: {} };
-            let t = performance.now();
-            for (const sql of spec.setup) await db.exec(sql);
-            res.setup_ms = performance.now() - t;
-            for (const q of spec.queries) {
-              const sql = expand(q), n = Math.max(runs, q.runs || 0), times = [];
-              if (q.before) await db.exec(q.before);
-              q.script ? await db.exec(sql) : await db.query(sql);
-              for (let i = 0; i < n; i++) {
-                if (q.before) await db.exec(q.before);
-                t = performance.now();
-                q.script ? await db.exec(sql) : await db.query(sql);
-                times.push(performance.now() - t);
-              }
-              res.queries[q.name] = times;
-              window.benchLog(q.name + " " + times.map(x => x.toFixed(2)).join(" "));
-            }
-            return res;
-          }, [spec, runs]);
+          out.query_set = await page.evaluate(inPage("db", spec, runs));
         }
       } finally {
         await b.close();

@@ -19,6 +19,7 @@
 import fs from "node:fs";
 import readline from "node:readline";
 import { V86 } from "v86";
+import { serialWriter } from "./serial.mjs";
 
 // Anything v86 prints must not corrupt the protocol on stdout.
 console.log = (...args) => console.error(...args);
@@ -93,7 +94,7 @@ function consoleCommand(cmd) {
             resolve({ output: out });
         }
         state.consoleWaiters.add(w);
-        if (cmd.write) serialWrite(0, new TextEncoder().encode(cmd.write));
+        if (cmd.write) serialWrite[0](new TextEncoder().encode(cmd.write));
         if (!pattern) finish();
     });
 }
@@ -159,50 +160,12 @@ function agentRequest(req, timeoutMs) {
                 resolve(msg);
             },
         });
-        serialWrite(1, new TextEncoder().encode(line));
+        serialWrite[1](new TextEncoder().encode(line));
     });
 }
 
-// v86's UART keeps pending input in a plain array it reads with shift(), so
-// pushing a large write at once costs O(n^2) (a 256 KB request took minutes).
-// Feed it in small chunks instead, each once the guest has read most of the
-// previous one. Falls back to one push if v86's internals are not visible.
-const SERIAL_CHUNK = 2048;
-const serialOut = [0, 1].map(() => ({ queue: [], offset: 0, pumping: false }));
-
-function serialWrite(port, bytes) {
-    const out = serialOut[port];
-    out.queue.push(bytes);
-    if (!out.pumping) {
-        out.pumping = true;
-        pumpSerial(port);
-    }
-}
-
-function pumpSerial(port) {
-    const out = serialOut[port];
-    const cpu = state.emulator.v86 && state.emulator.v86.cpu;
-    const uart = cpu && cpu.devices && cpu.devices["uart" + port];
-    const pending = uart && Array.isArray(uart.input) ? uart.input.length : -1;
-    if (pending < 0) {
-        for (const b of out.queue.splice(0)) state.emulator.serial_send_bytes(port, b);
-        out.offset = 0;
-    } else if (pending < SERIAL_CHUNK / 4) {
-        const head = out.queue[0];
-        const end = Math.min(head.length, out.offset + SERIAL_CHUNK);
-        state.emulator.serial_send_bytes(port, head.subarray(out.offset, end));
-        out.offset = end;
-        if (end === head.length) {
-            out.queue.shift();
-            out.offset = 0;
-        }
-    }
-    if (out.queue.length === 0) {
-        out.pumping = false;
-        return;
-    }
-    setTimeout(() => pumpSerial(port), 1);
-}
+// Writers for ttyS0 (console) and ttyS1 (agent): chunked, see serial.mjs.
+const serialWrite = [0, 1].map(port => serialWriter(() => state.emulator, port));
 
 // waitAgent resolves when the agent has announced itself. After a restore the
 // agent announced itself long ago (before the save), so ask it with a ping,

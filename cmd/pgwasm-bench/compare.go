@@ -23,8 +23,10 @@ import (
 // querySpec is bench/queries.json: the SQL run unchanged on PGlite, the VM
 // and native PostgreSQL.
 type querySpec struct {
-	Setup   []string `json:"setup"`
-	Queries []struct {
+	Reset     []string `json:"reset"`
+	Setup     []string `json:"setup"`
+	SetupRuns int      `json:"setup_runs"`
+	Queries   []struct {
 		Name   string `json:"name"`
 		Label  string `json:"label"`
 		SQL    string `json:"sql"`
@@ -74,18 +76,32 @@ type sqlRunner struct {
 	query func(ctx context.Context, sql string) error
 }
 
-// runQuerySet runs the setup and times each query; runs is the minimum
-// count (a query's own runs wins when larger), one untimed warm-up first.
-// budget stops further runs (not the first) once passed.
-func runQuerySet(ctx context.Context, spec *querySpec, db sqlRunner, runs int, budget time.Time, logger *slog.Logger, who string) (map[string]Sample, float64, error) {
+// runQuerySet runs the setup (setup_runs times, each after the reset
+// statements) and times each query; runs is the minimum count (a query's
+// own runs wins when larger), one untimed warm-up first. budget stops
+// further runs (not the first) once passed. bench/measure.mjs has the same
+// loop for the JavaScript databases.
+func runQuerySet(ctx context.Context, spec *querySpec, db sqlRunner, runs int, budget time.Time, logger *slog.Logger, who string) (map[string]Sample, Sample, error) {
 	out := map[string]Sample{}
-	t := time.Now()
-	for _, s := range spec.Setup {
-		if err := db.exec(ctx, s); err != nil {
-			return out, 0, fmt.Errorf("%s setup %q: %w", who, s, err)
+	var setup Sample
+	for i := range max(spec.SetupRuns, 1) {
+		if i > 0 && time.Now().After(budget) {
+			logger.Warn("time budget: fewer setup runs", "db", who, "runs", i)
+			break
 		}
+		for _, s := range spec.Reset {
+			if err := db.exec(ctx, s); err != nil {
+				return out, setup, fmt.Errorf("%s reset %q: %w", who, s, err)
+			}
+		}
+		t := time.Now()
+		for _, s := range spec.Setup {
+			if err := db.exec(ctx, s); err != nil {
+				return out, setup, fmt.Errorf("%s setup %q: %w", who, s, err)
+			}
+		}
+		setup = append(setup, ms(time.Since(t)))
 	}
-	setup := ms(time.Since(t))
 	for i, q := range spec.Queries {
 		sql, script := spec.sql(i)
 		do := db.query
@@ -153,9 +169,10 @@ type pgliteStart struct {
 	} `json:"warm"`
 }
 
-type pgliteQueries struct {
+// jsQuerySet is what bench/measure.mjs's runQuerySet returns.
+type jsQuerySet struct {
 	Version string               `json:"version"`
-	SetupMS float64              `json:"setup_ms"`
+	SetupMS []float64            `json:"setup_ms"`
 	Queries map[string][]float64 `json:"queries"`
 	RSS     int64                `json:"rss"`
 }
@@ -163,6 +180,8 @@ type pgliteQueries struct {
 type browserStart struct {
 	FirstQueryMS float64 `json:"first_query_ms"`
 	Bytes        float64 `json:"bytes"`
+	CodeBytes    float64 `json:"code_bytes"`
+	DataBytes    float64 `json:"data_bytes"`
 }
 
 type pgliteBrowser struct {
@@ -170,15 +189,18 @@ type pgliteBrowser struct {
 	Chromium string         `json:"chromium"`
 	Cold     []browserStart `json:"cold"`
 	Warm     []browserStart `json:"warm"`
-	QuerySet *pgliteQueries `json:"query_set"`
+	QuerySet *jsQuerySet    `json:"query_set"`
 }
 
 // ourPage is what web/test/bench.mjs prints.
 type ourPage struct {
-	ColdMS    float64 `json:"cold_first_query_ms"`
-	ColdBytes float64 `json:"cold_bytes"`
-	WarmMS    float64 `json:"warm_first_query_ms"`
-	WarmBytes float64 `json:"warm_bytes"`
+	ColdMS        float64     `json:"cold_first_query_ms"`
+	ColdBytes     float64     `json:"cold_bytes"`
+	ColdCodeBytes float64     `json:"cold_code_bytes"`
+	ColdDataBytes float64     `json:"cold_data_bytes"`
+	WarmMS        float64     `json:"warm_first_query_ms"`
+	WarmBytes     float64     `json:"warm_bytes"`
+	QuerySet      *jsQuerySet `json:"query_set"`
 }
 
 // pgbenchCase is one pgbench configuration.
@@ -199,10 +221,12 @@ type compareResults struct {
 	// Start in Node.
 	PGliteColdMS, PGliteColdBytes, PGliteWarmMS, PGliteWarmBytes Sample
 
-	// Query set: keyed by query name.
-	PGliteQ, VMQ, NativeQ             map[string]Sample
-	PGliteSetup, VMSetup, NativeSetup Sample
-	PGliteBrowserQ                    map[string]Sample
+	// Query set: keyed by query name. Browser* ran in Chromium: PGlite's
+	// API and our page's (window.pgwasm).
+	PGliteQ, VMQ, NativeQ               map[string]Sample
+	PGliteSetup, VMSetup, NativeSetup   Sample
+	PGliteBrowserQ, OurBrowserQ         map[string]Sample
+	PGliteBrowserSetup, OurBrowserSetup Sample
 
 	// psql through the tunnel and natively over loopback TCP.
 	TunnelPsqlConnect, NativePsqlConnect Sample // psql -c 'select 1', whole process
@@ -214,9 +238,14 @@ type compareResults struct {
 	PgbenchInitVM                  Sample
 	PgbenchSeconds                 int
 
-	// Chromium.
+	// Chromium; cold bytes also split into code (JavaScript, wasm, BIOS,
+	// HTML, CSS) and data (our VM state and 9p files; PGlite's pglite.data).
 	PGliteBrowserCold, PGliteBrowserColdBytes, PGliteBrowserWarm, PGliteBrowserWarmBytes Sample
+	PGliteBrowserColdCode, PGliteBrowserColdData                                         Sample
 	OurPageCold, OurPageColdBytes, OurPageWarm, OurPageWarmBytes                         Sample
+	OurPageColdCode, OurPageColdData                                                     Sample
+
+	Bundle bundleSize // the browser app as built (internal/web/dist)
 
 	Notes []string
 }
@@ -224,7 +253,7 @@ type compareResults struct {
 // measureCompare runs the comparison with PGlite and native PostgreSQL.
 func measureCompare(ctx context.Context, cfg *Config, logger *slog.Logger, errs *[]string) *compareResults {
 	r := &compareResults{
-		VMQ: map[string]Sample{}, NativeQ: map[string]Sample{}, PGliteQ: map[string]Sample{}, PGliteBrowserQ: map[string]Sample{},
+		VMQ: map[string]Sample{}, NativeQ: map[string]Sample{}, PGliteQ: map[string]Sample{}, PGliteBrowserQ: map[string]Sample{}, OurBrowserQ: map[string]Sample{},
 		PgbenchVM: map[string]Sample{}, PgbenchNative: map[string]Sample{}, PgbenchVMLat: map[string]Sample{}, PgbenchNativeLat: map[string]Sample{},
 		PgbenchSeconds: cfg.PgbenchSeconds,
 	}
@@ -239,6 +268,11 @@ func measureCompare(ctx context.Context, cfg *Config, logger *slog.Logger, errs 
 		return r
 	}
 	script := filepath.Join(cfg.BenchDir, "pglite.mjs")
+	if b, err := measureBundle(filepath.Join("internal", "web", "dist")); err != nil {
+		fail("app bundle size", err)
+	} else {
+		r.Bundle = b
+	}
 
 	// 1. PGlite in Node: each start in a fresh process.
 	for i := range cfg.Starts {
@@ -257,14 +291,11 @@ func measureCompare(ctx context.Context, cfg *Config, logger *slog.Logger, errs 
 		r.PGliteWarmBytes = append(r.PGliteWarmBytes, s.Warm.Bytes)
 		logger.Info("PGlite start", "run", i+1, "cold_ms", s.Cold.ProcessMS, "warm_ms", s.Warm.FirstQueryMS)
 	}
-	var pq pgliteQueries
+	var pq jsQuerySet
 	if err := runJSON(ctx, logger, &pq, 5*time.Minute, nil, "node", script, "queries", "--runs", strconv.Itoa(cfg.QuerySetRuns)); err != nil {
 		fail("PGlite query set in Node", err)
 	} else {
-		for k, v := range pq.Queries {
-			r.PGliteQ[k] = v
-		}
-		r.PGliteSetup = Sample{pq.SetupMS}
+		r.PGliteSetup = pq.into(r.PGliteQ)
 	}
 
 	// 2. Native: the host's PostgreSQL, query set over its Unix socket.
@@ -281,7 +312,7 @@ func measureCompare(ctx context.Context, cfg *Config, logger *slog.Logger, errs 
 				r.NativeVersion = shortVersion(ver)
 			}
 			q, setup, err := runQuerySet(ctx, spec, pgxRunner(conn), max(cfg.QuerySetRuns, 5), budget.Add(time.Hour), logger, "native")
-			r.NativeQ, r.NativeSetup = q, Sample{setup}
+			r.NativeQ, r.NativeSetup = q, setup
 			if err != nil {
 				fail("native query set", err)
 			}
@@ -307,15 +338,15 @@ func measureCompare(ctx context.Context, cfg *Config, logger *slog.Logger, errs 
 			for _, s := range pb.Cold {
 				r.PGliteBrowserCold = append(r.PGliteBrowserCold, s.FirstQueryMS)
 				r.PGliteBrowserColdBytes = append(r.PGliteBrowserColdBytes, s.Bytes)
+				r.PGliteBrowserColdCode = append(r.PGliteBrowserColdCode, s.CodeBytes)
+				r.PGliteBrowserColdData = append(r.PGliteBrowserColdData, s.DataBytes)
 			}
 			for _, s := range pb.Warm {
 				r.PGliteBrowserWarm = append(r.PGliteBrowserWarm, s.FirstQueryMS)
 				r.PGliteBrowserWarmBytes = append(r.PGliteBrowserWarmBytes, s.Bytes)
 			}
 			if pb.QuerySet != nil {
-				for k, v := range pb.QuerySet.Queries {
-					r.PGliteBrowserQ[k] = v
-				}
+				r.PGliteBrowserSetup = pb.QuerySet.into(r.PGliteBrowserQ)
 			}
 		}
 		env := append(os.Environ(), "PGWASM_BIN="+cfg.Bin, "PGWASM_IMAGE="+absPath(cfg.ImageDir))
@@ -325,18 +356,35 @@ func measureCompare(ctx context.Context, cfg *Config, logger *slog.Logger, errs 
 				break
 			}
 			var op ourPage
-			if err := runJSON(ctx, logger, &op, 8*time.Minute, env, "node", "web/test/bench.mjs"); err != nil {
+			a := []string{"web/test/bench.mjs"}
+			if i == 0 { // the query set once, as for PGlite
+				a = append(a, "--queries", filepath.Join(cfg.BenchDir, "queries.json"), "--runs", strconv.Itoa(cfg.QuerySetRuns))
+			}
+			if err := runJSON(ctx, logger, &op, 15*time.Minute, env, "node", a...); err != nil {
 				fail("our page in Chromium", err)
 				break
 			}
+			if op.QuerySet != nil {
+				r.OurBrowserSetup = op.QuerySet.into(r.OurBrowserQ)
+			}
 			r.OurPageCold = append(r.OurPageCold, op.ColdMS)
 			r.OurPageColdBytes = append(r.OurPageColdBytes, op.ColdBytes)
+			r.OurPageColdCode = append(r.OurPageColdCode, op.ColdCodeBytes)
+			r.OurPageColdData = append(r.OurPageColdData, op.ColdDataBytes)
 			r.OurPageWarm = append(r.OurPageWarm, op.WarmMS)
 			r.OurPageWarmBytes = append(r.OurPageWarmBytes, op.WarmBytes)
 			logger.Info("our page", "run", i+1, "cold_ms", op.ColdMS, "warm_ms", op.WarmMS)
 		}
 	}
 	return r
+}
+
+// into copies the query times into m and returns the setup times.
+func (q *jsQuerySet) into(m map[string]Sample) Sample {
+	for k, v := range q.Queries {
+		m[k] = v
+	}
+	return q.SetupMS
 }
 
 func absPath(p string) string {
@@ -375,7 +423,7 @@ func compareVM(ctx context.Context, cfg *Config, spec *querySpec, native *native
 		r.VMVersion = shortVersion(*res.Rows[0][0])
 	}
 	q, setup, err := runQuerySet(ctx, spec, vmRunner(v), cfg.QuerySetRuns, budget, logger, "VM")
-	r.VMQ, r.VMSetup = q, Sample{setup}
+	r.VMQ, r.VMSetup = q, setup
 	if err != nil {
 		fail("VM query set", err)
 	}
@@ -421,11 +469,16 @@ func compareVM(ctx context.Context, cfg *Config, spec *querySpec, native *native
 
 	// pgbench: initialise through the tunnel, then each case on both.
 	pgbench := filepath.Join(cfg.NativeBinDir, "pgbench")
-	start := time.Now()
-	if _, err := cmdRun(ctx, tunnelEnv, "", pgbench, "-i", "-q", "-s", "1", tunnel); err != nil {
-		return fmt.Errorf("pgbench -i through the tunnel: %w", err)
+	for i := range cfg.PgbenchRuns {
+		if i > 0 && time.Now().After(budget) {
+			break
+		}
+		start := time.Now()
+		if _, err := cmdRun(ctx, tunnelEnv, "", pgbench, "-i", "-q", "-s", "1", tunnel); err != nil {
+			return fmt.Errorf("pgbench -i through the tunnel: %w", err)
+		}
+		r.PgbenchInitVM = append(r.PgbenchInitVM, ms(time.Since(start)))
 	}
-	r.PgbenchInitVM = Sample{ms(time.Since(start))}
 	if nativeConn != "" {
 		if _, err := cmdRun(ctx, tunnelEnv, "", pgbench, "-i", "-q", "-s", "1", nativeConn); err != nil {
 			fail("pgbench -i native", err)

@@ -78,7 +78,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.HarnessDir, "harness", os.Getenv("PGWASM_HARNESS"), "Node harness directory (found from the working directory when empty)")
 	fs.StringVar(&c.NativeBinDir, "native-pg", "/usr/lib/postgresql/15/bin", "host PostgreSQL server binaries for the native query comparison")
 	fs.StringVar(&c.Go, "go", "go", "go command that runs the Go benchmarks")
-	fs.Func("memory", "comma list of memory sizes (MB): each gets a snapshot (cached by image key); the first is restored and booted (default 128)", func(s string) error {
+	fs.Func("memory", "comma list of memory sizes (MB): each gets a snapshot (cached by image key); the first is restored and booted (default 128,256,512)", func(s string) error {
 		c.Memory = nil
 		for _, f := range strings.Split(s, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -106,7 +106,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.PgbenchSeconds, "pgbench-seconds", 10, "pgbench -T of each run")
 	fs.BoolVar(&c.Browser, "browser", true, "run the Chromium comparison (PGlite's page and ours)")
 	fs.IntVar(&c.BrowserStarts, "browser-starts", 3, "cold+warm page loads in Chromium, each in a fresh profile")
-	fs.DurationVar(&c.CompareBudget, "compare-budget", 10*time.Minute, "start no further comparison run after this long; the first of each kind always runs")
+	fs.DurationVar(&c.CompareBudget, "compare-budget", 14*time.Minute, "start no further comparison run after this long; the first of each kind always runs")
 	fs.BoolVar(&c.Quick, "quick", false, "few runs and short benchmarks (about 3 minutes), to try the program; flags given explicitly still win")
 	fs.DurationVar(&c.Timeout, "timeout", 25*time.Minute, "stop everything after this long")
 	fs.DurationVar(&c.VMBudget, "vm-budget", 12*time.Minute, "start no further VM run (restore, query, boot) after this long; the first of each kind always runs")
@@ -169,7 +169,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	cfg.applyQuick(set)
 	if len(cfg.Memory) == 0 {
-		cfg.Memory = []int{128}
+		// Issue #6 asks for the state per memory size; the first is the one
+		// the page restores by default.
+		cfg.Memory = []int{128, 256, 512}
 	}
 	cfg.Args = strings.Join(args, " ")
 	level := slog.LevelInfo

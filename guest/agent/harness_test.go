@@ -62,6 +62,7 @@ func newTestServer(t testing.TB, db database, env *testEnv) *server {
 				return nil
 			},
 			sync:          func() {},
+			setWinsize:    setWinsize,
 			dropCaches:    filepath.Join(env.dir, "drop_caches"),
 			compactMemory: filepath.Join(env.dir, "compact_memory"),
 		},

@@ -35,7 +35,7 @@ type config struct {
 	CompactMemory string
 	Reclaim       string
 	Warm          bool
-	WarmConsole   string
+	Console       string
 }
 
 func (c *config) registerFlags(fs *flag.FlagSet) {
@@ -58,7 +58,7 @@ func (c *config) registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DropCaches, "drop-caches", "/proc/sys/vm/drop_caches", "file written by prepare_snapshot to drop the page cache")
 	fs.StringVar(&c.Reclaim, "reclaim", "", "memory cgroup reclaim file written by prepare_snapshot to evict mapped file pages, e.g. /sys/fs/cgroup/memory.reclaim (empty: skip)")
 	fs.BoolVar(&c.Warm, "warm", false, "prepare_snapshot runs typical requests after dropping caches, so the pages the first requests after a restore need are in the state")
-	fs.StringVar(&c.WarmConsole, "warm-console", "", "terminal of the psql console into which prepare_snapshot types a query (with -warm; empty: skip)")
+	fs.StringVar(&c.Console, "console", "", "terminal of the psql console: set_winsize sets its size, and with -warm prepare_snapshot types a query into it (empty: neither)")
 	fs.StringVar(&c.CompactMemory, "compact-memory", "/proc/sys/vm/compact_memory", "file written by prepare_snapshot to compact memory (skipped when absent or empty)")
 }
 

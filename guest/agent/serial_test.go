@@ -156,3 +156,39 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// set_winsize sets the console terminal's size with the real ioctl (on a
+// pty standing in for ttyS0) and refuses sizes no screen has.
+func TestSetWinsize(t *testing.T) {
+	master, slave := openPTY(t)
+	srv := newTestServer(t, &fakeDB{}, &testEnv{})
+	a := startAgent(t, srv)
+
+	resp := a.call(map[string]any{"id": 1, "op": "set_winsize", "rows": 40, "cols": 132})
+	if resp["ok"] != false || !strings.Contains(fmt.Sprint(resp["error"]), "no console") {
+		t.Errorf("without -console: %v, want a clear error", resp)
+	}
+
+	srv.sys.console = slave
+	mustOK(t, a.call(map[string]any{"id": 2, "op": "set_winsize", "rows": 40, "cols": 132}))
+	ws, err := unix.IoctlGetWinsize(int(master.Fd()), unix.TIOCGWINSZ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ws.Row != 40 || ws.Col != 132 {
+		t.Errorf("terminal size = %dx%d, want 40x132", ws.Row, ws.Col)
+	}
+
+	for i, bad := range []map[string]any{{"rows": 0, "cols": 80}, {"rows": 24, "cols": 5000}, {"rows": 24}} {
+		req := map[string]any{"id": 10 + i, "op": "set_winsize"}
+		for k, v := range bad {
+			req[k] = v
+		}
+		if resp := a.call(req); resp["ok"] != false || !strings.Contains(fmt.Sprint(resp["error"]), "rows and cols") {
+			t.Errorf("%v: %v, want a refusal", bad, resp)
+		}
+	}
+	if ws, _ := unix.IoctlGetWinsize(int(master.Fd()), unix.TIOCGWINSZ); ws.Row != 40 || ws.Col != 132 {
+		t.Errorf("a refused request changed the size to %dx%d", ws.Row, ws.Col)
+	}
+}

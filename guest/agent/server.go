@@ -24,6 +24,8 @@ type request struct {
 	User     string    `json:"user"`
 	Password string    `json:"password"`
 	UnixMS   *int64    `json:"unix_ms"`
+	Rows     int       `json:"rows"`
+	Cols     int       `json:"cols"`
 	// Thorough (prepare_snapshot) also evicts file pages and replays a
 	// typical session: for the published snapshot, not for a user's save.
 	Thorough bool `json:"thorough"`
@@ -111,10 +113,11 @@ type system struct {
 	reclaim string
 	// warm runs typical requests after the caches are dropped (warmSQL).
 	warm bool
-	// warmConsole is the psql console's terminal, into which the warm-up
-	// SQL is typed ("" skips it).
-	warmConsole string
-	meminfo     string
+	// console is the psql console's terminal: set_winsize sets its size;
+	// with warm, the warm-up SQL is typed into it ("" skips both).
+	console    string
+	setWinsize func(tty string, rows, cols int) error
+	meminfo    string
 }
 
 type server struct {
@@ -138,7 +141,8 @@ func newServer(cfg config, db database, log *slog.Logger) *server {
 			compactMemory: cfg.CompactMemory,
 			reclaim:       cfg.Reclaim,
 			warm:          cfg.Warm,
-			warmConsole:   cfg.WarmConsole,
+			console:       cfg.Console,
+			setWinsize:    setWinsize,
 			meminfo:       "/proc/meminfo",
 		},
 		log:     log,
@@ -292,6 +296,17 @@ func (s *server) handle(ctx context.Context, req *request) response {
 			return fail(errors.New("set_time needs unix_ms"))
 		}
 		if err := s.sys.setClock(time.UnixMilli(*req.UnixMS)); err != nil {
+			return fail(err)
+		}
+		return response{OK: true}
+	case "set_winsize":
+		if req.Rows < 1 || req.Rows > maxWinsize || req.Cols < 1 || req.Cols > maxWinsize {
+			return fail(fmt.Errorf("set_winsize needs rows and cols from 1 to %d", maxWinsize))
+		}
+		if s.sys.console == "" {
+			return fail(errors.New("set_winsize: the agent has no console terminal (-console)"))
+		}
+		if err := s.sys.setWinsize(s.sys.console, req.Rows, req.Cols); err != nil {
 			return fail(err)
 		}
 		return response{OK: true}

@@ -81,7 +81,7 @@ func (s *server) prepareSnapshot(ctx context.Context, thorough bool) response {
 	note("dropped")
 	if thorough && s.sys.warm {
 		s.warmUp(ctx, &log)
-		if s.sys.warmConsole != "" {
+		if s.sys.console != "" {
 			// Twice, more than PostgreSQL's idle statistics flush interval
 			// (10 s) apart: the flush that the first query arms runs in
 			// between, and its code is then resident for the flush that
@@ -223,7 +223,7 @@ func (s *server) warmUp(ctx context.Context, log *snapshotLog) {
 // pages of psql, its libraries and its backend are resident in the state.
 func (s *server) warmConsole(ctx context.Context) error {
 	started := s.sys.now()
-	if err := typeInto(s.sys.warmConsole, "select 1 as one;\n"); err != nil {
+	if err := typeInto(s.sys.console, "select 1 as one;\n"); err != nil {
 		return err
 	}
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
@@ -237,6 +237,27 @@ func (s *server) warmConsole(ctx context.Context) error {
 		}
 	}
 	return errors.New("psql did not run the warm-up query within 20 s")
+}
+
+// maxWinsize bounds set_winsize: more rows or columns than any screen has
+// are a caller's mistake.
+const maxWinsize = 1000
+
+// setWinsize sets a terminal's size. The kernel then sends SIGWINCH to the
+// terminal's foreground process group, so psql and readline take the new
+// width without any process being started (typing `\! stty` into psql cost
+// a fork and exec, and the 9p fetch of busybox and libc, on every page load).
+func setWinsize(tty string, rows, cols int) error {
+	f, err := os.OpenFile(tty, os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return fmt.Errorf("cannot open the console: %w", err)
+	}
+	defer f.Close()
+	ws := &unix.Winsize{Row: uint16(rows), Col: uint16(cols)}
+	if err := unix.IoctlSetWinsize(int(f.Fd()), unix.TIOCSWINSZ, ws); err != nil {
+		return fmt.Errorf("cannot set the size of %s: %w", tty, err)
+	}
+	return nil
 }
 
 // typeInto pushes text into a terminal's input queue (TIOCSTI; root only).

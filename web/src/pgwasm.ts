@@ -9,6 +9,7 @@
 // message}), "status" (detail: {status, message}), "network" (detail:
 // NetworkInfo or null).
 import { V86 } from "v86";
+import { serialWriter } from "../../harness/serial.mjs";
 import { Agent, type QueryResult } from "./agent";
 import { PsqlTerminal } from "./terminal";
 import { openState, wrapState, StateError } from "./statefile";
@@ -151,7 +152,7 @@ export class PgWasm extends EventTarget {
     this.memoryMB = opts.memory || 128;
     this.imageBase = new URL(opts.imageBase || "image/", here()).href.replace(/\/?$/, "/");
     this.apiBase = new URL(opts.apiBase || "./", here()).href;
-    this.agent = new Agent(bytes => this.emulator?.serial_send_bytes(1, bytes));
+    this.agent = new Agent(serialWriter(() => this.emulator, 1));
   }
 
   private mark(name: string): void {
@@ -207,8 +208,12 @@ export class PgWasm extends EventTarget {
     }
 
     if (opts.element && !opts.headless) {
-      this.terminal = new PsqlTerminal(opts.element, d => this.emulator?.serial0_send(d), opts.fontSize);
-      this.terminal.onResize = (rows, cols) => void this.syncTerminalSize(rows, cols);
+      // UTF-8, chunked: a large paste no longer stalls v86's UART, and
+      // non-ASCII text reaches psql intact.
+      const toConsole = serialWriter(() => this.emulator, 0);
+      const utf8 = new TextEncoder();
+      this.terminal = new PsqlTerminal(opts.element, d => toConsole(utf8.encode(d)), opts.fontSize);
+      this.terminal.onResize = (rows, cols) => void this.syncTerminalSize(rows, cols).catch(() => undefined);
     }
 
     const files: Record<string, { loaded: number; total: number }> = {};
@@ -277,11 +282,11 @@ export class PgWasm extends EventTarget {
     } finally {
       clearInterval(tick);
     }
-    if (meta) this.emulator.serial0_send("\r"); // psql redraws its prompt
     if (this.terminal) {
-      await this.waitPrompt(30000);
       const { rows, cols } = this.terminal.size();
       await this.syncTerminalSize(rows, cols);
+      if (meta) this.emulator.serial0_send("\r"); // psql redraws its prompt
+      await this.waitPrompt(30000);
       this.terminal.focus();
     }
     this.mark("ready");
@@ -340,19 +345,14 @@ export class PgWasm extends EventTarget {
     this.terminal?.output(text);
   }
 
-  // syncTerminalSize tells the guest tty the terminal's size, so psql wraps
-  // lines and formats wide results for it. It is typed as a hidden psql
-  // command, only while psql waits at an empty prompt (never into the
-  // user's half-typed line).
+  // syncTerminalSize tells the guest's console tty the terminal's size
+  // (the agent's set_winsize: an ioctl, nothing typed, no process started),
+  // so psql wraps lines and formats wide results for it.
   async syncTerminalSize(rows: number, cols: number): Promise<void> {
-    if (!this.terminal || !this.emulator) return;
-    if (!this.terminal.atPrompt()) {
-      this.terminal.pendingResize = true;
-      return;
-    }
-    // psql checks HISTCONTROL when it files the line in its history, after
-    // running it: with the leading space the line stays out of the history.
-    await this.terminal.hidden(` \\set HISTCONTROL ignorespace \\! stty rows ${rows} cols ${cols}`);
+    if (!this.terminal || !this.emulator || !this.agent.ready) return;
+    await this.agent.call({ op: "set_winsize", rows, cols }, 15000);
+    const now = this.terminal.size();
+    if (now.rows === rows && now.cols === cols) this.terminal.pendingResize = false;
   }
 
   // ---- SQL through the agent ----
@@ -400,12 +400,12 @@ export class PgWasm extends EventTarget {
     await this.agent.waitReady(120000, true);
     await this.afterResume();
     await this.waitPostgres(60000);
-    this.emulator.serial0_send("\r");
     if (this.terminal) {
-      await this.waitPrompt(15000);
       const { rows, cols } = this.terminal.size();
       await this.syncTerminalSize(rows, cols);
     }
+    this.emulator.serial0_send("\r");
+    if (this.terminal) await this.waitPrompt(15000);
     this.status("ready", `PostgreSQL ${this.serverVersion} is ready (state restored)`);
   }
 

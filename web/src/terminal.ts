@@ -17,13 +17,11 @@ export class PsqlTerminal {
   private fit = new FitAddon();
   private tail = "";
   private idle = false; // at a prompt with nothing typed
-  private muted: { resolve: () => void; seen: string } | null = null;
   private lastSize = "";
   private resizeTimer = 0;
   private observer: ResizeObserver;
   onResize: ((rows: number, cols: number) => void) | null = null;
-  // pendingResize: the size changed while psql was busy; tell it at the
-  // next idle prompt.
+  // pendingResize: the size changed and the guest has not confirmed it yet.
   pendingResize = false;
 
   constructor(readonly element: HTMLElement, private sendInput: (data: string) => void, fontSize = 15) {
@@ -39,13 +37,6 @@ export class PsqlTerminal {
     this.term.open(element);
     this.term.onData(d => {
       this.idle = false;
-      // Typing during a hidden command: show everything from here on, so
-      // nothing the user typed is swallowed.
-      if (this.muted) {
-        const m = this.muted;
-        this.muted = null;
-        m.resolve();
-      }
       this.sendInput(d);
     });
     this.observer = new ResizeObserver(() => this.scheduleFit());
@@ -69,64 +60,27 @@ export class PsqlTerminal {
       const size = `${this.term.rows}x${this.term.cols}`;
       if (size !== this.lastSize) {
         this.lastSize = size;
+        this.pendingResize = true;
         this.onResize?.(this.term.rows, this.term.cols);
       }
     }, 150);
   }
 
-  // output shows guest output, unless a hidden command is running.
+  // output shows guest output.
   output(text: string): void {
     this.tail = (this.tail + text).slice(-200);
     this.idle = PROMPT.test(this.tail);
-    if (this.idle && this.pendingResize && !this.muted) {
-      this.pendingResize = false;
-      window.setTimeout(() => this.onResize?.(this.term.rows, this.term.cols), 50);
-    }
-    if (this.muted) {
-      this.muted.seen += text;
-      if (/\n[^\n]*[#>] $/.test(this.muted.seen)) {
-        const m = this.muted;
-        this.muted = null;
-        // Show only the fresh prompt.
-        this.term.write("\r" + m.seen.slice(m.seen.lastIndexOf("\n") + 1));
-        m.resolve();
-      }
-      return;
-    }
     this.term.write(text);
   }
 
   // atPrompt: psql waits at a prompt and the user typed nothing since.
   atPrompt(): boolean {
-    return this.idle && !this.muted;
+    return this.idle;
   }
 
-  // settled: at a prompt with no size change still to tell psql.
+  // settled: at a prompt, and the guest has the terminal's size.
   settled(): boolean {
     return this.atPrompt() && !this.pendingResize;
-  }
-
-  // hidden types a psql line whose echo and output are not shown (the
-  // terminal shows the next prompt instead).
-  hidden(line: string, timeoutMs = 15000): Promise<void> {
-    return new Promise(resolve => {
-      const t = window.setTimeout(() => {
-        if (this.muted) {
-          this.term.write(this.muted.seen);
-          this.muted = null;
-        }
-        resolve();
-      }, timeoutMs);
-      this.muted = {
-        seen: "",
-        resolve: () => {
-          clearTimeout(t);
-          resolve();
-        },
-      };
-      // Ctrl-U clears anything half-typed; psql's readline honours it.
-      this.sendInput("\x15" + line + "\r");
-    });
   }
 
   size(): { rows: number; cols: number } {

@@ -54,6 +54,27 @@ test("page boots from the snapshot and psql answers in the terminal", async () =
   await page.screenshot({ path: path.join(artifacts, "web-psql.png") });
 });
 
+test("a 300 KB script through the page API, and non-ASCII typed into psql", async () => {
+  // v86's UART drains its input queue with shift(): written at once, a
+  // script this size took minutes (harness/serial.mjs chunks it).
+  const n = 6000;
+  let sql = "create table big_script(id int, v text);\nbegin;\n";
+  for (let i = 1; i <= n; i++) sql += `insert into big_script values (${i}, 'row ${i} padding padding');\n`;
+  sql += "commit;\n";
+  assert.ok(sql.length > 300000, `script is ${sql.length} bytes`);
+  const t = Date.now();
+  const results = await page.evaluate(s => window.pgwasm.exec(s), sql);
+  assert.equal(results.length, n + 3);
+  const r = await apiQuery(page, "select count(*), sum(id) from big_script");
+  assert.deepEqual(r.rows[0], [String(n), String((n * (n + 1)) / 2)]);
+  console.error(`300 KB script in ${Date.now() - t} ms`);
+
+  await page.click("#terminal");
+  await page.keyboard.type("select 'grüße ✓' as word;\n", { delay: 5 });
+  await waitScreen(page, /^\s*grüße ✓\s*$/m);
+  await apiQuery(page, "drop table big_script");
+});
+
 test("state saved in IndexedDB survives a reload", async () => {
   const marker = crypto.randomBytes(6).toString("hex");
   await apiQuery(page, "create table idb_test(v text)");
