@@ -123,9 +123,20 @@ window.db = db;
 
 const types = { ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".data": "application/octet-stream", ".html": "text/html", ".gz": "application/gzip" };
 
+// gzipped holds the package's files compressed once, before any timing,
+// so a cold page load does not wait for the compressor.
 const gzipped = new Map();
 
+function precompress(dir) {
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) precompress(p);
+    else if (/\.(js|mjs|wasm|data)$/.test(e.name)) gzipped.set(p, zlib.gzipSync(fs.readFileSync(p), { level: 9 }));
+  }
+}
+
 function staticServer() {
+  if (gzipped.size === 0) precompress(path.join(pkgDir, "dist"));
   const srv = http.createServer((req, res) => {
     const u = new URL(req.url, "http://x");
     if (u.pathname === "/") {
@@ -136,12 +147,11 @@ function staticServer() {
     const file = path.join(pkgDir, path.normalize(u.pathname.slice("/pglite/".length)).replace(/^(\.\.[/\\])+/, ""));
     fs.readFile(file, (err, data) => {
       if (err) { res.writeHead(404); return res.end(); }
-      // Cacheable and gzip-compressed (at the highest level, once per
-      // file), as a CDN would serve a versioned package and as pgwasm serve
-      // sends our bundle: PGlite's wasm and data shrink to about a third.
+      // Cacheable and gzip-compressed, as a CDN would serve a versioned
+      // package and as pgwasm serve sends our bundle: PGlite's wasm and data
+      // shrink to about a third.
       const headers = { "content-type": types[path.extname(file)] || "application/octet-stream", "cache-control": "public, max-age=31536000, immutable", "vary": "accept-encoding" };
-      if (/\bgzip\b/.test(req.headers["accept-encoding"] || "") && !file.endsWith(".gz")) {
-        if (!gzipped.has(file)) gzipped.set(file, zlib.gzipSync(data, { level: 9 }));
+      if (/\bgzip\b/.test(req.headers["accept-encoding"] || "") && gzipped.has(file)) {
         headers["content-encoding"] = "gzip";
         data = gzipped.get(file);
       }
