@@ -13,6 +13,7 @@
 //   write_file one chunk of a file to create on the 9p root (base64)
 //   read_file  one chunk of a file on the 9p root (base64)
 //   stats      9p blob bytes fetched, phase timings, the console tail, relay state
+//   irq_debug  the emulated interrupt controllers' registers (diagnostics)
 //   stop       destroy the emulator and exit
 // Events ({"event":...}): "agent_ready" when the agent announces itself.
 
@@ -464,7 +465,33 @@ function nicMAC() {
     return Array.from({ length: 6 }, (_, i) => prom[2 * i].toString(16).padStart(2, "0")).join(":");
 }
 
+// ---- interrupt controller state (irq_debug) ----
+
+// irqDebug reports the emulated 8259 pair and the PCI devices' interrupt
+// state. The guest's initramfs sets bit 2 of the master's ELCR (cascade
+// level-triggered) to work around a v86 bug that otherwise leaves IRQ 2 in
+// service forever and blocks IRQs 8-15 (guest/initramfs-init).
+function irqDebug() {
+    const cpu = state.emulator.v86.cpu;
+    const pic = (addr) => {
+        const b = new Uint8Array(cpu.wasm_memory.buffer, addr, 13);
+        return { enabled: b[0], irq_map: b[1], isr: b[2], irr: b[3], elcr: b[10], irq_value: b[11] };
+    };
+    const net = cpu.devices.net;
+    const v9 = cpu.devices.virtio_9p && cpu.devices.virtio_9p.virtio;
+    const vn = cpu.devices.virtio_net && cpu.devices.virtio_net.virtio;
+    return {
+        pic_master: pic(cpu.get_pic_addr_master()),
+        pic_slave: pic(cpu.get_pic_addr_slave()),
+        pirq: Array.from(cpu.devices.pci.isa_bridge_space8.slice(0x60, 0x64)),
+        ne2k: net ? { isr: net.isr, imr: net.imr, cr: net.cr } : null,
+        virtio_9p_isr: v9 ? v9.isr_status : null,
+        virtio_net_isr: vn ? vn.isr_status : null,
+    };
+}
+
 const handlers = {
+    irq_debug: async () => irqDebug(),
     start,
     wait_agent: async cmd => {
         await waitAgent(cmd.timeout_ms || 60000);

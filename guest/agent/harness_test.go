@@ -19,6 +19,7 @@ import (
 type testEnv struct {
 	dir      string
 	clockSet []time.Time
+	entropy  [][]byte
 	commands [][]string
 	runErr   error
 	// onRun, when set, replaces the fake command's behaviour.
@@ -61,8 +62,12 @@ func newTestServer(t testing.TB, db database, env *testEnv) *server {
 				env.clockSet = append(env.clockSet, tm)
 				return nil
 			},
-			sync:          func() {},
-			setWinsize:    setWinsize,
+			sync:       func() {},
+			setWinsize: setWinsize,
+			addEntropy: func(b []byte) error {
+				env.entropy = append(env.entropy, b)
+				return nil
+			},
 			dropCaches:    filepath.Join(env.dir, "drop_caches"),
 			compactMemory: filepath.Join(env.dir, "compact_memory"),
 		},

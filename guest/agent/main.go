@@ -36,6 +36,7 @@ type config struct {
 	Reclaim       string
 	Warm          bool
 	Console       string
+	PGData        string
 }
 
 func (c *config) registerFlags(fs *flag.FlagSet) {
@@ -45,6 +46,7 @@ func (c *config) registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.PG.SocketDir, "pg-socket-dir", "/var/run/postgresql", "directory of the PostgreSQL Unix socket")
 	fs.IntVar(&c.PG.Port, "pg-port", 5432, "PostgreSQL port (names the socket file)")
 	fs.StringVar(&c.PG.User, "pg-user", "postgres", "PostgreSQL user")
+	fs.StringVar(&c.PGData, "pg-data", "", "PostgreSQL data directory: net_up writes a new TLS certificate and key there (empty: keep the image's)")
 	fs.StringVar(&c.PG.Database, "pg-database", "postgres", "PostgreSQL database")
 	fs.DurationVar(&c.PG.Wait, "pg-wait", 60*time.Second, "how long a SQL request waits for PostgreSQL to accept connections")
 	fs.Int64Var(&c.PG.MaxResultBytes, "max-result-bytes", 64<<20, "largest result a request may return (the VM has little memory)")

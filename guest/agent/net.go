@@ -27,6 +27,9 @@ type netState struct {
 	Address string   `json:"address,omitempty"`
 	Gateway string   `json:"gateway,omitempty"`
 	DNS     []string `json:"dns,omitempty"`
+	// TLSCertSHA256 is the SHA-256 (hex) of the certificate net_up gave
+	// PostgreSQL.
+	TLSCertSHA256 string `json:"tls_cert_sha256,omitempty"`
 }
 
 // runner runs a command with extra environment variables and returns its

@@ -26,6 +26,8 @@ type request struct {
 	UnixMS   *int64    `json:"unix_ms"`
 	Rows     int       `json:"rows"`
 	Cols     int       `json:"cols"`
+	// Entropy (add_entropy) is base64 in JSON.
+	Entropy []byte `json:"entropy"`
 	// Thorough (prepare_snapshot) also evicts file pages and replays a
 	// typical session: for the published snapshot, not for a user's save.
 	Thorough bool `json:"thorough"`
@@ -117,7 +119,11 @@ type system struct {
 	// with warm, the warm-up SQL is typed into it ("" skips both).
 	console    string
 	setWinsize func(tty string, rows, cols int) error
-	meminfo    string
+	addEntropy func([]byte) error
+	// pgData is PostgreSQL's data directory: net_up writes a new TLS key
+	// there ("" keeps the image's).
+	pgData  string
+	meminfo string
 }
 
 type server struct {
@@ -143,6 +149,8 @@ func newServer(cfg config, db database, log *slog.Logger) *server {
 			warm:          cfg.Warm,
 			console:       cfg.Console,
 			setWinsize:    setWinsize,
+			addEntropy:    addEntropy,
+			pgData:        cfg.PGData,
 			meminfo:       "/proc/meminfo",
 		},
 		log:     log,
@@ -243,13 +251,16 @@ func (s *server) handleLine(ctx context.Context, line []byte) []any {
 		return []any{response{Error: "request is not a JSON object"}}
 	}
 	if err := json.Unmarshal(line, &req); err != nil {
-		// A field of the wrong type still leaves the id readable, and an
-		// answer the host can match is more useful than one with id 0.
-		var te *json.UnmarshalTypeError
-		if !errors.As(err, &te) {
-			req.ID = 0
+		// In valid JSON with a bad field (wrong type, bad base64) the id is
+		// still readable, and an answer the host can match is more useful
+		// than one with id 0.
+		var id struct {
+			ID int64 `json:"id"`
 		}
-		return []any{response{ID: req.ID, Error: "invalid request: " + err.Error()}}
+		if json.Unmarshal(line, &id) != nil {
+			id.ID = 0
+		}
+		return []any{response{ID: id.ID, Error: "invalid request: " + err.Error()}}
 	}
 	started := time.Now()
 	resp := s.handle(ctx, &req)
@@ -310,11 +321,32 @@ func (s *server) handle(ctx context.Context, req *request) response {
 			return fail(err)
 		}
 		return response{OK: true}
+	case "add_entropy":
+		if n := len(req.Entropy); n < minEntropy || n > maxEntropy {
+			return fail(fmt.Errorf("add_entropy needs %d to %d bytes of entropy (base64), got %d", minEntropy, maxEntropy, n))
+		}
+		if err := s.sys.addEntropy(req.Entropy); err != nil {
+			return fail(err)
+		}
+		if err := s.reseedSession(ctx, req.Entropy); err != nil {
+			return fail(err)
+		}
+		return response{OK: true}
 	case "net_up":
+		// A fresh TLS key before the VM is reachable: the image's is public.
+		var fingerprint string
+		if s.sys.pgData != "" {
+			fp, err := s.rotateTLS(ctx)
+			if err != nil {
+				return fail(fmt.Errorf("net_up: %w", err))
+			}
+			fingerprint = fp
+		}
 		st, err := s.net.up(ctx)
 		if err != nil {
 			return fail(err)
 		}
+		st.TLSCertSHA256 = fingerprint
 		return response{OK: true, Network: &st}
 	case "net_down":
 		if err := s.net.down(ctx); err != nil {

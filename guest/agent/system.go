@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -80,6 +82,17 @@ func (s *server) prepareSnapshot(ctx context.Context, thorough bool) response {
 	}
 	note("dropped")
 	if thorough && s.sys.warm {
+		// First what add_entropy does after every restore, so its pages
+		// are resident (otherwise v86 fetches the whole file they are in).
+		seed := make([]byte, 32)
+		if _, err := rand.Read(seed); err == nil {
+			if err := s.sys.addEntropy(seed); err != nil {
+				log.Notes = append(log.Notes, "add_entropy: "+err.Error())
+			}
+		}
+		if err := s.reseedSession(ctx, seed); err != nil {
+			log.Notes = append(log.Notes, "reseed: "+err.Error())
+		}
 		s.warmUp(ctx, &log)
 		if s.sys.console != "" {
 			// Twice, more than PostgreSQL's idle statistics flush interval
@@ -222,11 +235,38 @@ func (s *server) warmUp(ctx context.Context, log *snapshotLog) {
 // after a restore, and waits until psql's session is idle again, so the
 // pages of psql, its libraries and its backend are resident in the state.
 func (s *server) warmConsole(ctx context.Context) error {
+	return s.typeIntoConsole(ctx, "select 1 as one;\n", "the warm-up query")
+}
+
+// reseedSession gives the agent's own session (open since before the
+// snapshot) a random() seed from the host's entropy. Sessions opened after
+// add_entropy draw all their random state from the reseeded kernel; sessions
+// saved in the state keep OpenSSL's generator (gen_random_uuid) as it was at
+// the save: giving them new backends was tried and costs 1.5-2.5 s and
+// 15-27 MB of 9p fetches after every restore (docs/agent-protocol.md).
+//
+// After a full boot PostgreSQL may still be starting: then there is no
+// saved session, and the agent's first one will start after the reseed.
+func (s *server) reseedSession(ctx context.Context, entropy []byte) error {
+	if !s.db.State(ctx).Ready {
+		return nil
+	}
+	// setseed takes a double in [-1, 1].
+	seed := float64(binary.BigEndian.Uint32(entropy))/float64(1<<31) - 1
+	if _, err := s.db.Query(ctx, "SELECT setseed($1::float8)", []*string{ptr(strconv.FormatFloat(seed, 'f', -1, 64))}); err != nil {
+		return fmt.Errorf("cannot reseed the session: %w", err)
+	}
+	return nil
+}
+
+// typeIntoConsole types text into the psql console and waits until psql's
+// session is idle again.
+func (s *server) typeIntoConsole(ctx context.Context, text, what string) error {
 	started := s.sys.now()
-	if err := typeInto(s.sys.console, "select 1 as one;\n"); err != nil {
+	if err := typeInto(s.sys.console, text); err != nil {
 		return err
 	}
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		res, err := s.db.Query(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'psql' AND state = 'idle' AND state_change > to_timestamp($1::float8 / 1000)",
 			[]*string{ptr(strconv.FormatInt(started.UnixMilli(), 10))})
 		if err != nil {
@@ -236,7 +276,7 @@ func (s *server) warmConsole(ctx context.Context) error {
 			return nil
 		}
 	}
-	return errors.New("psql did not run the warm-up query within 20 s")
+	return fmt.Errorf("psql did not finish %s within 20 s", what)
 }
 
 // maxWinsize bounds set_winsize: more rows or columns than any screen has

@@ -14,6 +14,7 @@ package vm
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -313,6 +314,16 @@ func (v *VM) boot(ctx context.Context, harnessDir, statePath, relayURL string) e
 		if _, err := v.Request(ctx, map[string]any{"op": "set_time", "unix_ms": time.Now().UnixMilli()}); err != nil {
 			return fmt.Errorf("cannot set the guest clock: %w", err)
 		}
+	}
+	// Every VM restored from one state starts with the same kernel random
+	// generator (and a full boot in v86 has little entropy): mix in ours
+	// before anything draws keys.
+	entropy := make([]byte, 32)
+	if _, err := rand.Read(entropy); err != nil {
+		return fmt.Errorf("cannot draw entropy for the guest: %w", err)
+	}
+	if _, err := v.Request(ctx, map[string]any{"op": "add_entropy", "entropy": entropy}); err != nil {
+		return fmt.Errorf("cannot seed the guest's random generator: %w", err)
 	}
 	if err := v.waitPostgres(ctx); err != nil {
 		return err

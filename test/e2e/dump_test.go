@@ -177,9 +177,8 @@ func TestDumps(t *testing.T) {
 
 	// 4. Out: a plain dump made in the VM (pg_dump 17), gzipped, read out
 	// through the guest agent (pg_read_binary_file in 256 KiB chunks) and
-	// restored on the host by psql 15. Not over the network: a sustained
-	// upload from the VM stalls in v86's ne2k (the guest logs NETDEV
-	// WATCHDOG transmit timeouts; docs/scenarios.md).
+	// restored on the host by psql 15. (Uploads over the network work since
+	// the interrupt-controller fix in guest/initramfs-init; TestUploads.)
 	vmRun("pg_dump r_net | gzip", "pg_dump -d r_net | gzip -1 > /tmp/vm.sql.gz")
 	t0 := time.Now()
 	size, err := strconv.Atoi(g.value(ctx, t, `select (pg_stat_file('/tmp/vm.sql.gz')).size`))

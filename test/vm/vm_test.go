@@ -344,3 +344,42 @@ func TestLargeRequest(t *testing.T) {
 	}
 	t.Logf("256 KB in and 256 KB out: %v", time.Since(start).Round(time.Millisecond))
 }
+
+// Two VMs restored from the same state draw different random values: the
+// host's add_entropy reseeds the guest kernel, so a new session's
+// gen_random_uuid() differs (before, every restore answered the same one),
+// and the agent's own session gets a new random() seed. (Sessions saved in
+// the state keep OpenSSL's generator: see docs/agent-protocol.md.)
+func TestRestoresDrawDifferentRandom(t *testing.T) {
+	image, _ := env(t)
+	draw := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		v, err := vm.Start(ctx, vm.Options{ImageDir: image})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer v.Close()
+		// A new session: psql started by the server (COPY ... FROM PROGRAM).
+		if _, err := v.Exec(ctx, `create temp table r(v text); copy r from program 'psql -XAtq -c "select gen_random_uuid()"'`); err != nil {
+			t.Fatal(err)
+		}
+		res, err := v.Query(ctx, "select (select v from r) || ' ' || random()::text")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *res.Rows[0][0]
+	}
+	first, second := draw(), draw()
+	u1, r1, _ := strings.Cut(first, " ")
+	u2, r2, _ := strings.Cut(second, " ")
+	if len(u1) != 36 {
+		t.Fatalf("no uuid from the new session: %q", first)
+	}
+	if u1 == u2 {
+		t.Errorf("two restores drew the same uuid in a new session: %s", u1)
+	}
+	if r1 == r2 {
+		t.Errorf("two restores drew the same random() in the agent's session: %s", r1)
+	}
+}

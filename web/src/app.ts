@@ -389,6 +389,13 @@ function showNetwork(info: NetworkInfo | null): void {
   add("Port mode (any client)", info.port?.url, "conn-port");
   add("SNI mode (one port for all; TLS with SNI)", info.sni?.url, "conn-sni");
   if (info.portError) box.append(`Port mode unavailable: ${info.portError}`);
+  if (info.tlsSHA256) {
+    const tls = document.createElement("p");
+    tls.className = "muted";
+    tls.id = "tls-fingerprint";
+    tls.textContent = `TLS certificate made in the VM at this start, SHA-256 ${info.tlsSHA256.match(/../g)!.join(":")}`;
+    box.appendChild(tls);
+  }
   box.scrollIntoView({ block: "nearest" });
 }
 

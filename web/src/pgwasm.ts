@@ -70,6 +70,9 @@ export interface NetworkInfo {
   session: string;
   address?: string;
   password: string;
+  // tlsSHA256: the SHA-256 (hex) of the TLS certificate the VM made for
+  // this network start (clients can compare it; sslmode=require does not).
+  tlsSHA256?: string;
   port?: { host: string; port: number; url: string };
   sni?: { host: string; port: number; url: string };
   portError?: string;
@@ -308,10 +311,17 @@ export class PgWasm extends EventTarget {
   }
 
   // afterResume brings the guest up to date after a restore: its clock
-  // stopped at the save; its network needs DHCP again on our relay.
+  // stopped at the save; its kernel random generator is the same in every
+  // tab restored from that state (ours is mixed in before anything draws a
+  // key); its network needs DHCP again on our relay.
   private async afterResume(): Promise<void> {
     await this.agent.call({ op: "set_time", unix_ms: Date.now() }, 10000).catch(() => undefined);
-    if (this.network) await this.networkUp(this.network.password).catch(err => this.status("error", `network: ${err.message}`));
+    const entropy = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
+    await this.agent.call({ op: "add_entropy", entropy }, 10000);
+    if (this.network) {
+      const net = this.network;
+      await this.networkUp(net.password).then(r => Object.assign(net, r)).catch(err => this.status("error", `network: ${err.message}`));
+    }
   }
 
   private async waitPostgres(timeoutMs: number): Promise<void> {
@@ -513,7 +523,7 @@ export class PgWasm extends EventTarget {
     info.port = fill(body.tunnel?.port);
     info.sni = fill(body.tunnel?.sni);
     try {
-      info.address = await this.networkUp(password);
+      Object.assign(info, await this.networkUp(password));
     } catch (err) {
       await this.stopNetwork();
       throw err;
@@ -523,10 +533,12 @@ export class PgWasm extends EventTarget {
     return info;
   }
 
-  private async networkUp(password: string): Promise<string> {
+  // networkUp runs DHCP in the guest, which also gives PostgreSQL a new TLS
+  // key, then sets the password.
+  private async networkUp(password: string): Promise<{ address: string; tlsSHA256: string }> {
     const r = await this.agent.call({ op: "net_up" }, 60000);
     await this.agent.call({ op: "set_password", user: "postgres", password }, 30000);
-    return r.network?.address || "";
+    return { address: r.network?.address || "", tlsSHA256: r.network?.tls_cert_sha256 || "" };
   }
 
   async stopNetwork(): Promise<void> {

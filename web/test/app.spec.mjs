@@ -6,12 +6,31 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+import tls from "node:tls";
 import { promisify } from "node:util";
 import { startServer, launchBrowser, waitReady, waitScreen, waitMessage, apiQuery, artifacts, screenText } from "./lib.mjs";
 
 const run = promisify(execFile);
+
+// tunnelCertSHA256 asks PostgreSQL behind a tunnel for TLS (SSLRequest) and
+// returns its certificate's SHA-256 as aa:bb:...
+function tunnelCertSHA256(host, port) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, host, () => sock.write(Buffer.from([0, 0, 0, 8, 4, 210, 22, 47])));
+    sock.once("error", reject);
+    sock.once("data", b => {
+      if (b[0] !== 0x53) return reject(new Error(`SSLRequest answered ${b[0]}`));
+      const t = tls.connect({ socket: sock, rejectUnauthorized: false }, () => {
+        resolve(t.getPeerCertificate().fingerprint256.toLowerCase());
+        t.destroy();
+      });
+      t.once("error", reject);
+    });
+  });
+}
 let srv, browser, page;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "pgwasm-webtest-"));
 
@@ -246,6 +265,11 @@ test("network start shows connection strings; host psql connects through the tun
   assert.doesNotMatch(url, /PASSWORD/);
   const sni = await page.inputValue("#conn-sni");
   assert.match(sni, /sslmode=require/);
+  // The VM made its own TLS key at this start (the image's is public): the
+  // page shows its fingerprint and the tunnel serves that certificate.
+  const shown = (await page.textContent("#tls-fingerprint")).match(/SHA-256 ([0-9a-f:]{95})$/)[1];
+  const u = new URL(url);
+  assert.equal(await tunnelCertSHA256(u.hostname, Number(u.port)), shown);
   await page.screenshot({ path: path.join(artifacts, "web-network.png") });
   await apiQuery(page, "create table if not exists net_test as select 'through the tunnel' as v");
   const { stdout } = await run("psql", [url, "-XAtc", "select v from net_test"], { timeout: 60000 });
