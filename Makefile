@@ -75,7 +75,7 @@ FUZZTIME ?= 20s
 fuzz: ## run every fuzz target for FUZZTIME each
 	@scripts/fuzz.sh $(FUZZTIME)
 
-bench: snapshot ## measure us side by side with PGlite and native PostgreSQL; write docs/BENCHMARKS.md (about 15 min)
+bench: snapshot ## measure us side by side with PGlite and native PostgreSQL; write docs/BENCHMARKS.md (about 20-25 min)
 	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) run ./cmd/pgwasm-bench -out docs/BENCHMARKS.md
 
 clean: ## remove build outputs (keeps the download cache in build/cache)

@@ -108,7 +108,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.BrowserStarts, "browser-starts", 3, "cold+warm page loads in Chromium, each in a fresh profile")
 	fs.DurationVar(&c.CompareBudget, "compare-budget", 14*time.Minute, "start no further comparison run after this long; the first of each kind always runs")
 	fs.BoolVar(&c.Quick, "quick", false, "few runs and short benchmarks (about 3 minutes), to try the program; flags given explicitly still win")
-	fs.DurationVar(&c.Timeout, "timeout", 25*time.Minute, "stop everything after this long")
+	fs.DurationVar(&c.Timeout, "timeout", 28*time.Minute, "stop everything after this long (issue #6: within 30 minutes)")
 	fs.DurationVar(&c.VMBudget, "vm-budget", 12*time.Minute, "start no further VM run (restore, query, boot) after this long; the first of each kind always runs")
 	fs.BoolVar(&c.Verbose, "v", false, "debug logs (VM harness included)")
 	fs.IntVar(&c.Boots, "boots", 3, "full boots to first query")
