@@ -82,17 +82,6 @@ func (s *server) prepareSnapshot(ctx context.Context, thorough bool) response {
 	}
 	note("dropped")
 	if thorough && s.sys.warm {
-		// First what add_entropy does after every restore, so its pages
-		// are resident (otherwise v86 fetches the whole file they are in).
-		seed := make([]byte, 32)
-		if _, err := rand.Read(seed); err == nil {
-			if err := s.sys.addEntropy(seed); err != nil {
-				log.Notes = append(log.Notes, "add_entropy: "+err.Error())
-			}
-		}
-		if err := s.reseedSession(ctx, seed); err != nil {
-			log.Notes = append(log.Notes, "reseed: "+err.Error())
-		}
 		s.warmUp(ctx, &log)
 		if s.sys.console != "" {
 			// Twice, more than PostgreSQL's idle statistics flush interval
@@ -205,11 +194,19 @@ ROLLBACK`
 // the server's pages they touch are resident when the state is saved.
 func (s *server) warmUp(ctx context.Context, log *snapshotLog) {
 	sql, _ := json.Marshal(warmSQL)
+	// add_entropy is what a host sends first after every restore; the
+	// warm-up sends it through the same decoding and handler.
+	seed := make([]byte, 32)
+	if _, err := rand.Read(seed); err != nil {
+		log.Notes = append(log.Notes, "warm-up: no entropy: "+err.Error())
+	}
+	entropy, _ := json.Marshal(seed)
 	bgSQL, _ := json.Marshal(`DO $$ BEGIN IF current_setting('server_version_num')::int >= 160000 AND current_setting('wal_level') <> 'minimal' THEN PERFORM pg_log_standby_snapshot(); END IF; END $$`)
 	for _, line := range []string{
 		`{"id":0,"op":"ping"}`,
 		`{"id":0,"op":"status"}`,
 		`{"id":0,"op":"set_time","unix_ms":` + strconv.FormatInt(s.sys.now().UnixMilli(), 10) + `}`,
+		`{"id":0,"op":"add_entropy","entropy":` + string(entropy) + `}`,
 		`{"id":0,"op":"query","sql":"select 1"}`,
 		`{"id":0,"op":"query","sql":"select $1::int + 1 as two, now()","params":["1"]}`,
 		`{"id":0,"op":"exec","sql":"select 1 as one; select 'a'::text as a"}`,
