@@ -246,6 +246,7 @@ type compareResults struct {
 	OurPageColdCode, OurPageColdData                                                     Sample
 
 	Bundle bundleSize // the browser app as built (internal/web/dist)
+	Spec   *querySpec // the query set that ran (nil: it could not be read)
 
 	Notes []string
 }
@@ -267,6 +268,7 @@ func measureCompare(ctx context.Context, cfg *Config, logger *slog.Logger, errs 
 		fail("query set", err)
 		return r
 	}
+	r.Spec = spec
 	script := filepath.Join(cfg.BenchDir, "pglite.mjs")
 	if b, err := measureBundle(filepath.Join("internal", "web", "dist")); err != nil {
 		fail("app bundle size", err)

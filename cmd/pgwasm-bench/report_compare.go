@@ -163,9 +163,9 @@ func (r *report) writeCompareStart(w io.Writer, score *scorecard) {
 func (r *report) writeCompareQueries(w io.Writer, score *scorecard) {
 	c := r.Cmp
 	fmt.Fprintf(w, "### 2. Queries: the same SQL everywhere\n\n")
-	fmt.Fprintf(w, "The SQL is [bench/queries.json](../bench/queries.json), run unchanged: in Node through our agent API (`internal/vm`), PGlite's `query`/`exec`, and pgx over a Unix socket natively; in Chromium through our page's JavaScript API (`window.pgwasm.query`/`exec`) and PGlite's, both by the same loop ([bench/measure.mjs](../bench/measure.mjs)). A script (the 10,000 INSERTs) goes as one simple-protocol message everywhere. Each query has one untimed warm-up; the setup runs %s times, each after dropping the tables. Chromium rounds `performance.now()` to 0.1 ms, so sub-millisecond figures there are coarse.\n\n", setupRunsText(r.Cfg))
+	fmt.Fprintf(w, "The SQL is [bench/queries.json](../bench/queries.json), run unchanged: in Node through our agent API (`internal/vm`), PGlite's `query`/`exec`, and pgx over a Unix socket natively; in Chromium through our page's JavaScript API (`window.pgwasm.query`/`exec`) and PGlite's, both by the same loop ([bench/measure.mjs](../bench/measure.mjs)). A script (the 10,000 INSERTs) goes as one simple-protocol message everywhere. Each query has one untimed warm-up; the setup runs %d times, each after dropping the tables. Chromium rounds `performance.now()` to 0.1 ms, so sub-millisecond figures there are coarse.\n\n", setupRuns(c.Spec))
 	t := newSideBySide(w, score)
-	spec, _ := loadQuerySpec(r.Cfg.BenchDir + "/queries.json")
+	spec := c.Spec
 	t.row("setup: create and load the 100,000-row table, Node", c.VMSetup, c.PGliteSetup, c.NativeSetup, fmtMS, &causeCPU)
 	t.row("setup: create and load the 100,000-row table, Chromium", c.OurBrowserSetup, c.PGliteBrowserSetup, c.NativeSetup, fmtMS, &causeCPU)
 	if spec != nil {
@@ -195,13 +195,12 @@ func (r *report) writeCompareQueries(w io.Writer, score *scorecard) {
 	fmt.Fprintln(w)
 }
 
-// setupRunsText is how many times the query set's setup runs.
-func setupRunsText(cfg *Config) string {
-	spec, err := loadQuerySpec(cfg.BenchDir + "/queries.json")
-	if err != nil {
-		return "several"
+// setupRuns is how many times the query set's setup runs.
+func setupRuns(spec *querySpec) int {
+	if spec == nil {
+		return 1
 	}
-	return fmt.Sprint(max(spec.SetupRuns, 1))
+	return max(spec.SetupRuns, 1)
 }
 
 func (r *report) writeCompareConcurrency(w io.Writer, score *scorecard) {

@@ -24,6 +24,11 @@ func TestWriteCompare(t *testing.T) {
 		PgbenchNativeLat: map[string]Sample{"tpcb-like/1": {0.6}},
 		Bundle:           bundleSize{Files: 3, Raw: 3e6, Sent: 7e5, V86Raw: 2e6, V86Sent: 4e5},
 	}
+	spec, err := loadQuerySpec("../../bench/queries.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmp.Spec = spec
 	net := &netResults{Bench: BenchResults{bUpload: {"MB/s": {170, 172}}}, IdleSessions: 10000}
 	r := &report{Cfg: &Config{Memory: []int{128}, BenchDir: "../../bench"}, Cmp: cmp, Net: net,
 		VM: &vmResults{States: []stateInfo{{MemoryMB: 128, Size: 12.48e6}, {MemoryMB: 256, Size: 12.6e6}}}}
