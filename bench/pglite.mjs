@@ -11,7 +11,6 @@
 // Every figure is measured here; nothing is typed in.
 import fs from "node:fs";
 import http from "node:http";
-import os from "node:os";
 import path from "node:path";
 import zlib from "node:zlib";
 import { register, syncBuiltinESMExports } from "node:module";
@@ -162,19 +161,10 @@ function staticServer() {
   return new Promise(r => srv.listen(0, "127.0.0.1", () => r(srv)));
 }
 
-async function launch() {
-  const { chromium } = await import("playwright-core");
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "pglite-bench-chromium-"));
-  const ctx = await chromium.launchPersistentContext(dir, {
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
-  return { ctx, close: async () => { await ctx.close(); fs.rmSync(dir, { recursive: true, force: true }); } };
-}
-
 async function browser() {
+  // The same Chromium launch as our page's tests; imported here, not at the
+  // top, so that the Node start measurements do not load playwright.
+  const { launchBrowser } = await import("../web/test/lib.mjs");
   const srv = await staticServer();
   const url = `http://127.0.0.1:${srv.address().port}/`;
   const out = { version, cold: [], warm: [] };
@@ -183,7 +173,7 @@ async function browser() {
     for (let i = 0; i < starts; i++) {
       // Cold: a fresh browser profile (empty HTTP cache); warm: the same
       // page loaded again in that profile (HTTP and code cache filled).
-      const b = await launch();
+      const b = await launchBrowser();
       try {
         const page = await b.ctx.newPage();
         const cdp = await b.ctx.newCDPSession(page);
