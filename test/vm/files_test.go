@@ -1,7 +1,6 @@
 package vm_test
 
 import (
-	"context"
 	"crypto/md5"
 	"crypto/rand"
 	"crypto/sha256"
@@ -10,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
 // Files go in and out of the VM through v86's 9p server (the harness's
@@ -19,13 +16,7 @@ import (
 // written.
 func TestFileTransfer(t *testing.T) {
 	image, _ := env(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	v, err := vm.Start(ctx, vm.Options{ImageDir: image})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	ctx, v := startVM(t, image, 5*time.Minute)
 
 	const size = 5 << 20
 	data := make([]byte, size)

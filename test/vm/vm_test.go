@@ -302,17 +302,25 @@ func TestReadyTimeout(t *testing.T) {
 	}
 }
 
-// The psql console on ttyS0 (the page's terminal) answers after a restore:
-// input sent right after the start is not lost.
-func TestConsole(t *testing.T) {
-	image, _ := env(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+// startVM restores a VM from the image's snapshot for one test; it is
+// closed when the test ends.
+func startVM(t *testing.T, image string, timeout time.Duration) (context.Context, *vm.VM) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
 	v, err := vm.Start(ctx, vm.Options{ImageDir: image})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer v.Close()
+	t.Cleanup(func() { v.Close() })
+	return ctx, v
+}
+
+// The psql console on ttyS0 (the page's terminal) answers after a restore:
+// input sent right after the start is not lost.
+func TestConsole(t *testing.T) {
+	image, _ := env(t)
+	ctx, v := startVM(t, image, 2*time.Minute)
 	out, err := v.Console(ctx, "select 40 + 2 as answer;\n", `\(1 row\)`, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -326,13 +334,7 @@ func TestConsole(t *testing.T) {
 // UART input used to make a 256 KB request take minutes).
 func TestLargeRequest(t *testing.T) {
 	image, _ := env(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	v, err := vm.Start(ctx, vm.Options{ImageDir: image})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	ctx, v := startVM(t, image, 2*time.Minute)
 	const n = 256 << 10
 	start := time.Now()
 	res, err := v.Query(ctx, "select length($1), repeat('z', $2::int)", strings.Repeat("y", n), n)
@@ -352,25 +354,26 @@ func TestLargeRequest(t *testing.T) {
 // the state keep OpenSSL's generator: see docs/agent-protocol.md.)
 func TestRestoresDrawDifferentRandom(t *testing.T) {
 	image, _ := env(t)
-	draw := func() string {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		v, err := vm.Start(ctx, vm.Options{ImageDir: image})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer v.Close()
-		// A new session: psql started by the server (COPY ... FROM PROGRAM).
-		if _, err := v.Exec(ctx, `create temp table r(v text); copy r from program 'psql -XAtq -c "select gen_random_uuid()"'`); err != nil {
-			t.Fatal(err)
-		}
-		res, err := v.Query(ctx, "select (select v from r) || ' ' || random()::text")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return *res.Rows[0][0]
+	var draws []string
+	for i := range 2 {
+		// A subtest each, so the first VM is closed before the second starts.
+		t.Run(fmt.Sprint("restore ", i+1), func(t *testing.T) {
+			ctx, v := startVM(t, image, 2*time.Minute)
+			// A new session: psql started by the server (COPY ... FROM PROGRAM).
+			if _, err := v.Exec(ctx, `create temp table r(v text); copy r from program 'psql -XAtq -c "select gen_random_uuid()"'`); err != nil {
+				t.Fatal(err)
+			}
+			res, err := v.Query(ctx, "select (select v from r) || ' ' || random()::text")
+			if err != nil {
+				t.Fatal(err)
+			}
+			draws = append(draws, *res.Rows[0][0])
+		})
 	}
-	first, second := draw(), draw()
+	if len(draws) != 2 {
+		t.FailNow()
+	}
+	first, second := draws[0], draws[1]
 	u1, r1, _ := strings.Cut(first, " ")
 	u2, r2, _ := strings.Cut(second, " ")
 	if len(u1) != 36 {
