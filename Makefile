@@ -13,7 +13,18 @@ IMAGE   ?= $(BUILD)/image
 MEMORY  ?= 128
 LISTEN  ?= 127.0.0.1:8080
 
-.PHONY: help setup build web image snapshot run test test-go test-vm test-web test-e2e fuzz bench clean FORCE
+# Downloads and build results, shared by every checkout on the machine
+# (docs/image.md, "Caching"). As root, image builds run as the pgwasm-build
+# user (scripts/as-builder.sh), so the cache is that user's.
+ifeq ($(shell id -u),0)
+PGWASM_CACHE ?= /var/lib/pgwasm-build/.cache/pgwasm
+else
+PGWASM_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/pgwasm
+endif
+export PGWASM_CACHE
+AS_BUILDER := scripts/as-builder.sh $(BUILD) --
+
+.PHONY: help setup build web image snapshot run test test-go test-vm test-web test-e2e fuzz bench clean clean-cache FORCE
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,11 +47,11 @@ $(AGENT): FORCE
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 GOOS=linux GOARCH=386 GO386=sse2 $(GO) build -trimpath -ldflags='-s -w' -o $@ ./guest/agent
 
-image: setup build ## build the VM image into build/image (a cache hit when inputs are unchanged)
-	$(PGWASM) image build --out $(IMAGE) --agent $(AGENT)
+image: setup build ## build the VM image into build/image as an ordinary user (a cache hit when inputs are unchanged)
+	$(AS_BUILDER) $(PGWASM) image build --out $(IMAGE) --agent $(AGENT)
 
 snapshot: image ## boot the image headless and save state-$(MEMORY).bin.zst (cached)
-	$(PGWASM) image snapshot --image $(IMAGE) --memory $(MEMORY)
+	$(AS_BUILDER) $(PGWASM) image snapshot --image $(IMAGE) --memory $(MEMORY)
 
 run: snapshot ## build what is missing, then serve the page on http://$(LISTEN)
 	$(PGWASM) serve --listen $(LISTEN) --image $(IMAGE)
@@ -52,17 +63,18 @@ test: setup image ## run the whole suite: Go unit tests, the real VM, the browse
 	$(MAKE) --no-print-directory test-e2e
 
 # The image build's cache lets the kmod tests run on the real Debian kernel's
-# modules and the extension build test reuse the i386 toolchain it unpacked.
-KMODS = $(firstword $(wildcard $(BUILD)/cache/kernel/*/lib/modules/*))
+# modules and the extension build test reuse the packages it downloaded.
+KMODS = $(firstword $(wildcard $(PGWASM_CACHE)/kernel/*/lib/modules/*))
 
 test-go: build ## Go unit and loopback integration tests (no VM), fuzz seed corpora included
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
-	PGWASM_TEST_MODULES=$(abspath $(KMODS)) PGWASM_TEST_APT_DIR=$(abspath $(BUILD)/cache/apt) \
-	PGWASM_TEST_CACHE_DIR=$(abspath $(BUILD)/cache) $(GO) test -count=1 ./...
+	PGWASM_TEST_MODULES=$(abspath $(KMODS)) PGWASM_TEST_APT_DIR=$(PGWASM_CACHE)/apt \
+	PGWASM_TEST_CACHE_DIR=$(PGWASM_CACHE) $(GO) test -count=1 ./...
 
-test-vm: snapshot ## boot the real VM (headless v86 in Node) and test it end to end
+test-vm: snapshot ## boot the real VM (headless v86 in Node) and test it end to end, and the image build's VM step
 	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) test -count=1 -timeout 30m -v ./test/vm/...
+	PGWASM_IMAGE=$(abspath $(IMAGE)) $(GO) test -count=1 -timeout 10m -v -run 'VMStepGuest|BootExportTree' ./internal/image/ ./internal/vm/
 
 test-web: build snapshot ## browser tests: Playwright driving Debian's Chromium against pgwasm serve
 	cd web && npx tsc -p .
@@ -78,7 +90,10 @@ fuzz: ## run every fuzz target for FUZZTIME each
 bench: snapshot ## measure us side by side with PGlite and native PostgreSQL; write docs/BENCHMARKS.md (about 20-25 min)
 	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) run ./cmd/pgwasm-bench -out docs/BENCHMARKS.md
 
-clean: ## remove build outputs (keeps the download cache in build/cache)
-	rm -rf $(BIN) $(IMAGE)
+clean: ## remove build outputs (keeps the shared cache, see clean-cache)
+	rm -rf $(BUILD)
+
+clean-cache: ## empty the download and build cache shared by all checkouts (PGWASM_CACHE)
+	rm -rf $(PGWASM_CACHE)
 
 FORCE:

@@ -1,6 +1,7 @@
 // Package guest holds the files that go into the VM unchanged: the
-// initramfs init and the guest init. The guest agent is a separate program
-// in guest/agent, built for linux/386.
+// initramfs init, the guest init, and the image build's step run inside the
+// VM. The guest agent is a separate program in guest/agent, built for
+// linux/386.
 package guest
 
 import _ "embed"
@@ -20,3 +21,11 @@ var Init []byte
 //
 //go:embed udhcpc.script
 var UdhcpcScript []byte
+
+// BuildStep runs as PID 1 in the one boot of the image at build time
+// (pgwasm.build=1): initdb, its warm-up and busybox's applet list, so the
+// image's i386 programs never run on the build host. guest/init execs it;
+// the image build stages it at /usr/lib/pgwasm/build/run and removes it.
+//
+//go:embed build-step
+var BuildStep []byte

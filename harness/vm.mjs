@@ -12,6 +12,7 @@
 //   set_relay  move the NIC to another relay URL and open its websocket
 //   write_file one chunk of a file to create on the 9p root (base64)
 //   read_file  one chunk of a file on the 9p root (base64)
+//   export_tree copy a directory of the 9p root to a host directory; list owners and modes
 //   stats      9p blob bytes fetched, phase timings, the console tail, relay state
 //   irq_debug  the emulated interrupt controllers' registers (diagnostics)
 //   stop       destroy the emulator and exit
@@ -370,6 +371,61 @@ async function readFile(cmd) {
     return { data_base64: bytes.toString("base64"), size };
 }
 
+const S_IFMT = 0o170000, S_IFDIR = 0o040000, S_IFREG = 0o100000, S_IFLNK = 0o120000;
+
+// exportTree copies the directory cmd.path of the 9p root to the host
+// directory cmd.out (absolute, must not exist) and lists every path in it
+// with the type, permission bits, owner and size the guest gave it: the
+// image build runs initdb in the guest and takes the data directory out this
+// way, straight from v86's in-memory file system rather than through a
+// serial port. Host copies are plain owner-writable files and directories
+// (the build runs unprivileged); owners and modes live in the listing.
+// stop_cpu pauses the emulated CPU first, so the tree cannot change while
+// it is copied. What the guest has not written back (its page cache) is not
+// there: it must sync first.
+async function exportTree(cmd) {
+    const path = normPath(cmd.path);
+    if (typeof cmd.out !== "string" || !cmd.out.startsWith("/")) throw new Error(`export_tree: out must be an absolute host path, got ${JSON.stringify(cmd.out)}`);
+    if (fs.existsSync(cmd.out)) throw new Error(`export_tree: ${cmd.out} exists`);
+    if (cmd.stop_cpu) await state.emulator.stop();
+    const f = fs9p();
+    const found = f.SearchPath(path);
+    if (found.id === -1) throw new Error(`no ${path} on the 9p root`);
+    if (f.GetInode(found.id).direntries.size === 0) throw new Error(`export_tree: ${path} is not a directory`);
+    const entries = [];
+    async function walk(id, rel) {
+        const inode = f.GetInode(id);
+        let type = inode.mode & S_IFMT;
+        // A mode set without its type bits (not what Linux sends, but v86
+        // stores whatever setattr says): every directory has "." entries.
+        if (type === 0) type = inode.direntries.size > 0 ? S_IFDIR : inode.symlink ? S_IFLNK : S_IFREG;
+        const host = rel === "." ? cmd.out : cmd.out + "/" + rel;
+        const e = { path: rel, mode: inode.mode & 0o7777, uid: inode.uid, gid: inode.gid };
+        entries.push(e);
+        if (type === S_IFDIR) {
+            e.type = "dir";
+            fs.mkdirSync(host, { mode: 0o755 });
+            const names = [...inode.direntries.keys()].filter(n => n !== "." && n !== "..").sort();
+            for (const n of names) await walk(inode.direntries.get(n), rel === "." ? n : rel + "/" + n);
+        } else if (type === S_IFREG) {
+            e.type = "file";
+            e.size = inode.size;
+            const data = inode.size > 0 ? await f.Read(id, 0, inode.size) : new Uint8Array(0);
+            if (!data || data.length !== inode.size) throw new Error(`export_tree: ${path}/${rel}: read ${data ? data.length : 0} of ${inode.size} bytes`);
+            fs.writeFileSync(host, data, { mode: 0o644 });
+        } else if (type === S_IFLNK) {
+            e.type = "symlink";
+            e.target = inode.symlink;
+            fs.symlinkSync(inode.symlink, host);
+        } else {
+            throw new Error(`export_tree: ${path}/${rel} is not a file, directory or symlink (mode ${inode.mode.toString(8)})`);
+        }
+    }
+    const t = performance.now();
+    await walk(found.id, ".");
+    return { entries, ms: Math.round(performance.now() - t) };
+}
+
 // ---- commands ----
 
 async function start(cmd) {
@@ -503,6 +559,7 @@ const handlers = {
     set_relay: setRelay,
     write_file: writeFile,
     read_file: readFile,
+    export_tree: exportTree,
     stats: async () => ({
         blob: state.blob,
         timings: state.timings,

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # Debian packages: dpkg-deb and apt-get unpack and resolve the image's packages;
 # postgresql gives the tests a real server and psql; zstd compresses states in
 # shell tools; nodejs/npm run v86 headless; chromium runs the browser tests.
-packages=(apt dpkg dpkg-dev binutils util-linux postgresql postgresql-client zstd nodejs npm ca-certificates chromium)
+packages=(apt dpkg dpkg-dev binutils util-linux gcc-i686-linux-gnu make postgresql postgresql-client zstd nodejs npm ca-certificates chromium)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -39,3 +39,10 @@ for dir in harness web bench; do
 		echo "$want" >"$stamp"
 	fi
 done
+
+# Image builds run as an ordinary user. As root (CI, containers), make runs
+# them as this one (scripts/as-builder.sh).
+if [[ $(id -u) == 0 ]] && ! id pgwasm-build >/dev/null 2>&1; then
+	echo "setup: creating the user pgwasm-build for image builds"
+	useradd --system --create-home --home-dir /var/lib/pgwasm-build --shell /usr/sbin/nologin pgwasm-build
+fi

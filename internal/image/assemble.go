@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -42,7 +41,7 @@ var initramfsModules = []string{"virtio_pci", "9pnet_virtio", "9p", "ne2k-pci", 
 func guestHash() [32]byte {
 	h := sha256.New()
 	etc, _ := json.Marshal(etcFiles()) // map keys marshal sorted
-	for _, b := range [][]byte{guest.InitramfsInit, guest.Init, guest.UdhcpcScript, []byte(pgconf.ConfFile()), []byte(pgconf.HBA()),
+	for _, b := range [][]byte{guest.InitramfsInit, guest.Init, guest.UdhcpcScript, guest.BuildStep, []byte(pgconf.ConfFile()), []byte(pgconf.HBA()),
 		[]byte(strings.Join(pgconf.InitdbArgs(), " ")), []byte(strings.Join(initramfsModules, " ")), etc, []byte(psqlRC)} {
 		s := sha256.Sum256(b)
 		h.Write(s[:])
@@ -73,12 +72,13 @@ func etcFiles() map[string]string {
 const psqlRC = "\\set HISTCONTROL ignorespace\n"
 
 // assemble builds everything into staged, using work for scratch space.
-func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, staged string) (*Manifest, error) {
+func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, staged, clusterKey string) (*Manifest, error) {
 	log := cfg.Logger
+	meta := rootfs.Metas{}
 	root := filepath.Join(work, "root")
 	log.Info("unpacking packages", "count", len(in.root))
 	for _, p := range in.root {
-		if err := deb.Unpack(ctx, p.Path, root); err != nil {
+		if err := deb.Unpack(ctx, p.Path, root, meta); err != nil {
 			return nil, err
 		}
 	}
@@ -88,7 +88,7 @@ func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, s
 			return nil, err
 		}
 	}
-	if err := rootfs.MergeUsr(root); err != nil {
+	if err := rootfs.MergeUsr(root, meta); err != nil {
 		return nil, err
 	}
 	pruned, err := prune(root)
@@ -96,11 +96,7 @@ func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, s
 		return nil, err
 	}
 	log.Info("pruned the root", "bytes_removed", pruned)
-	if err := configureRoot(ctx, root, agent); err != nil {
-		return nil, err
-	}
-	log.Info("initialising the PostgreSQL cluster")
-	if err := initCluster(ctx, root, cfg); err != nil {
+	if err := configureRoot(root, agent, meta); err != nil {
 		return nil, err
 	}
 	pgVersion, err := postgresVersion(in.root)
@@ -120,9 +116,13 @@ func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, s
 	if err := copyBIOS(ctx, in.bios, work, staged, m); err != nil {
 		return nil, err
 	}
+	// The image's own programs (busybox, initdb) run only inside v86.
+	if err := runInVM(ctx, cfg, root, staged, clusterKey, meta); err != nil {
+		return nil, err
+	}
 
 	log.Info("writing the 9p tree")
-	stats, err := ninep.Write(ctx, root, filepath.Join(staged, "9p"), ninep.Options{MTime: sourceDateEpoch})
+	stats, err := ninep.Write(ctx, root, filepath.Join(staged, "9p"), ninep.Options{MTime: sourceDateEpoch, Meta: meta})
 	if err != nil {
 		return nil, fmt.Errorf("cannot write the 9p tree: %w", err)
 	}
@@ -191,31 +191,37 @@ func prune(root string) (int64, error) {
 }
 
 // configureRoot adds what dpkg's maintainer scripts and base-files would
-// have: busybox applets, users, /etc files, PostgreSQL client links, and the
-// guest init and agent.
-func configureRoot(ctx context.Context, root string, agent []byte) error {
-	if err := installBusybox(ctx, root); err != nil {
-		return err
+// have: users, /etc files, PostgreSQL client links, and the guest init and
+// agent. Owners and special modes go into meta: the build runs as an
+// ordinary user.
+func configureRoot(root string, agent []byte, meta rootfs.Metas) error {
+	// put writes a file of ours, replacing any package's file and its meta.
+	put := func(name string, data []byte, mode os.FileMode) error {
+		delete(meta, name)
+		os.Remove(filepath.Join(root, name))
+		return writeFile(filepath.Join(root, name), data, mode)
 	}
 	for name, content := range etcFiles() {
-		if err := writeFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
+		if err := put(name, []byte(content), 0o644); err != nil {
 			return err
 		}
 	}
 	// psql in the page's terminal: the page sets the terminal size with a
 	// line that starts with a space, which this keeps out of the history.
-	psqlrc := filepath.Join(root, "var/lib/postgresql/.psqlrc")
-	if err := writeFile(psqlrc, []byte(psqlRC), 0o644); err != nil {
+	if err := put("var/lib/postgresql/.psqlrc", []byte(psqlRC), 0o644); err != nil {
 		return err
 	}
-	os.Chmod(filepath.Join(root, "etc/shadow"), 0o640)
+	if err := os.Chmod(filepath.Join(root, "etc/shadow"), 0o640); err != nil {
+		return err
+	}
 	for _, d := range []string{"proc", "sys", "dev", "run", "tmp", "root", "var/tmp", "var/log", "usr/lib/pgwasm", "etc/ssl/certs"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return err
 		}
 	}
-	os.Chmod(filepath.Join(root, "tmp"), 0o1777)
-	os.Chmod(filepath.Join(root, "var/tmp"), 0o1777)
+	for _, d := range []string{"tmp", "var/tmp"} {
+		meta[d] = rootfs.Meta{Mode: 0o777 | fs.ModeSticky}
+	}
 	os.RemoveAll(filepath.Join(root, "var/run"))
 	if err := os.Symlink("/run", filepath.Join(root, "var/run")); err != nil {
 		return err
@@ -224,9 +230,7 @@ func configureRoot(ctx context.Context, root string, agent []byte) error {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return err
 		}
-		if err := os.Chown(filepath.Join(root, d), postgresUID, postgresUID); err != nil {
-			return err
-		}
+		meta[d] = rootfs.Meta{UID: postgresUID, GID: postgresUID, Mode: 0o755}
 	}
 	// Debian's /usr/bin/psql and friends are links to a perl wrapper that
 	// picks a cluster; the VM has one cluster and no perl.
@@ -252,34 +256,8 @@ func configureRoot(ctx context.Context, root string, agent []byte) error {
 		"usr/lib/pgwasm/agent":         {agent, 0o755},
 		"usr/lib/pgwasm/udhcpc.script": {guest.UdhcpcScript, 0o755},
 	} {
-		os.Remove(filepath.Join(root, name))
-		if err := writeFile(filepath.Join(root, name), f.data, f.mode); err != nil {
+		if err := put(name, f.data, f.mode); err != nil {
 			return err
-		}
-	}
-	return nil
-}
-
-// installBusybox links every busybox applet that no package provides.
-func installBusybox(ctx context.Context, root string) error {
-	bb := filepath.Join(root, "usr/bin/busybox")
-	// busybox-static is a static i386 binary: it runs on the amd64 host.
-	out, err := exec.CommandContext(ctx, bb, "--list-full").Output()
-	if err != nil {
-		return fmt.Errorf("cannot list busybox applets: %w", err)
-	}
-	for _, applet := range strings.Fields(string(out)) {
-		dir, name := filepath.Split(applet)
-		dir = strings.TrimPrefix(strings.TrimSuffix(dir, "/"), "usr/")
-		target := filepath.Join(root, "usr", dir, name)
-		if _, err := os.Lstat(target); err == nil {
-			continue
-		}
-		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-			return err
-		}
-		if err := os.Symlink("/usr/bin/busybox", target); err != nil {
-			return fmt.Errorf("cannot link busybox applet %s: %w", applet, err)
 		}
 	}
 	return nil
@@ -308,108 +286,6 @@ func writeCABundle(root string) error {
 	return writeFile(filepath.Join(root, "etc/ssl/certs/ca-certificates.crt"), bundle.Bytes(), 0o644)
 }
 
-// initCluster runs the image's own i386 initdb on the host (i386 binaries run
-// natively on amd64) in a chroot of the root, inside a private mount
-// namespace so the /dev and /proc mounts it needs vanish with it.
-func initCluster(ctx context.Context, root string, cfg Config) error {
-	data := filepath.Join(root, pgData)
-	if err := os.MkdirAll(data, 0o700); err != nil {
-		return err
-	}
-	if err := os.Chown(data, postgresUID, postgresUID); err != nil {
-		return err
-	}
-	os.Chown(filepath.Dir(data), postgresUID, postgresUID)
-	initdb := append([]string{pgBin + "/initdb", "-D", pgData, "--no-sync", "--locale-provider=builtin", "--builtin-locale=C.UTF-8"}, pgconf.InitdbArgs()...)
-	if err := runInRoot(ctx, root, postgresUID, initdb...); err != nil {
-		return fmt.Errorf("initdb failed: %w", err)
-	}
-	seed := sha256.Sum256([]byte(cfg.Cmdline + BuilderVersion))
-	cert, key, err := pgconf.Cert(seed[:], []string{"localhost", "pgwasm"})
-	if err != nil {
-		return err
-	}
-	for name, c := range map[string]struct {
-		data []byte
-		mode os.FileMode
-	}{
-		"pgwasm.conf": {[]byte(pgconf.ConfFile()), 0o600},
-		"pg_hba.conf": {[]byte(pgconf.HBA()), 0o600},
-		"server.crt":  {cert, 0o600},
-		"server.key":  {key, 0o600},
-	} {
-		p := filepath.Join(data, name)
-		if err := writeFile(p, c.data, c.mode); err != nil {
-			return err
-		}
-		if err := os.Chown(p, postgresUID, postgresUID); err != nil {
-			return err
-		}
-	}
-	f, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("initdb wrote no postgresql.conf: %w", err)
-	}
-	_, err = f.WriteString("\n# pgwasm: settings for the emulated machine, with reasons\ninclude = 'pgwasm.conf'\n")
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("cannot extend postgresql.conf: %w", err)
-	}
-	if err := warmCluster(ctx, root); err != nil {
-		return err
-	}
-	// Leave /dev and /proc empty for the 9p tree: the guest mounts its own.
-	for _, d := range []string{"dev", "proc"} {
-		entries, _ := os.ReadDir(filepath.Join(root, d))
-		if len(entries) > 0 {
-			return fmt.Errorf("/%s in the root is not empty after initdb: a mount was left behind", d)
-		}
-	}
-	return nil
-}
-
-// warmCluster starts the new cluster once at build time with the VM's own
-// configuration (which checks that configuration, the certificate and
-// pg_hba.conf early) and runs VACUUM FREEZE and a checkpoint. PostgreSQL
-// sets hint bits on the catalog pages it reads; without this, the first
-// start in the VM dirties most catalog files, and v86 stores every modified
-// 9p file whole in each state snapshot.
-func warmCluster(ctx context.Context, root string) error {
-	script := `set -e
-pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -c unix_socket_directories=/tmp" -l /tmp/pgwasm-build.log -w start
-for db in template1 postgres; do
-	psql -h /tmp -X -q -v ON_ERROR_STOP=1 -d "$db" -c 'VACUUM (FREEZE, ANALYZE)'
-done
-psql -h /tmp -X -q -v ON_ERROR_STOP=1 -d postgres -c CHECKPOINT
-pg_ctl -D "$PGDATA" -m fast -w stop`
-	err := runInRoot(ctx, root, postgresUID, "env", "PGDATA="+pgData, "/bin/sh", "-c", script)
-	log, _ := os.ReadFile(filepath.Join(root, "tmp/pgwasm-build.log"))
-	os.Remove(filepath.Join(root, "tmp/pgwasm-build.log"))
-	if err != nil {
-		return fmt.Errorf("cannot start the new cluster with the VM's configuration: %w; server log: %s", err, rootfs.Tail(log, 8))
-	}
-	return nil
-}
-
-// runInRoot runs an i386 program of the image on the host (they run
-// natively on amd64) in a chroot of root, as uid, inside a private mount
-// namespace so the /dev and /proc mounts it needs vanish with it. It needs
-// root.
-func runInRoot(ctx context.Context, root string, uid int, args ...string) error {
-	script := `set -e
-mount --rbind /dev "$ROOT/dev"
-mount -t proc proc "$ROOT/proc"
-exec chroot --userspec=` + fmt.Sprintf("%d:%d", uid, uid) + ` "$ROOT" env -i PATH=` + pgBin + `:/usr/bin:/bin LANG=C.UTF-8 HOME=/var/lib/postgresql "$@"`
-	cmd := exec.CommandContext(ctx, "unshare", append([]string{"--mount", "--propagation", "private", "--fork", "sh", "-c", script, "sh"}, args...)...)
-	cmd.Env = append(os.Environ(), "ROOT="+root)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s (needs root for chroot and a mount namespace): %w: %s", args[0], err, rootfs.Tail(out, 8))
-	}
-	return nil
-}
-
 // postgresVersion is the upstream version of the postgresql-17 package,
 // e.g. "17.11" from "17.11-0+deb13u1".
 func postgresVersion(pkgs []deb.Package) (string, error) {
@@ -436,7 +312,7 @@ func buildKernel(ctx context.Context, kpkg deb.Package, root, cacheDir, staged s
 		if err := os.MkdirAll(kdir, 0o755); err != nil {
 			return fmt.Errorf("cannot create the kernel cache: %w", err)
 		}
-		if err := deb.Unpack(ctx, kpkg.Path, kdir); err != nil {
+		if err := deb.Unpack(ctx, kpkg.Path, kdir, nil); err != nil {
 			return err
 		}
 		if err := os.WriteFile(filepath.Join(kdir, ".complete"), nil, 0o644); err != nil {
@@ -498,7 +374,7 @@ func buildKernel(ctx context.Context, kpkg deb.Package, root, cacheDir, staged s
 // the v86 npm package ships no BIOS.
 func copyBIOS(ctx context.Context, p deb.Package, work, staged string, m *Manifest) error {
 	dir := filepath.Join(work, "seabios")
-	if err := deb.Unpack(ctx, p.Path, dir); err != nil {
+	if err := deb.Unpack(ctx, p.Path, dir, nil); err != nil {
 		return err
 	}
 	var err error

@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/pgwasm/pgwasm/internal/image/deb"
@@ -29,12 +30,12 @@ import (
 
 // BuilderVersion changes whenever the build steps change in a way that
 // changes the output, so old cached images are rebuilt.
-const BuilderVersion = "2"
+const BuilderVersion = "3"
 
 // Config says what to build and where.
 type Config struct {
 	Out       string // output directory, e.g. build/image
-	CacheDir  string // apt state and downloaded packages, e.g. build/cache
+	CacheDir  string // downloads and build results, shared by checkouts (DefaultCacheDir)
 	AgentPath string // the guest agent, a static linux/386 binary
 	// Packages are installed with their dependencies; ExtraPackages are
 	// added on top (e.g. postgresql-17-postgis-3).
@@ -52,6 +53,7 @@ type Config struct {
 	Keyring       string   // the archive keyring
 	Cmdline       string   // kernel command line
 	NetDevice     string   // v86 NIC type the image is snapshotted with: ne2k or virtio
+	HarnessDir    string   // the Node harness that boots the VM for initdb; found automatically when empty
 	Force         bool     // rebuild even when the cache key matches
 	Logger        *slog.Logger
 }
@@ -60,7 +62,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Out:      "build/image",
-		CacheDir: "build/cache",
+		CacheDir: DefaultCacheDir(),
 		Packages: []string{"postgresql-17", "postgresql-client-17", "busybox-static", "ncurses-base", "ca-certificates"},
 		// Trixie has no i386 postgresql-17-pgvector; extbuild compiles
 		// Debian's source package for i386 (see docs/image.md).
@@ -107,10 +109,19 @@ func Build(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, err
 		}
 	}
+	if cfg.CacheDir == "" {
+		return nil, errors.New("no cache directory: set PGWASM_CACHE, XDG_CACHE_HOME or HOME, or pass --cache")
+	}
 	cacheDir, err := filepath.Abs(cfg.CacheDir)
 	if err != nil {
 		return nil, err
 	}
+	cfg.CacheDir = cacheDir
+	unlock, err := lockCache(ctx, cacheDir, log)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	apt := &deb.Apt{
 		Dir: filepath.Join(cacheDir, "apt"), Mirror: mirror, Suites: cfg.Suites, Arch: "i386",
 		Keyring: cfg.Keyring, MaxListAge: 12 * time.Hour, Logger: log,
@@ -158,7 +169,7 @@ func Build(ctx context.Context, cfg Config) (*Result, error) {
 	if err := os.MkdirAll(staged, 0o755); err != nil {
 		return nil, fmt.Errorf("cannot create the work directory: %w", err)
 	}
-	m, err := assemble(ctx, cfg, in, agent, work, staged)
+	m, err := assemble(ctx, cfg, in, agent, work, staged, vmStepKey(cfg, in))
 	if err != nil {
 		return nil, err
 	}
@@ -174,6 +185,50 @@ func Build(ctx context.Context, cfg Config) (*Result, error) {
 	os.RemoveAll(work)
 	log.Info("image built", "dir", cfg.Out, "key", key[:12], "blob_bytes", m.FS.BlobBytes, "took", time.Since(start).Round(time.Second))
 	return &Result{Manifest: m}, nil
+}
+
+// DefaultCacheDir is where downloads and build results are kept:
+// $XDG_CACHE_HOME/pgwasm, or ~/.cache/pgwasm. Outside the checkout, so a
+// fresh clone, a second checkout and CI on the same machine reuse them.
+// Empty when the user has no home directory.
+func DefaultCacheDir() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, "pgwasm")
+}
+
+// lockCache takes the cache's lock: apt runs without its own locks in the
+// private state directory, and two checkouts may build at once.
+func lockCache(ctx context.Context, dir string, log *slog.Logger) (func(), error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("cannot create the cache directory: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open the cache lock: %w", err)
+	}
+	for waited := false; ; waited = true {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("cannot lock the cache %s: %w", dir, err)
+		}
+		if !waited {
+			log.Info("waiting for another build using the same cache", "cache", dir)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return func() { f.Close() }, nil
 }
 
 // inputs are the resolved packages of one build.
@@ -246,6 +301,23 @@ func cacheKey(cfg Config, in *inputs, agent []byte) string {
 		Guest    [32]byte
 		Exts     []string
 	}{BuilderVersion, in.root, in.kernel, in.bios, cfg.Cmdline, cfg.NetDevice, sha256.Sum256(agent), guestHash(), extKeys(in.exts)})
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// vmStepKey hashes the inputs of the steps run inside the VM (runInVM):
+// everything but the agent, which changes most often and takes no part in
+// initdb.
+func vmStepKey(cfg Config, in *inputs) string {
+	h := sha256.New()
+	json.NewEncoder(h).Encode(struct {
+		Builder  string
+		Packages []deb.Package
+		Kernel   deb.Package
+		BIOS     deb.Package
+		Cmdline  string
+		Guest    [32]byte
+		Exts     []string
+	}{BuilderVersion, in.root, in.kernel, in.bios, cfg.Cmdline, guestHash(), extKeys(in.exts)})
 	return hex.EncodeToString(h.Sum(nil))
 }
 

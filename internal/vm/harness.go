@@ -7,12 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/pgwasm/pgwasm/internal/hostexec"
 )
 
 // FindHarness returns the harness directory: dir when given, else the first
@@ -87,6 +90,8 @@ type harness struct {
 	pending map[int64]chan map[string]json.RawMessage
 	console []string // last console lines, for error messages
 	onEvent func(name string, ev map[string]json.RawMessage)
+	// onConsole, if set, gets every whole line the guest prints on ttyS0.
+	onConsole func(line string)
 
 	done    chan struct{} // closed when the process's stdout ends
 	waitErr error
@@ -94,8 +99,19 @@ type harness struct {
 
 const consoleKeep = 30
 
-func startHarness(node, dir string, logger *slog.Logger, onEvent func(string, map[string]json.RawMessage)) (*harness, error) {
-	cmd := exec.Command(node, filepath.Join(dir, "vm.mjs"))
+// startHarness starts `node vm.mjs` in dir. The process outlives ctx (ctx
+// only bounds the start): close stops it. onConsole may be nil; it is
+// called from the reader goroutine and must not block.
+func startHarness(ctx context.Context, node, dir string, logger *slog.Logger, onEvent func(string, map[string]json.RawMessage), onConsole func(string)) (*harness, error) {
+	// Through hostexec like every program the image tools start: it refuses
+	// a node built for another machine with a message naming it.
+	cmd, err := hostexec.Command(context.WithoutCancel(ctx), node, filepath.Join(dir, "vm.mjs"))
+	if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("node (%s) not found: install Node.js 20 or newer (make setup): %w", node, err)
+	}
+	if err != nil {
+		return nil, err
+	}
 	cmd.Dir = dir
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -110,12 +126,13 @@ func startHarness(node, dir string, logger *slog.Logger, onEvent func(string, ma
 		return nil, fmt.Errorf("harness stderr: %w", err)
 	}
 	h := &harness{
-		cmd:     cmd,
-		stdin:   stdin,
-		logger:  logger,
-		pending: map[int64]chan map[string]json.RawMessage{},
-		onEvent: onEvent,
-		done:    make(chan struct{}),
+		cmd:       cmd,
+		stdin:     stdin,
+		logger:    logger,
+		pending:   map[int64]chan map[string]json.RawMessage{},
+		onEvent:   onEvent,
+		onConsole: onConsole,
+		done:      make(chan struct{}),
 	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("cannot start %s: %w", node, err)
@@ -181,6 +198,9 @@ func (h *harness) readStderr(r io.Reader) {
 			}
 			h.mu.Unlock()
 			h.logger.Debug("console", "line", c)
+			if h.onConsole != nil {
+				h.onConsole(c)
+			}
 			continue
 		}
 		h.logger.Debug("harness", "line", line)

@@ -54,6 +54,17 @@ func (img *Image) PostgresVersion() string { return img.manifest.PostgresVersion
 
 func (img *Image) path(name string) string { return filepath.Join(img.Dir, name) }
 
+// bootFiles are the files a full boot of the image loads.
+func (img *Image) bootFiles() BootFiles {
+	m := img.manifest
+	return BootFiles{
+		Kernel: img.path(m.Kernel.File), Initrd: img.path(m.Initrd.File),
+		BIOS: img.path(m.BIOS.File), VGABIOS: img.path(m.VGABIOS.File),
+		FSJSON: img.path(m.FS.File), BlobDir: img.path(m.FS.BlobDir),
+		Cmdline: m.Cmdline, NetDevice: m.NetDevice,
+	}
+}
+
 // StatePath is where the snapshot for a memory size lives in the image dir.
 func (img *Image) StatePath(memoryMB int) string {
 	return img.path("state-" + strconv.Itoa(memoryMB) + ".bin.zst")

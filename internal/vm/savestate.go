@@ -30,6 +30,9 @@ func (v *VM) SaveState(ctx context.Context, path string) (*StateMeta, error) {
 // and no 9p fetches after a restore; it takes 15-25 s and, on a VM that has
 // run a while, can take minutes, so a user's save skips it).
 func (v *VM) saveState(ctx context.Context, path string, level int, thorough bool) (*StateMeta, error) {
+	if v.img == nil {
+		return nil, fmt.Errorf("save state: the VM was not started from an image (vm.Boot)")
+	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, fmt.Errorf("state path: %w", err)

@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/pgwasm/pgwasm/internal/hostexec"
 )
 
 // StateMeta describes a saved state; it is written next to the state file
@@ -160,13 +161,16 @@ func inspectState(path string) (memoryBytes int64, err error) {
 // otherwise. v86 decompresses with its own zstd, so the window stays at the
 // level's default (no --long).
 func compressState(ctx context.Context, raw, dst string, level int) error {
-	if zstdBin, err := exec.LookPath("zstd"); err == nil {
-		cmd := exec.CommandContext(ctx, zstdBin, fmt.Sprintf("-%d", level), "-q", "-f", "-T0", "-o", dst, raw)
+	cmd, err := hostexec.Command(ctx, "zstd", fmt.Sprintf("-%d", level), "-q", "-f", "-T0", "-o", dst, raw)
+	switch {
+	case err == nil:
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("zstd -%d %s: %w: %s", level, raw, err, strings.TrimSpace(string(out)))
 		}
 		return nil
+	case !errors.Is(err, exec.ErrNotFound):
+		return err
 	}
 	in, err := os.Open(raw)
 	if err != nil {

@@ -10,6 +10,10 @@
 // By default Start restores the image's snapshot for the memory size
 // (state-<MB>.bin.zst, made by `pgwasm image snapshot`); FullBoot boots the
 // kernel instead.
+//
+// Boot is the lower-level start the image build uses: it boots explicit
+// files (before there is an image directory) and waits for nothing; the
+// caller follows the console and takes files out with ExportTree.
 package vm
 
 import (
@@ -22,8 +26,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -161,14 +163,6 @@ func Start(ctx context.Context, opts Options) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	node := opts.Node
-	if node == "" {
-		node = "node"
-	}
-	nodePath, err := exec.LookPath(node)
-	if err != nil {
-		return nil, fmt.Errorf("node (%s) not found: install Node.js 20 or newer (make setup): %w", node, err)
-	}
 	v86ver, err := v86Version(harnessDir)
 	if err != nil {
 		return nil, err
@@ -192,7 +186,7 @@ func Start(ctx context.Context, opts Options) (*VM, error) {
 	if statePath == "" {
 		v.timings.Mode = "full_boot"
 	}
-	v.h, err = startHarness(nodePath, harnessDir, logger, v.onEvent)
+	v.h, err = startHarness(ctx, nodeName(opts.Node), harnessDir, logger, v.onEvent, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +199,7 @@ func Start(ctx context.Context, opts Options) (*VM, error) {
 	}
 	readyCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := v.boot(readyCtx, harnessDir, statePath, opts.RelayURL); err != nil {
+	if err := v.boot(readyCtx, harnessDir, img.bootFiles(), statePath, opts.RelayURL); err != nil {
 		if errors.Is(readyCtx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 			err = fmt.Errorf("VM did not become ready within %s (%s): %w", timeout, v.timings.Mode, err)
 		}
@@ -269,33 +263,10 @@ func (v *VM) onEvent(name string, _ map[string]json.RawMessage) {
 }
 
 // boot starts the emulator and waits for the agent and PostgreSQL.
-func (v *VM) boot(ctx context.Context, harnessDir, statePath, relayURL string) error {
-	m := v.img.manifest
-	fields := map[string]any{
-		"wasm_path":     filepath.Join(harnessDir, "node_modules", "v86", "build", "v86.wasm"),
-		"bios":          v.img.path(m.BIOS.File),
-		"vga_bios":      v.img.path(m.VGABIOS.File),
-		"bzimage":       v.img.path(m.Kernel.File),
-		"initrd":        v.img.path(m.Initrd.File),
-		"cmdline":       m.Cmdline,
-		"fs_json":       v.img.path(m.FS.File),
-		"blob_dir":      v.img.path(m.FS.BlobDir),
-		"memory_mb":     v.memoryMB,
-		"vga_memory_mb": VGAMemoryMB,
-		"net_device":    m.NetDevice,
-	}
-	if statePath != "" {
-		fields["state_path"] = statePath
-	}
-	if relayURL != "" {
-		fields["relay_url"] = relayURL
-	}
-	if _, err := v.h.call(ctx, "start", fields); err != nil {
+func (v *VM) boot(ctx context.Context, harnessDir string, files BootFiles, statePath, relayURL string) error {
+	if err := v.startEmulator(ctx, harnessDir, files, statePath, relayURL); err != nil {
 		return err
 	}
-	v.mu.Lock()
-	v.timings.EmulatorStarted = v.since()
-	v.mu.Unlock()
 
 	waitMS := harnessTimeout(ctx, time.Minute)
 	msg, err := v.h.call(ctx, "wait_agent", map[string]any{"timeout_ms": waitMS})
@@ -496,7 +467,7 @@ func (v *VM) Timings() Timings {
 // MemoryMB is the VM's memory size.
 func (v *VM) MemoryMB() int { return v.memoryMB }
 
-// Image is the image the VM runs.
+// Image is the image the VM runs; nil for a VM started with Boot.
 func (v *VM) Image() *Image { return v.img }
 
 // Close stops the VM and its Node process.

@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgwasm/pgwasm/internal/hostexec"
 	"github.com/pgwasm/pgwasm/internal/image/rootfs"
 )
 
@@ -67,6 +68,11 @@ func PrivateOptions(dir string) []string {
 		"-o", "Dir::State::Lists=" + filepath.Join(dir, "lists"),
 		"-o", "Dir::State::status=" + filepath.Join(dir, "status"),
 		"-o", "Dir::Cache=" + filepath.Join(dir, "cache"),
+		// Some hosts (Debian's container images) turn apt's binary caches
+		// off in apt.conf.d; every apt call then parses all lists again
+		// (about 3 s each).
+		"-o", "Dir::Cache::pkgcache=pkgcache.bin",
+		"-o", "Dir::Cache::srcpkgcache=srcpkgcache.bin",
 		"-o", "Dir::Etc::sourcelist=" + filepath.Join(dir, "sources.list"),
 		"-o", "Dir::Etc::sourceparts=" + filepath.Join(dir, "sources.list.d"),
 		"-o", "Dir::Etc::preferencesparts=" + filepath.Join(dir, "preferences.d"),
@@ -241,7 +247,10 @@ func (a *Apt) Fetch(ctx context.Context, pkgs []Package) error {
 	}
 	if len(missing) > 0 {
 		a.Logger.Info("downloading packages", "count", len(missing))
-		cmd := a.command(ctx, "apt-get", append([]string{"download"}, missing...)...)
+		cmd, err := a.command(ctx, "apt-get", append([]string{"download"}, missing...)...)
+		if err != nil {
+			return err
+		}
 		cmd.Dir = dir
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("cannot download packages: %w: %s", err, rootfs.Tail(out, 5))
@@ -279,14 +288,21 @@ func VerifyFile(path, want string) error {
 	return nil
 }
 
-func (a *Apt) command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, name, append(a.options(), args...)...)
+func (a *Apt) command(ctx context.Context, name string, args ...string) (*exec.Cmd, error) {
+	cmd, err := hostexec.Command(ctx, name, append(a.options(), args...)...)
+	if err != nil {
+		return nil, err
+	}
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive")
-	return cmd
+	return cmd, nil
 }
 
 func (a *Apt) run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	out, err := a.command(ctx, name, args...).CombinedOutput()
+	cmd, err := a.command(ctx, name, args...)
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("%s %s: %w: %s", name, args[0], err, rootfs.Tail(out, 5))
 	}
@@ -299,15 +315,6 @@ func writeIfChanged(path, content string) error {
 	}
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		return fmt.Errorf("cannot write %s: %w", path, err)
-	}
-	return nil
-}
-
-// Unpack extracts a package's files into root with dpkg-deb.
-func Unpack(ctx context.Context, debPath, root string) error {
-	out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", debPath, root).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("cannot unpack %s: %w: %s", filepath.Base(debPath), err, rootfs.Tail(out, 3))
 	}
 	return nil
 }

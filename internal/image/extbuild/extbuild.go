@@ -3,25 +3,38 @@
 //
 // Trixie builds its postgresql-17-* extensions for 64-bit architectures only
 // (their Build-Depends name architecture-is-64-bit), so the i386 index has no
-// postgresql-17-pgvector. The source package is the same everywhere, and
-// i386 binaries run natively on the amd64 build machine, so Build:
+// postgresql-17-pgvector. The source package is the same everywhere, so Build
+// cross-compiles it on the build machine:
 //
 //  1. downloads the source package (.dsc, orig and debian tarballs) from the
 //     suite's signed Sources index, through a private apt state directory with
 //     a deb-src line (the host's apt setup is never touched), checks every
 //     file's SHA256 against that index and unpacks it with dpkg-source, which
 //     applies Debian's patches;
-//  2. unpacks an i386 toolchain (gcc, make, libc6-dev, the PostgreSQL 17
-//     server headers and PGXS) from the same archive into a builder root,
-//     cached by the packages' versions and checksums;
-//  3. runs the PGXS build in a chroot of that root, in a private mount
-//     namespace and with an i686 personality, with the recipe's make
-//     arguments (for pgvector, OPTFLAGS= so -march=native never picks up the
-//     build machine's AVX: v86 emulates an i686 with SSE2/SSE3 only), then
-//     make install DESTDIR, strip;
+//  2. unpacks a sysroot from the image's own i386 packages (libc6-dev and
+//     friends, PostgreSQL 17's server headers and PGXS), cached by their
+//     versions and checksums. Building against the image's libc, not the
+//     cross compiler's older one, means the extension asks only for symbol
+//     versions the image has; Build checks that before it takes a result;
+//  3. runs the host's make on the PGXS makefiles with Debian's
+//     i686-linux-gnu-gcc and --sysroot. The package's pg_config is an i386
+//     program, so a generated host shell script answers for it, pointing
+//     PGXS at the sysroot for what it reads and at the image's paths for
+//     what it installs. The recipe's make arguments apply (for pgvector,
+//     OPTFLAGS= so -march=native never picks up the build machine's AVX: v86
+//     emulates an i686 with SSE2/SSE3 only), then make install DESTDIR and
+//     the cross strip;
 //  4. keeps the installed tree under the cache, keyed by the recipe, the
-//     source files' checksums and the toolchain's packages, so a rebuild with
-//     the same inputs is a cache hit.
+//     source files' checksums, the sysroot's packages and the cross
+//     compiler's version and Debian packages, so a rebuild with the same
+//     inputs is a cache hit.
+//
+// No i386 program runs on the build machine, and nothing needs root: every
+// program extbuild starts goes through hostexec, which refuses foreign ELF
+// files, and make's PATH holds host directories only. The i386 code that
+// used to run here (gcc, make and sh from the image's archive, in a chroot)
+// needed root and failed with "Exec format error" on hosts without IA32
+// emulation.
 //
 // Use:
 //
@@ -30,8 +43,8 @@
 //	...
 //	err = extbuild.Install(res, root) // copies vector.so, vector.control, vector--*.sql
 //
-// Build needs root (chroot, mount namespace), apt-get and dpkg-source
-// (Debian's dpkg-dev) on the host.
+// Build needs, on the host, gcc-i686-linux-gnu (the cross compiler and
+// binutils), make, apt-get and dpkg-source (Debian's dpkg-dev).
 package extbuild
 
 import (
@@ -43,15 +56,15 @@ import (
 
 // Version changes whenever the build steps change in a way that changes the
 // output; it is part of every cache key.
-const Version = "1"
+const Version = "3"
 
 // Config says where packages come from and where the cache lives.
 type Config struct {
-	// Apt resolves and downloads the i386 toolchain. Its Mirror and
-	// Keyring also serve the source package.
+	// Apt resolves and downloads the i386 sysroot packages. Its Mirror
+	// and Keyring also serve the source package.
 	Apt *deb.Apt
-	// CacheDir holds the source apt state, the builder roots and the
-	// results, under CacheDir/extbuild.
+	// CacheDir holds the source apt state, the sysroot and the results,
+	// under CacheDir/extbuild.
 	CacheDir string
 	// SourceSuite is the suite the source package comes from; empty means
 	// trixie, the suite of the image's PostgreSQL 17.
@@ -68,8 +81,9 @@ type Recipe struct {
 	Package string
 	// Source is the Debian source package, e.g. pgvector.
 	Source string
-	// BuildDepends are extra i386 packages the build needs besides the
-	// toolchain (gcc, make, libc6-dev, PostgreSQL 17 headers and PGXS).
+	// BuildDepends are extra i386 packages (headers, libraries to link
+	// with) unpacked into the sysroot with their dependencies, besides
+	// libc6-dev and PostgreSQL 17's headers and PGXS.
 	BuildDepends []string
 	// MakeArgs are added to both make and make install.
 	MakeArgs []string
@@ -104,13 +118,15 @@ type Result struct {
 	Package string `json:"package"`
 	Source  string `json:"source"`
 	Version string `json:"version"`
-	// Key hashes every input: recipe, source files, toolchain packages and
-	// Version. The image's cache key should include it.
+	// Key hashes every input: recipe, source files, sysroot packages, the
+	// cross compiler and Version. The image's cache key should include it.
 	Key string `json:"key"`
 	// Files are the paths under Dir, sorted, with their sizes.
 	Files []File `json:"files"`
-	// Toolchain are the i386 packages the extension was built with.
-	Toolchain []deb.Package `json:"toolchain"`
+	// Sysroot are the i386 packages the extension was built against.
+	Sysroot []deb.Package `json:"sysroot"`
+	// Compiler is the host's cross compiler that built it.
+	Compiler *CrossCompiler `json:"compiler"`
 	// CacheHit says the result came from the cache.
 	CacheHit bool `json:"-"`
 }

@@ -85,21 +85,34 @@ func contains(s []string, v string) bool {
 func TestResultKey(t *testing.T) {
 	r, _ := Lookup("pgvector")
 	sp := &sourcePkg{Name: "pgvector", Version: "0.8.0-1", Files: []sourceFile{{"a.dsc", 1, "aa"}}}
-	tool := []deb.Package{{Name: "gcc-14", Version: "14.2.0-19", Arch: "i386", SHA256: "bb"}}
-	base := resultKey(r, "trixie", sp, tool)
-	if again := resultKey(r, "trixie", sp, tool); again != base {
+	tool := []deb.Package{{Name: "libc6-dev", Version: "2.41-12", Arch: "i386", SHA256: "bb"}}
+	cc := &CrossCompiler{CC: "/usr/bin/i686-linux-gnu-gcc", Version: "12.2.0", Target: "i686-linux-gnu",
+		Ident: "i686-linux-gnu-gcc (Debian 12.2.0-14) 12.2.0", Packages: []string{"gcc-i686-linux-gnu 4:12.2.0-3"}}
+	base := resultKey(r, "trixie", sp, tool, cc)
+	if again := resultKey(r, "trixie", sp, tool, cc); again != base {
 		t.Fatalf("resultKey is not stable: %s then %s", base, again)
 	}
 	r2 := r
 	r2.MakeArgs = []string{"OPTFLAGS=-msse2"}
 	sp2 := *sp
 	sp2.Files = []sourceFile{{"a.dsc", 1, "ab"}}
-	tool2 := []deb.Package{{Name: "gcc-14", Version: "14.2.0-20", Arch: "i386", SHA256: "bb"}}
+	tool2 := []deb.Package{{Name: "libc6-dev", Version: "2.41-13", Arch: "i386", SHA256: "bb"}}
+	cc2 := *cc
+	cc2.Packages = []string{"gcc-i686-linux-gnu 4:12.2.0-4"}
+	cc3 := *cc
+	cc3.Version = "12.3.0"
+	moved := *cc
+	moved.CC = "/opt/cross/bin/i686-linux-gnu-gcc"
+	if k := resultKey(r, "trixie", sp, tool, &moved); k != base {
+		t.Error("the compiler's path changes the key; only what it is should")
+	}
 	for name, k := range map[string]string{
-		"make args": resultKey(r2, "trixie", sp, tool),
-		"suite":     resultKey(r, "forky", sp, tool),
-		"source":    resultKey(r, "trixie", &sp2, tool),
-		"toolchain": resultKey(r, "trixie", sp, tool2),
+		"make args":        resultKey(r2, "trixie", sp, tool, cc),
+		"suite":            resultKey(r, "forky", sp, tool, cc),
+		"source":           resultKey(r, "trixie", &sp2, tool, cc),
+		"sysroot":          resultKey(r, "trixie", sp, tool2, cc),
+		"compiler package": resultKey(r, "trixie", sp, tool, &cc2),
+		"compiler version": resultKey(r, "trixie", sp, tool, &cc3),
 	} {
 		if k == base {
 			t.Errorf("changing the %s does not change the key", name)

@@ -6,31 +6,29 @@ import (
 	"debug/elf"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pgwasm/pgwasm/internal/hostexec"
 	"github.com/pgwasm/pgwasm/internal/image/deb"
 	"github.com/pgwasm/pgwasm/internal/image/rootfs"
 )
 
 // newTestConfig uses the real Debian archive through the host's apt
 // configuration. PGWASM_TEST_APT_DIR and PGWASM_TEST_CACHE_DIR let repeated
-// runs reuse package lists, downloads and the builder root.
+// runs reuse package lists, downloads and the sysroot. It needs no root.
 func newTestConfig(t *testing.T) Config {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("downloads packages and compiles")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for chroot and a mount namespace")
-	}
-	for _, tool := range []string{"apt-get", "dpkg-deb", "dpkg-source", "unshare", "setarch"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
+	for _, tool := range []string{"apt-get", "dpkg-deb", "dpkg-source", "make", crossTriplet + "-gcc"} {
+		if _, err := hostexec.Command(context.Background(), tool); err != nil {
+			t.Skipf("%s not installed: %v", tool, err)
 		}
 	}
 	mirror, err := deb.MirrorFromHost("/etc/apt")
@@ -118,6 +116,11 @@ func TestBuildPGVector(t *testing.T) {
 	if len(sqls) == 0 {
 		t.Fatal("result has no vector--*.sql")
 	}
+	for _, f := range res.Files {
+		if !strings.HasPrefix(f.Path, "usr/lib/postgresql/17/lib/") && !strings.HasPrefix(f.Path, "usr/share/postgresql/17/extension/") {
+			t.Errorf("result has %s, outside the image's extension directories", f.Path)
+		}
+	}
 	f, err := elf.Open(so)
 	if err != nil {
 		t.Fatal(err)
@@ -125,9 +128,17 @@ func TestBuildPGVector(t *testing.T) {
 	if f.Class != elf.ELFCLASS32 || f.Machine != elf.EM_386 || f.Type != elf.ET_DYN {
 		t.Fatalf("vector.so is %v %v %v, want ELFCLASS32 EM_386 ET_DYN", f.Class, f.Machine, f.Type)
 	}
+	libs, _ := f.ImportedLibraries()
+	syms, _ := f.ImportedSymbols()
+	versions := map[string]bool{}
+	for _, s := range syms {
+		if s.Version != "" {
+			versions[s.Library+" "+s.Version] = true
+		}
+	}
 	f.Close()
 	st, _ := os.Stat(so)
-	t.Logf("vector.so: %d bytes, %d .sql files", st.Size(), len(sqls))
+	t.Logf("vector.so: %d bytes, needs %v, symbol versions %v; %d .sql files", st.Size(), libs, sortedKeys(versions), len(sqls))
 
 	buildLog, err := os.ReadFile(filepath.Join(filepath.Dir(res.Dir), "build.log"))
 	if err != nil {
@@ -139,19 +150,12 @@ func TestBuildPGVector(t *testing.T) {
 	if !bytes.Contains(buildLog, []byte("vector.c")) {
 		t.Errorf("build.log does not show vector.c being compiled:\n%s", buildLog)
 	}
-	if _, err := exec.LookPath("objdump"); err == nil {
-		dis, err := exec.Command("objdump", "-d", "--no-show-raw-insn", so).Output()
-		if err != nil {
-			t.Fatal(err)
-		}
-		// objdump without raw bytes prints "addr:\tmnemonic"; add a fake
-		// byte column so the pattern (tested above) applies.
-		text := regexp.MustCompile(`(?m)^(\s*[0-9a-f]+:)\t`).ReplaceAllString(string(dis), "$1\t00 \t")
-		if m := forbidden.FindAllString(text, 5); len(m) > 0 {
-			t.Errorf("vector.so has instructions the emulated CPU lacks: %q", m)
-		}
-	} else {
-		t.Log("objdump not installed: instruction check skipped")
+	if !bytes.Contains(buildLog, []byte(crossTriplet+"-gcc --sysroot=")) {
+		t.Errorf("build.log does not show the cross compiler with --sysroot:\n%s", rootfs.Tail(buildLog, 5))
+	}
+	checkInstructions(ctx, t, so)
+	if b, _ := os.ReadFile(so); bytes.Contains(b, []byte("/extbuild/")) {
+		t.Error("vector.so names a path of the build machine's cache (header paths must be the image's)")
 	}
 
 	// The same inputs again: a cache hit.
@@ -165,73 +169,133 @@ func TestBuildPGVector(t *testing.T) {
 	}
 	t.Logf("cache hit in %s", time.Since(start).Round(time.Millisecond))
 
-	if os.Getenv("PGWASM_TEST_NO_LOAD") == "" {
-		loadInPostgres(ctx, t, cfg, res)
+	// A cached result whose file changed is rebuilt, not taken.
+	control := filepath.Join(res.Dir, "usr/share/postgresql/17/extension/vector.control")
+	good, _ := os.ReadFile(control)
+	if err := os.WriteFile(control, []byte("corrupt"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	rebuilt, err := Build(ctx, cfg, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(control); rebuilt.CacheHit || !bytes.Equal(got, good) {
+		t.Fatalf("Build after corrupting the cached result: cache hit %v, vector.control %q", rebuilt.CacheHit, got)
+	}
+	t.Logf("corrupt cached result rebuilt in %s", time.Since(start).Round(time.Millisecond))
+
+	testPGXSAgainstSysroot(ctx, t, cfg)
+}
+
+func sortedKeys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// checkInstructions disassembles so and fails on instructions the emulated
+// CPU lacks. objdump is a host program; the cross binutils' one is there
+// whenever the cross compiler is.
+func checkInstructions(ctx context.Context, t *testing.T, so string) {
+	t.Helper()
+	var dis []byte
+	var err error
+	for _, objdump := range []string{crossTriplet + "-objdump", "objdump"} {
+		if dis, err = runHost(ctx, objdump, "-d", "--no-show-raw-insn", so); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("cannot disassemble vector.so: %v", err)
+	}
+	// objdump without raw bytes prints "addr:\tmnemonic"; add a fake
+	// byte column so the pattern (tested above) applies.
+	text := regexp.MustCompile(`(?m)^(\s*[0-9a-f]+:)\t`).ReplaceAllString(string(dis), "$1\t00 \t")
+	if m := forbidden.FindAllString(text, 5); len(m) > 0 {
+		t.Errorf("vector.so has instructions the emulated CPU lacks: %q", m)
+	}
+	if n := strings.Count(text, "\n"); n < 1000 {
+		t.Errorf("the disassembly of vector.so has only %d lines", n)
 	}
 }
 
-// loadInPostgres unpacks the image's PostgreSQL 17 (i386) into a scratch
-// root, installs the result, and runs CREATE EXTENSION vector and a distance
-// query in a real server, in a chroot on the host.
-func loadInPostgres(ctx context.Context, t *testing.T, cfg Config, res *Result) {
+// testPGXSAgainstSysroot builds two tiny PGXS extensions from local source
+// trees against the real sysroot (which Build left in the cache): one that
+// includes postgres.h and fmgr.h and links, and one that does not compile.
+func testPGXSAgainstSysroot(ctx context.Context, t *testing.T, cfg Config) {
 	t.Helper()
-	pkgs, err := cfg.Apt.Resolve(ctx, []string{"postgresql-17", "dash", "coreutils"}, true)
+	cache, err := cacheDir(cfg.CacheDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cfg.Apt.Fetch(ctx, pkgs); err != nil {
-		t.Fatal(err)
-	}
-	root := t.TempDir()
-	for _, p := range pkgs {
-		if err := deb.Unpack(ctx, p.Path, root); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := rootfs.MergeUsr(root); err != nil {
-		t.Fatal(err)
-	}
-	if err := Install(res, root); err != nil {
-		t.Fatal(err)
-	}
-	writeTree(t, root, map[string]string{
-		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\npostgres:x:999:999::/tmp:/bin/sh\n",
-		"etc/group":  "root:x:0:\npostgres:x:999:\n",
-	})
-	for _, d := range []string{"dev", "proc", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Chmod(filepath.Join(root, "tmp"), 0o777|os.ModeSticky); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Lstat(filepath.Join(root, "usr/bin/sh")); err != nil {
-		if err := os.Symlink("dash", filepath.Join(root, "usr/bin/sh")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	const bin = "/usr/lib/postgresql/17/bin"
-	inner := `set -e
-` + bin + `/initdb -D /tmp/data --no-sync -U postgres --auth=trust --locale-provider=builtin --builtin-locale=C.UTF-8 >/tmp/initdb.log
-` + bin + `/pg_ctl -D /tmp/data -l /tmp/pg.log -o "-k /tmp -c listen_addresses=''" -w start >/dev/null
-trap '` + bin + `/pg_ctl -D /tmp/data -m immediate stop >/dev/null' EXIT
-` + bin + `/psql -X -q -h /tmp -U postgres -d postgres -Atc "CREATE EXTENSION vector" -c "SELECT extversion FROM pg_extension WHERE extname = 'vector'" -c "SELECT '[1,2,3]'::vector <-> '[1,2,4]'" -c "CREATE TABLE items (id int, v vector(3)); INSERT INTO items SELECT i, ARRAY[i, i*2, i%7]::real[]::vector FROM generate_series(1, 2000) i; CREATE INDEX ON items USING hnsw (v vector_l2_ops); SET enable_seqscan = off; SELECT id FROM items ORDER BY v <-> '[10,20,3]' LIMIT 1"`
-	outer := `set -e
-mount --rbind /dev "$ROOT/dev"
-mount -t proc proc "$ROOT/proc"
-exec chroot --userspec=999:999 "$ROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp LC_ALL=C.UTF-8 /bin/sh -c "$INNER"`
-	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "--fork", "--kill-child", "sh", "-c", outer)
-	cmd.Env = append(os.Environ(), "ROOT="+root, "INNER="+inner)
-	out, err := cmd.CombinedOutput()
+	r, _ := Lookup("pgvector")
+	sys, err := resolveSysroot(ctx, cfg.Apt, r)
 	if err != nil {
-		pglog, _ := os.ReadFile(filepath.Join(root, "tmp/pg.log"))
-		t.Fatalf("PostgreSQL with vector: %v\n%s\nserver log:\n%s", err, out, pglog)
+		t.Fatal(err)
 	}
-	got := strings.Fields(string(out))
-	want := []string{strings.SplitN(res.Version, "-", 2)[0], "1", "10"}
-	if len(got) != 3 || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
-		t.Fatalf("psql printed %q, want extversion, distance, nearest id %q", got, want)
+	if err := cfg.Apt.Fetch(ctx, sys); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("CREATE EXTENSION vector %s in i386 PostgreSQL 17: distance %s, hnsw nearest id %s", got[0], got[1], got[2])
+	sysDir, err := sysrootDir(ctx, cache, sys, cfg.Logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := findCrossCompiler(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := newBuilder(cc, sysDir, pgPackageVersion(sys), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const good = `#include "postgres.h"
+#include "fmgr.h"
+#include <math.h>
+#include <string.h>
+PG_MODULE_MAGIC;
+PG_FUNCTION_INFO_V1(tiny_len);
+Datum tiny_len(PG_FUNCTION_ARGS) { return Int32GetDatum((int32) strlen(PG_GETARG_CSTRING(0)) + (int32) sqrt(4.0)); }
+`
+	for _, tc := range []struct {
+		name, src, wantErr string
+	}{
+		{"tiny", good, ""},
+		{"broken", strings.Replace(good, "PG_MODULE_MAGIC;", "PG_MODULE_MAGIC", 1), "error:"},
+	} {
+		src := filepath.Join(t.TempDir(), "src")
+		writeTree(t, src, map[string]string{
+			"Makefile":      "MODULES = tiny\nEXTENSION = tiny\nDATA = tiny--1.0.sql\nSHLIB_LINK = -lm\nPG_CONFIG ?= pg_config\nPGXS := $(shell $(PG_CONFIG) --pgxs)\ninclude $(PGXS)\n",
+			"tiny.c":        tc.src,
+			"tiny.control":  "default_version = '1.0'\nmodule_pathname = '$libdir/tiny'\n",
+			"tiny--1.0.sql": "CREATE FUNCTION tiny_len(cstring) RETURNS int AS 'MODULE_PATHNAME' LANGUAGE C STRICT;\n",
+		})
+		out := filepath.Join(t.TempDir(), "out", tc.name)
+		res := &Result{Package: "postgresql-17-" + tc.name, Source: tc.name, Key: "k"}
+		rec := Recipe{Package: res.Package, Source: tc.name}
+		err := b.buildTree(ctx, rec, src, t.TempDir(), out, res, cfg.Logger)
+		if tc.wantErr == "" {
+			if err != nil {
+				t.Fatalf("PGXS build of a tiny extension against the sysroot: %v", err)
+			}
+			var paths []string
+			for _, f := range res.Files {
+				paths = append(paths, f.Path)
+			}
+			want := "usr/lib/postgresql/17/lib/tiny.so usr/share/postgresql/17/extension/tiny--1.0.sql usr/share/postgresql/17/extension/tiny.control"
+			if strings.Join(paths, " ") != want {
+				t.Errorf("tiny installed %q, want %q", paths, want)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), "postgresql-17-broken (source broken)") || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("PGXS build of a broken extension: %v", err)
+		}
+		if _, serr := os.Stat(out); serr == nil {
+			t.Errorf("a failed build left %s", out)
+		}
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgwasm/pgwasm/internal/hostexec"
 	"github.com/pgwasm/pgwasm/internal/image/deb"
 	"github.com/pgwasm/pgwasm/internal/image/rootfs"
 )
@@ -41,14 +42,21 @@ func (s *srcApt) sourcesList() string {
 	return fmt.Sprintf("# written by pgwasm image build from the host's apt configuration\ndeb-src [signed-by=%s] %s %s main\n", s.keyring, s.mirror, s.suite)
 }
 
-func (s *srcApt) command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, name, append(deb.PrivateOptions(s.dir), args...)...)
+func (s *srcApt) command(ctx context.Context, name string, args ...string) (*exec.Cmd, error) {
+	cmd, err := hostexec.Command(ctx, name, append(deb.PrivateOptions(s.dir), args...)...)
+	if err != nil {
+		return nil, err
+	}
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive")
-	return cmd
+	return cmd, nil
 }
 
 func (s *srcApt) run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	out, err := s.command(ctx, name, args...).CombinedOutput()
+	cmd, err := s.command(ctx, name, args...)
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("%s %s: %w: %s", name, args[0], err, rootfs.Tail(out, 5))
 	}
@@ -170,7 +178,11 @@ func parseSources(b []byte) []sourcePkg {
 }
 
 func versionGreater(ctx context.Context, a, b string) (bool, error) {
-	err := exec.CommandContext(ctx, "dpkg", "--compare-versions", a, "gt", b).Run()
+	cmd, err := hostexec.Command(ctx, "dpkg", "--compare-versions", a, "gt", b)
+	if err != nil {
+		return false, fmt.Errorf("cannot compare versions %s and %s: %w", a, b, err)
+	}
+	err = cmd.Run()
 	var exit *exec.ExitError
 	switch {
 	case err == nil:
@@ -195,7 +207,10 @@ func (s *srcApt) fetch(ctx context.Context, p *sourcePkg, dir string) error {
 	}
 	if !ok {
 		s.log.Info("downloading source package", "version", p.Version)
-		cmd := s.command(ctx, "apt-get", "source", "--download-only", p.Name+"="+p.Version)
+		cmd, err := s.command(ctx, "apt-get", "source", "--download-only", p.Name+"="+p.Version)
+		if err != nil {
+			return err
+		}
 		cmd.Dir = dir
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("cannot download source package %s %s: %w: %s", p.Name, p.Version, err, rootfs.Tail(out, 5))
@@ -230,12 +245,15 @@ func unpackSource(ctx context.Context, p *sourcePkg, dir, dest string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, "dpkg-source", "--no-copy", "-x", filepath.Join(dir, dsc), dest)
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	cmd, err := hostexec.Command(ctx, "dpkg-source", "--no-copy", "-x", filepath.Join(dir, dsc), dest)
+	if err != nil {
 		if errors.Is(err, exec.ErrNotFound) {
 			return fmt.Errorf("dpkg-source is missing (install dpkg-dev): %w", err)
 		}
+		return err
+	}
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("cannot unpack source package %s: %w: %s", dsc, err, rootfs.Tail(out, 5))
 	}
 	return nil

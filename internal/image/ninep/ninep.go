@@ -30,7 +30,11 @@
 //     ignored, so they are skipped and reported in Stats.Skipped.
 package ninep
 
-import "context"
+import (
+	"context"
+
+	"github.com/pgwasm/pgwasm/internal/image/rootfs"
+)
 
 // Names inside the output directory. A server serves the output directory
 // as is; v86 gets basefs = <dir>/IndexName and baseurl = <dir>/BlobDir + "/".
@@ -65,6 +69,10 @@ type Options struct {
 	// ("/usr/share/doc"); returning true leaves the file out, or the whole
 	// subtree for a directory.
 	Exclude func(guestPath string) bool
+	// Meta gives owners and modes by path relative to root ("usr/bin/su"):
+	// the host file system's are whoever ran the build. A path Meta lacks
+	// is root:root with the host file's permission bits.
+	Meta rootfs.Metas
 }
 
 // Stats describes what Write produced.

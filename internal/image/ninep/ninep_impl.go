@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"unicode/utf8"
@@ -170,9 +171,11 @@ func (w *walker) visit(ctx context.Context, hostPath, guestPath string) (*node, 
 	n := &node{
 		name:  filepath.Base(hostPath),
 		mode:  uint32(st.Mode),
-		uid:   st.Uid,
-		gid:   st.Gid,
 		mtime: w.opts.MTime,
+	}
+	if m, ok := w.opts.Meta[strings.TrimPrefix(guestPath, "/")]; ok {
+		n.uid, n.gid = m.UID, m.GID
+		n.mode = n.mode&typeMask | unixPerm(m.Mode)
 	}
 	if w.opts.KeepMTime {
 		n.mtime = int64(st.Mtim.Sec)
@@ -431,4 +434,20 @@ func writeString(buf *bytes.Buffer, s string) {
 	// Encoding a valid UTF-8 string cannot fail.
 	_ = enc.Encode(s)
 	buf.Truncate(buf.Len() - 1) // Encode's newline
+}
+
+// unixPerm turns Go's permission and special bits into the Unix mode bits
+// fs.json records.
+func unixPerm(m fs.FileMode) uint32 {
+	p := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		p |= syscall.S_ISUID
+	}
+	if m&fs.ModeSetgid != 0 {
+		p |= syscall.S_ISGID
+	}
+	if m&fs.ModeSticky != 0 {
+		p |= syscall.S_ISVTX
+	}
+	return p
 }

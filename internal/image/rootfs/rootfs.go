@@ -5,6 +5,7 @@ package rootfs
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +15,9 @@ import (
 // Debian system: packages unpacked by dpkg-deb alone (no base-files, no
 // usrmerge) may still ship files under the old paths, and i386 binaries look
 // for their loader at /lib/ld-linux.so.2.
-func MergeUsr(root string) error {
+//
+// meta, if not nil, follows the files that move.
+func MergeUsr(root string, meta Metas) error {
 	for _, d := range []string{"bin", "sbin", "lib"} {
 		top, usr := filepath.Join(root, d), filepath.Join(root, "usr", d)
 		if err := os.MkdirAll(usr, 0o755); err != nil {
@@ -32,6 +35,7 @@ func MergeUsr(root string) error {
 					return fmt.Errorf("cannot merge /%s/%s into /usr: %w", d, e.Name(), err)
 				}
 			}
+			meta.move(d, "usr/"+d)
 			if err := os.Remove(top); err != nil {
 				return err
 			}
@@ -55,4 +59,33 @@ func Tail(out []byte, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " | ")
+}
+
+// Meta is a file's owner and mode as the image has them. An unprivileged
+// build cannot chown, and the host file system's owners say who ran the
+// build, so the pipeline carries them next to the tree instead: from the
+// packages' archive headers, from the steps that add files, and from the VM
+// that ran initdb.
+type Meta struct {
+	UID, GID uint32
+	// Mode holds the permission bits and fs.ModeSetuid, fs.ModeSetgid and
+	// fs.ModeSticky; the file type comes from the tree itself.
+	Mode fs.FileMode
+}
+
+// Metas maps paths relative to the root, slash-separated and without a
+// leading slash ("usr/bin/su"), to their Meta. A path it lacks belongs to
+// root:root with the host file's permission bits.
+type Metas map[string]Meta
+
+// move renames from and everything under it to to.
+func (m Metas) move(from, to string) {
+	for p, v := range m {
+		if rest, ok := strings.CutPrefix(p, from); ok && (rest == "" || rest[0] == '/') {
+			delete(m, p)
+			if rest != "" { // the directory itself becomes a symlink
+				m[to+rest] = v
+			}
+		}
+	}
 }

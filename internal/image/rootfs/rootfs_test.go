@@ -1,6 +1,7 @@
 package rootfs
 
 import (
+	"maps"
 	"os"
 	"path/filepath"
 	"testing"
@@ -14,8 +15,13 @@ func TestMergeUsr(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := MergeUsr(root); err != nil {
+	meta := Metas{"bin": {Mode: 0o755}, "bin/dash": {Mode: 0o755}, "binary": {Mode: 0o600}, "usr/bin/gcc": {Mode: 0o700}}
+	if err := MergeUsr(root, meta); err != nil {
 		t.Fatal(err)
+	}
+	wantMeta := Metas{"usr/bin/dash": {Mode: 0o755}, "binary": {Mode: 0o600}, "usr/bin/gcc": {Mode: 0o700}}
+	if !maps.Equal(meta, wantMeta) {
+		t.Errorf("meta after MergeUsr = %v, want %v", meta, wantMeta)
 	}
 	for _, p := range []string{"lib/ld-linux.so.2", "usr/lib/ld-linux.so.2", "bin/dash", "usr/bin/gcc", "bin/gcc"} {
 		if _, err := os.Stat(filepath.Join(root, p)); err != nil {
@@ -25,7 +31,7 @@ func TestMergeUsr(t *testing.T) {
 	if target, err := os.Readlink(filepath.Join(root, "sbin")); err != nil || target != "usr/sbin" {
 		t.Errorf("/sbin -> %q, %v; want usr/sbin", target, err)
 	}
-	if err := MergeUsr(root); err != nil {
+	if err := MergeUsr(root, nil); err != nil {
 		t.Errorf("second MergeUsr: %v", err)
 	}
 }

@@ -1,0 +1,156 @@
+package vm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"time"
+)
+
+// BootFiles are what a full boot loads. Start takes them from the image's
+// manifest; the image build names them itself, since it boots the image
+// before there is a manifest (Boot).
+type BootFiles struct {
+	Kernel, Initrd  string // bzImage, initrd.img
+	BIOS, VGABIOS   string // bios.bin, vgabios.bin
+	FSJSON, BlobDir string // the 9p tree: fs.json and its blob directory
+	Cmdline         string // kernel command line
+	NetDevice       string // v86 NIC type; "" means ne2k
+}
+
+// BootOptions says what Boot runs.
+type BootOptions struct {
+	Files      BootFiles
+	Memory     int    // MB; 0 means DefaultMemoryMB
+	HarnessDir string // directory of vm.mjs; found automatically when empty
+	Node       string // node executable; "node" from PATH when empty
+	Logger     *slog.Logger
+	// OnConsole, if set, gets every whole line the guest prints on ttyS0.
+	// It is called from the harness's reader and must not block.
+	OnConsole func(line string)
+}
+
+// Boot full-boots explicit files without a network and returns as soon as
+// the emulated CPU runs: it waits for neither the guest agent nor
+// PostgreSQL. The image build runs its steps inside the image this way
+// (internal/image, runInVM) and follows them on the console; the agent's
+// methods (Query, Exec, Request, ReadFile, SaveState) need a guest that
+// starts the agent. Close the VM when done.
+func Boot(ctx context.Context, opts BootOptions) (*VM, error) {
+	t0 := time.Now()
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	harnessDir, err := FindHarness(opts.HarnessDir)
+	if err != nil {
+		return nil, err
+	}
+	v86ver, err := v86Version(harnessDir)
+	if err != nil {
+		return nil, err
+	}
+	mem := opts.Memory
+	if mem == 0 {
+		mem = DefaultMemoryMB
+	}
+	if mem < 32 || mem > 2048 || mem&(mem-1) != 0 {
+		return nil, fmt.Errorf("memory size %d MB: want a power of two from 32 to 2048", mem)
+	}
+	files := opts.Files
+	if files.NetDevice == "" {
+		files.NetDevice = "ne2k"
+	}
+	v := &VM{logger: logger, memoryMB: mem, v86: v86ver, t0: t0}
+	v.timings.Mode = "full_boot"
+	v.h, err = startHarness(ctx, nodeName(opts.Node), harnessDir, logger, v.onEvent, opts.OnConsole)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.startEmulator(ctx, harnessDir, files, "", ""); err != nil {
+		closeCtx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer c()
+		_ = v.h.close(closeCtx)
+		return nil, err
+	}
+	return v, nil
+}
+
+func nodeName(node string) string {
+	if node == "" {
+		return "node"
+	}
+	return node
+}
+
+// startEmulator sends the harness's start: a full boot of files, or a
+// restore of statePath over them.
+func (v *VM) startEmulator(ctx context.Context, harnessDir string, files BootFiles, statePath, relayURL string) error {
+	fields := map[string]any{
+		"wasm_path":     filepath.Join(harnessDir, "node_modules", "v86", "build", "v86.wasm"),
+		"bios":          files.BIOS,
+		"vga_bios":      files.VGABIOS,
+		"bzimage":       files.Kernel,
+		"initrd":        files.Initrd,
+		"cmdline":       files.Cmdline,
+		"fs_json":       files.FSJSON,
+		"blob_dir":      files.BlobDir,
+		"memory_mb":     v.memoryMB,
+		"vga_memory_mb": VGAMemoryMB,
+		"net_device":    files.NetDevice,
+	}
+	if statePath != "" {
+		fields["state_path"] = statePath
+	}
+	if relayURL != "" {
+		fields["relay_url"] = relayURL
+	}
+	if _, err := v.h.call(ctx, "start", fields); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	v.timings.EmulatorStarted = v.since()
+	v.mu.Unlock()
+	return nil
+}
+
+// TreeEntry is one path ExportTree copied, with its owner and mode as the
+// guest left them (the host copy is always an owner-writable file or
+// directory).
+type TreeEntry struct {
+	Path   string `json:"path"` // relative to the exported directory, "/"-separated; "." is the directory itself
+	Type   string `json:"type"` // "dir", "file" or "symlink"
+	Mode   uint32 `json:"mode"` // Unix permission bits with setuid, setgid and sticky (07777)
+	UID    uint32 `json:"uid"`
+	GID    uint32 `json:"gid"`
+	Size   int64  `json:"size,omitempty"`   // files
+	Target string `json:"target,omitempty"` // symlinks
+}
+
+// ExportTree stops the emulated CPU and copies the directory guestDir of the
+// 9p root (an absolute guest path) to hostDir, which must not exist, straight
+// from v86's file system in the harness: megabytes in a second, where the
+// serial port carries about 100 KB/s. Whatever the guest has not written
+// back yet (its page cache) is not there, so the guest syncs first. The
+// entries come sorted by path, parents first. The VM cannot run on afterwards.
+func (v *VM) ExportTree(ctx context.Context, guestDir, hostDir string) ([]TreeEntry, error) {
+	abs, err := filepath.Abs(hostDir)
+	if err != nil {
+		return nil, fmt.Errorf("export %s: %w", guestDir, err)
+	}
+	msg, err := v.h.call(ctx, "export_tree", map[string]any{"path": guestDir, "out": abs, "stop_cpu": true})
+	if err != nil {
+		return nil, err
+	}
+	var entries []TreeEntry
+	if err := json.Unmarshal(msg["entries"], &entries); err != nil {
+		return nil, fmt.Errorf("export %s: %w", guestDir, err)
+	}
+	return entries, nil
+}
+
+// ConsoleTail returns the last lines the guest printed on ttyS0.
+func (v *VM) ConsoleTail() string { return v.h.consoleTail() }
