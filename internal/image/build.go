@@ -117,6 +117,11 @@ func Build(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	cfg.CacheDir = cacheDir
+	// The VM step's harness runs in its own directory: every path it is
+	// given must be absolute.
+	if cfg.Out, err = filepath.Abs(cfg.Out); err != nil {
+		return nil, err
+	}
 	unlock, err := lockCache(ctx, cacheDir, log)
 	if err != nil {
 		return nil, err

@@ -417,7 +417,7 @@ func installVMStep(root, entry string, l *vmListing, meta rootfs.Metas) error {
 		if e.Path != "." {
 			p = rel + "/" + e.Path
 		}
-		meta[p] = rootfs.Meta{UID: e.UID, GID: e.GID, Mode: goMode(e.Mode)}
+		meta[p] = rootfs.Meta{UID: e.UID, GID: e.GID, Mode: rootfs.ModeFromUnix(e.Mode)}
 	}
 	// As guest/build-step leaves them.
 	for _, d := range []string{"var/lib/postgresql", path.Dir(rel), "var/log/postgresql"} {
@@ -451,22 +451,6 @@ func copyVMTree(src, dst string, entries []vmEntry) error {
 		}
 	}
 	return nil
-}
-
-// goMode turns Unix permission bits (with setuid, setgid, sticky) into an
-// fs.FileMode's.
-func goMode(m uint32) fs.FileMode {
-	mode := fs.FileMode(m & 0o777)
-	if m&0o4000 != 0 {
-		mode |= fs.ModeSetuid
-	}
-	if m&0o2000 != 0 {
-		mode |= fs.ModeSetgid
-	}
-	if m&0o1000 != 0 {
-		mode |= fs.ModeSticky
-	}
-	return mode
 }
 
 // linkApplets links every busybox applet that no package provides, from

@@ -41,15 +41,7 @@ type BootOptions struct {
 // starts the agent. Close the VM when done.
 func Boot(ctx context.Context, opts BootOptions) (*VM, error) {
 	t0 := time.Now()
-	logger := opts.Logger
-	if logger == nil {
-		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	harnessDir, err := FindHarness(opts.HarnessDir)
-	if err != nil {
-		return nil, err
-	}
-	v86ver, err := v86Version(harnessDir)
+	logger, harnessDir, v86ver, err := prepare(opts.Logger, opts.HarnessDir)
 	if err != nil {
 		return nil, err
 	}
@@ -57,10 +49,16 @@ func Boot(ctx context.Context, opts BootOptions) (*VM, error) {
 	if mem == 0 {
 		mem = DefaultMemoryMB
 	}
-	if mem < 32 || mem > 2048 || mem&(mem-1) != 0 {
-		return nil, fmt.Errorf("memory size %d MB: want a power of two from 32 to 2048", mem)
+	if err := checkMemory(mem); err != nil {
+		return nil, err
 	}
 	files := opts.Files
+	// The harness runs in its own directory.
+	for _, p := range []*string{&files.Kernel, &files.Initrd, &files.BIOS, &files.VGABIOS, &files.FSJSON, &files.BlobDir} {
+		if *p, err = filepath.Abs(*p); err != nil {
+			return nil, err
+		}
+	}
 	if files.NetDevice == "" {
 		files.NetDevice = "ne2k"
 	}
@@ -77,6 +75,30 @@ func Boot(ctx context.Context, opts BootOptions) (*VM, error) {
 		return nil, err
 	}
 	return v, nil
+}
+
+// prepare settles what Start and Boot share: a logger, the harness
+// directory and its v86 version.
+func prepare(logger *slog.Logger, harnessDir string) (*slog.Logger, string, string, error) {
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	dir, err := FindHarness(harnessDir)
+	if err != nil {
+		return nil, "", "", err
+	}
+	v86ver, err := v86Version(dir)
+	if err != nil {
+		return nil, "", "", err
+	}
+	return logger, dir, v86ver, nil
+}
+
+func checkMemory(mb int) error {
+	if mb < 32 || mb > 2048 || mb&(mb-1) != 0 {
+		return fmt.Errorf("memory size %d MB: want a power of two from 32 to 2048", mb)
+	}
+	return nil
 }
 
 func nodeName(node string) string {

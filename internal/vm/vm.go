@@ -22,7 +22,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -151,19 +150,11 @@ type VM struct {
 // Start starts a VM and returns once PostgreSQL in it answers.
 func Start(ctx context.Context, opts Options) (*VM, error) {
 	t0 := time.Now()
-	logger := opts.Logger
-	if logger == nil {
-		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
 	img, err := LoadImage(opts.ImageDir)
 	if err != nil {
 		return nil, err
 	}
-	harnessDir, err := FindHarness(opts.HarnessDir)
-	if err != nil {
-		return nil, err
-	}
-	v86ver, err := v86Version(harnessDir)
+	logger, harnessDir, v86ver, err := prepare(opts.Logger, opts.HarnessDir)
 	if err != nil {
 		return nil, err
 	}
@@ -177,8 +168,8 @@ func Start(ctx context.Context, opts Options) (*VM, error) {
 	if mem == 0 {
 		mem = DefaultMemoryMB
 	}
-	if mem < 32 || mem > 2048 || mem&(mem-1) != 0 {
-		return nil, fmt.Errorf("memory size %d MB: want a power of two from 32 to 2048", mem)
+	if err := checkMemory(mem); err != nil {
+		return nil, err
 	}
 
 	v := &VM{img: img, logger: logger, memoryMB: mem, v86: v86ver, t0: t0}

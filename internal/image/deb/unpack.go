@@ -84,7 +84,7 @@ func extract(tr *tar.Reader, root string, meta rootfs.Metas) error {
 			return fmt.Errorf("archive entry /%s is a sparse file, which packages never contain", name)
 		}
 		host := filepath.Join(root, filepath.FromSlash(name))
-		mode := headerMode(hdr.Mode)
+		mode := rootfs.ModeFromUnix(uint32(hdr.Mode))
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			if err := os.MkdirAll(host, mode.Perm()|0o700); err != nil {
@@ -202,22 +202,6 @@ func writeEntry(host string, r io.Reader, perm fs.FileMode) error {
 		}
 		return os.Chmod(host, perm)
 	})
-}
-
-// headerMode turns a tar header's Unix mode into permission and special
-// bits.
-func headerMode(m int64) fs.FileMode {
-	mode := fs.FileMode(m & 0o777)
-	if m&0o4000 != 0 {
-		mode |= fs.ModeSetuid
-	}
-	if m&0o2000 != 0 {
-		mode |= fs.ModeSetgid
-	}
-	if m&0o1000 != 0 {
-		mode |= fs.ModeSticky
-	}
-	return mode
 }
 
 func isSparse(hdr *tar.Header) bool {

@@ -21,6 +21,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/pgwasm/pgwasm/internal/image/rootfs"
 )
 
 // Unix file type bits, as v86 expects them in a node's mode.
@@ -175,7 +176,7 @@ func (w *walker) visit(ctx context.Context, hostPath, guestPath string) (*node, 
 	}
 	if m, ok := w.opts.Meta[strings.TrimPrefix(guestPath, "/")]; ok {
 		n.uid, n.gid = m.UID, m.GID
-		n.mode = n.mode&typeMask | unixPerm(m.Mode)
+		n.mode = n.mode&typeMask | rootfs.UnixMode(m.Mode)
 	}
 	if w.opts.KeepMTime {
 		n.mtime = int64(st.Mtim.Sec)
@@ -434,20 +435,4 @@ func writeString(buf *bytes.Buffer, s string) {
 	// Encoding a valid UTF-8 string cannot fail.
 	_ = enc.Encode(s)
 	buf.Truncate(buf.Len() - 1) // Encode's newline
-}
-
-// unixPerm turns Go's permission and special bits into the Unix mode bits
-// fs.json records.
-func unixPerm(m fs.FileMode) uint32 {
-	p := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		p |= syscall.S_ISUID
-	}
-	if m&fs.ModeSetgid != 0 {
-		p |= syscall.S_ISGID
-	}
-	if m&fs.ModeSticky != 0 {
-		p |= syscall.S_ISVTX
-	}
-	return p
 }

@@ -89,3 +89,34 @@ func (m Metas) move(from, to string) {
 		}
 	}
 }
+
+// ModeFromUnix turns Unix mode bits (permissions, setuid, setgid, sticky), as
+// tar headers and v86's 9p inodes hold them, into a Meta's Mode.
+func ModeFromUnix(m uint32) fs.FileMode {
+	mode := fs.FileMode(m & 0o777)
+	if m&0o4000 != 0 {
+		mode |= fs.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		mode |= fs.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		mode |= fs.ModeSticky
+	}
+	return mode
+}
+
+// UnixMode is ModeFromUnix's inverse, for fs.json.
+func UnixMode(m fs.FileMode) uint32 {
+	u := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		u |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		u |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		u |= 0o1000
+	}
+	return u
+}

@@ -1,6 +1,7 @@
 package rootfs
 
 import (
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -50,5 +51,30 @@ func TestTail(t *testing.T) {
 		if got := Tail([]byte(tt.in), tt.n); got != tt.want {
 			t.Errorf("Tail(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
 		}
+	}
+}
+
+func TestUnixModeRoundTrip(t *testing.T) {
+	tests := []struct {
+		unix uint32
+		mode fs.FileMode
+	}{
+		{0o644, 0o644},
+		{0o4755, 0o755 | fs.ModeSetuid},
+		{0o2775, 0o775 | fs.ModeSetgid},
+		{0o1777, 0o777 | fs.ModeSticky},
+		{0o7000, fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky},
+	}
+	for _, tt := range tests {
+		if got := ModeFromUnix(tt.unix); got != tt.mode {
+			t.Errorf("ModeFromUnix(%#o) = %v, want %v", tt.unix, got, tt.mode)
+		}
+		if got := UnixMode(tt.mode); got != tt.unix {
+			t.Errorf("UnixMode(%v) = %#o, want %#o", tt.mode, got, tt.unix)
+		}
+	}
+	// File type bits are not a Meta's business.
+	if got := ModeFromUnix(0o100644); got != 0o644 {
+		t.Errorf("ModeFromUnix(0o100644) = %v, want 0644", got)
 	}
 }
