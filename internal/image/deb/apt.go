@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -122,6 +123,8 @@ func (a *Apt) Update(ctx context.Context) error {
 		return fmt.Errorf("cannot write private sources.list: %w", err)
 	}
 	os.Remove(stamp)
+	// Resolutions against the old lists are void.
+	os.RemoveAll(filepath.Join(a.Dir, "resolved"))
 	a.Logger.Info("fetching package lists", "suites", strings.Join(a.Suites, ","), "arch", a.Arch)
 	out, err := a.run(ctx, "apt-get", "update")
 	if err != nil {
@@ -159,6 +162,84 @@ func (a *Apt) Resolve(ctx context.Context, names []string, withDeps bool) ([]Pac
 		}
 		return out, nil
 	}
+	key, keyErr := a.resolveKey(names)
+	if keyErr == nil {
+		if pkgs, ok := a.cachedResolve(key); ok {
+			return pkgs, nil
+		}
+	}
+	pkgs, err := a.resolve(ctx, names)
+	if err != nil {
+		return nil, err
+	}
+	if keyErr == nil {
+		a.storeResolve(key, pkgs)
+	}
+	return pkgs, nil
+}
+
+// resolveKey names one resolution: the same names against the same package
+// lists (the stamp Update leaves when it fetched them) give the same answer.
+// A warm rebuild would otherwise spend most of its time in apt (one
+// `apt-get -s install` and one `apt-cache show` of 2-6 s each, per call).
+func (a *Apt) resolveKey(names []string) (string, error) {
+	st, err := os.Stat(filepath.Join(a.Dir, "lists", ".updated"))
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	json.NewEncoder(h).Encode(struct {
+		Names   []string
+		Arch    string
+		Sources string
+		Lists   int64
+	}{names, a.Arch, a.sourcesList(), st.ModTime().UnixNano()})
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func (a *Apt) resolvedPath(key string) string {
+	return filepath.Join(a.Dir, "resolved", key+".json")
+}
+
+// cachedResolve returns an earlier resolution, or false when there is none
+// or it cannot be read (then apt resolves again).
+func (a *Apt) cachedResolve(key string) ([]Package, bool) {
+	b, err := os.ReadFile(a.resolvedPath(key))
+	if err != nil {
+		return nil, false
+	}
+	var pkgs []Package
+	if err := json.Unmarshal(b, &pkgs); err != nil || len(pkgs) == 0 {
+		a.Logger.Warn("ignoring a damaged cached apt resolution", "file", a.resolvedPath(key), "err", err)
+		return nil, false
+	}
+	for _, p := range pkgs {
+		if p.Name == "" || p.Version == "" || len(p.SHA256) != 64 {
+			a.Logger.Warn("ignoring a damaged cached apt resolution", "file", a.resolvedPath(key))
+			return nil, false
+		}
+	}
+	return pkgs, true
+}
+
+// storeResolve keeps a resolution for cachedResolve; failing to is no error.
+func (a *Apt) storeResolve(key string, pkgs []Package) {
+	b, err := json.Marshal(pkgs)
+	if err != nil {
+		return
+	}
+	p := a.resolvedPath(key)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return
+	}
+	tmp := p + ".tmp"
+	if os.WriteFile(tmp, b, 0o644) == nil {
+		os.Rename(tmp, p)
+	}
+}
+
+// resolve asks apt: the dependency closure of names, with checksums.
+func (a *Apt) resolve(ctx context.Context, names []string) ([]Package, error) {
 	args := append([]string{"-s", "--no-install-recommends", "install"}, names...)
 	out, err := a.run(ctx, "apt-get", args...)
 	if err != nil {

@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -74,5 +77,45 @@ func TestResolveRealArchive(t *testing.T) {
 	}
 	if err := VerifyFile(one[0].Path, one[0].SHA256); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A resolution is reused while the package lists are the same ones, and
+// never once they changed or the cached answer is damaged. apt is kept off
+// PATH: any call to it fails the Resolve.
+func TestResolveCachedPerLists(t *testing.T) {
+	a := &Apt{
+		Dir: t.TempDir(), Mirror: "http://archive.invalid/debian", Suites: []string{"trixie"}, Arch: "i386",
+		Keyring: "/nonexistent.gpg", Logger: slog.New(slog.DiscardHandler),
+	}
+	stamp := filepath.Join(a.Dir, "lists", ".updated")
+	os.MkdirAll(filepath.Dir(stamp), 0o755)
+	os.WriteFile(stamp, nil, 0o644)
+	names := []string{"busybox-static"}
+	want := []Package{{Name: "busybox-static", Version: "1:1.37.0-6", Arch: "i386", SHA256: strings.Repeat("ab", 32), Size: 10}}
+	key, err := a.resolveKey(names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.storeResolve(key, want)
+	t.Setenv("PATH", t.TempDir())
+	ctx := context.Background()
+
+	got, err := a.Resolve(ctx, names, true)
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("Resolve with a cached answer = %v, %v; want %v", got, err, want)
+	}
+	if _, err := a.Resolve(ctx, []string{"busybox-static", "zstd"}, true); err == nil {
+		t.Error("Resolve of other names used the cached answer")
+	}
+	later := time.Now().Add(time.Hour)
+	os.Chtimes(stamp, later, later)
+	if _, err := a.Resolve(ctx, names, true); err == nil {
+		t.Error("Resolve after new package lists used the old answer")
+	}
+	key, _ = a.resolveKey(names)
+	os.WriteFile(a.resolvedPath(key), []byte(`[{"name":"busybox-static"`), 0o644)
+	if _, err := a.Resolve(ctx, names, true); err == nil {
+		t.Error("Resolve used a truncated cached answer")
 	}
 }
