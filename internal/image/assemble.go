@@ -306,18 +306,9 @@ func postgresVersion(pkgs []deb.Package) (string, error) {
 // initramfs init, and the modules the 9p root and the NICs need. The kernel
 // package stays unpacked under cacheDir (the kmod tests read its modules).
 func buildKernel(ctx context.Context, kpkg deb.Package, root, cacheDir, staged string, m *Manifest) error {
-	kdir := filepath.Join(cacheDir, kpkg.Name+"_"+kpkg.Version)
-	if _, err := os.Stat(filepath.Join(kdir, ".complete")); err != nil {
-		os.RemoveAll(kdir)
-		if err := os.MkdirAll(kdir, 0o755); err != nil {
-			return fmt.Errorf("cannot create the kernel cache: %w", err)
-		}
-		if err := deb.Unpack(ctx, kpkg.Path, kdir, nil); err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(kdir, ".complete"), nil, 0o644); err != nil {
-			return err
-		}
+	kdir, err := kernelTree(ctx, kpkg, cacheDir)
+	if err != nil {
+		return err
 	}
 	vmlinuz, _ := filepath.Glob(filepath.Join(kdir, "boot", "vmlinuz-*"))
 	mods, _ := filepath.Glob(filepath.Join(kdir, "lib", "modules", "*"))
@@ -368,6 +359,35 @@ func buildKernel(ctx context.Context, kpkg deb.Package, root, cacheDir, staged s
 	}
 	m.Initrd, err = describe(staged, "initrd.img")
 	return err
+}
+
+// kernelTree returns the kernel package unpacked under cacheDir, reusing an
+// earlier unpack only while its files match the checksums taken then.
+func kernelTree(ctx context.Context, kpkg deb.Package, cacheDir string) (string, error) {
+	kdir := filepath.Join(cacheDir, kpkg.Name+"_"+kpkg.Version)
+	complete := filepath.Join(kdir, ".complete")
+	if want, err := os.ReadFile(complete); err == nil {
+		if got, err := rootfs.Sums(kdir); err == nil && got == string(want) {
+			return kdir, nil
+		}
+	}
+	if err := os.RemoveAll(kdir); err != nil {
+		return "", fmt.Errorf("cannot clear the kernel cache: %w", err)
+	}
+	if err := os.MkdirAll(kdir, 0o755); err != nil {
+		return "", fmt.Errorf("cannot create the kernel cache: %w", err)
+	}
+	if err := deb.Unpack(ctx, kpkg.Path, kdir, nil); err != nil {
+		return "", err
+	}
+	sums, err := rootfs.Sums(kdir)
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(complete, []byte(sums), 0o644); err != nil {
+		return "", fmt.Errorf("cannot write the kernel cache: %w", err)
+	}
+	return kdir, nil
 }
 
 // copyBIOS takes SeaBIOS and its VGA BIOS from Debian's seabios package:

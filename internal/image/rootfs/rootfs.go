@@ -3,8 +3,10 @@
 package rootfs
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -119,4 +121,45 @@ func UnixMode(m fs.FileMode) uint32 {
 		u |= 0o1000
 	}
 	return u
+}
+
+// Sums lists every regular file and symlink under dir, sorted, each with its
+// SHA-256 or link target: a cached tree is reused only while its Sums still
+// match the ones written when it was made.
+func Sums(dir string) (string, error) {
+	var b strings.Builder
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil || d.IsDir() || strings.HasPrefix(rel, ".") {
+			return err
+		}
+		switch {
+		case d.Type()&fs.ModeSymlink != 0:
+			t, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(&b, "link %s -> %s\n", filepath.ToSlash(rel), t)
+		case d.Type().IsRegular():
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			h := sha256.New()
+			_, err = io.Copy(h, f)
+			f.Close()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(&b, "%x %s\n", h.Sum(nil), filepath.ToSlash(rel))
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("cannot checksum %s: %w", dir, err)
+	}
+	return b.String(), nil
 }
