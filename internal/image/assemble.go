@@ -64,8 +64,12 @@ func etcFiles() map[string]string {
 		"etc/hosts":         "127.0.0.1\tlocalhost pgwasm\n::1\tlocalhost ip6-localhost\n",
 		"etc/nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n",
 		"etc/resolv.conf":   "# written by the guest agent when the network comes up\n",
-		"etc/os-release":    "PRETTY_NAME=\"pgwasm (Debian packages)\"\nNAME=pgwasm\nID=pgwasm\nID_LIKE=debian\n",
-		"etc/profile":       "export PATH=" + pgBin + ":/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\nexport PAGER=cat PGDATA=" + pgData + " LANG=C.UTF-8\n",
+		// tzdata's postinst would write these and the /etc/localtime link
+		// (configureRoot): without it, /usr/share/zoneinfo/localtime
+		// dangles and pg_timezone_names fails.
+		"etc/timezone":   "Etc/UTC\n",
+		"etc/os-release": "PRETTY_NAME=\"pgwasm (Debian packages)\"\nNAME=pgwasm\nID=pgwasm\nID_LIKE=debian\n",
+		"etc/profile":    "export PATH=" + pgBin + ":/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\nexport PAGER=cat PGDATA=" + pgData + " LANG=C.UTF-8\n",
 	}
 }
 
@@ -221,6 +225,10 @@ func configureRoot(root string, agent []byte, meta rootfs.Metas) error {
 	}
 	for _, d := range []string{"tmp", "var/tmp"} {
 		meta[d] = rootfs.Meta{Mode: 0o777 | fs.ModeSticky}
+	}
+	os.Remove(filepath.Join(root, "etc/localtime"))
+	if err := os.Symlink("/usr/share/zoneinfo/Etc/UTC", filepath.Join(root, "etc/localtime")); err != nil {
+		return err
 	}
 	os.RemoveAll(filepath.Join(root, "var/run"))
 	if err := os.Symlink("/run", filepath.Join(root, "var/run")); err != nil {

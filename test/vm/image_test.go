@@ -52,3 +52,20 @@ func TestPGVector(t *testing.T) {
 		t.Errorf("pgvector distance is not 2:\n%s", out)
 	}
 }
+
+// The time zone database is whole and /etc/localtime resolves (tzdata's
+// postinst never runs in the build; #17 found pg_timezone_names failing).
+func TestTimeZones(t *testing.T) {
+	image, _ := env(t)
+	ctx, v := startVM(t, image, 3*time.Minute)
+	res, err := v.Query(ctx, `select count(*) >= 400, (timestamptz '2026-07-01 12:00+00' at time zone 'Europe/Berlin')::text from pg_timezone_names`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 2 || res.Rows[0][0] == nil || res.Rows[0][1] == nil {
+		t.Fatalf("time zones: %d rows", len(res.Rows))
+	}
+	if many, berlin := *res.Rows[0][0], *res.Rows[0][1]; many != "t" || berlin != "2026-07-01 14:00:00" {
+		t.Errorf("at least 400 zones: %s; noon UTC in Berlin: %s, want t and 2026-07-01 14:00:00", many, berlin)
+	}
+}
