@@ -18,7 +18,10 @@ if ! home=$(getent passwd "$user" | cut -d: -f6) || [[ -z $home ]]; then
 	exit 1
 fi
 : "${PGWASM_CACHE:?as-builder: PGWASM_CACHE must be set}"
-mkdir -p "$PGWASM_CACHE" "${dirs[@]}"
+# Made by the user where it can (its own ~/.cache must not become root's),
+# else by root and handed over (CI's fresh cache in /var/tmp).
+runuser -u "$user" -- mkdir -p "$PGWASM_CACHE" 2>/dev/null || mkdir -p "$PGWASM_CACHE"
+mkdir -p "${dirs[@]}"
 chown -R "$user:" "$PGWASM_CACHE" "${dirs[@]}"
 if ! runuser -u "$user" -- test -x "$1"; then
 	echo "as-builder: $user cannot run $1: the checkout must be readable by other users (or run make as an ordinary user)" >&2

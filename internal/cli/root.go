@@ -11,6 +11,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/peterbourgon/ff/v3"
 	"github.com/peterbourgon/ff/v3/ffcli"
@@ -25,17 +27,10 @@ type env struct {
 
 // Run parses args, runs the chosen subcommand and returns the process exit code.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	level := new(slog.LevelVar)
 	e := &env{
 		stdout: stdout,
 		stderr: stderr,
-		logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
-	}
-	if os.Getenv("PGWASM_LOG_FORMAT") == "json" {
-		e.logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
-	}
-	if os.Getenv("PGWASM_DEBUG") != "" {
-		level.Set(slog.LevelDebug)
+		logger: newLogger(stderr, os.Getenv),
 	}
 
 	rootFlags := flag.NewFlagSet("pgwasm", flag.ContinueOnError)
@@ -67,6 +62,47 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// newLogger is the process logger: text on w, or JSON with
+// PGWASM_LOG_FORMAT=json; debug lines with PGWASM_DEBUG set to a true
+// value. PGWASM_DEBUG is a boolean, so 0, false, off or empty keep debug
+// off (any non-empty value used to turn it on, PGWASM_DEBUG=0 included);
+// a value that is no boolean keeps it off and says so.
+func newLogger(w io.Writer, getenv func(string) string) *slog.Logger {
+	level := slog.LevelInfo
+	debug, err := parseBoolEnv(getenv("PGWASM_DEBUG"))
+	if debug {
+		level = slog.LevelDebug
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var log *slog.Logger
+	if getenv("PGWASM_LOG_FORMAT") == "json" {
+		log = slog.New(slog.NewJSONHandler(w, opts))
+	} else {
+		log = slog.New(slog.NewTextHandler(w, opts))
+	}
+	if err != nil {
+		log.Warn("PGWASM_DEBUG ignored: debug logging stays off", "err", err)
+	}
+	return log
+}
+
+// parseBoolEnv reads a boolean environment value: strconv.ParseBool's
+// forms (1, t, true, 0, f, false, any case) plus yes/no and on/off; empty
+// is false.
+func parseBoolEnv(v string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "", "no", "off":
+		return false, nil
+	case "yes", "on":
+		return true, nil
+	}
+	b, err := strconv.ParseBool(strings.TrimSpace(v))
+	if err != nil {
+		return false, fmt.Errorf("cannot parse %q as a boolean (want 1/0, true/false, yes/no, on/off)", v)
+	}
+	return b, nil
 }
 
 // exitError lets a subcommand choose its exit code (vm run exits 3 on an SQL

@@ -49,6 +49,8 @@ type serveConfig struct {
 	tunnelCert      string
 	tunnelKey       string
 	tunnelHandshake time.Duration
+	// tunnelLimits holds the connection limit flags (its other fields unused).
+	tunnelLimits tunnel.Config
 
 	relay        relay.Config
 	hostAlias    string
@@ -92,6 +94,12 @@ func (c *serveConfig) registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.tunnelCert, "tunnel-tls-cert", "", "PEM certificate the SNI tunnel uses only to tell clients of unknown sessions so; empty: self-signed at startup")
 	fs.StringVar(&c.tunnelKey, "tunnel-tls-key", "", "PEM key for --tunnel-tls-cert")
 	fs.DurationVar(&c.tunnelHandshake, "tunnel-handshake-timeout", td.HandshakeTimeout, "time a tunnel client has to send its TLS ClientHello")
+	tl := &c.tunnelLimits
+	fs.IntVar(&tl.MaxConnsPerSource, "tunnel-max-conns-per-source", td.MaxConnsPerSource, "concurrent tunnel connections from one source address (IPv6: /64), both modes")
+	fs.IntVar(&tl.MaxConnsPerSession, "tunnel-max-conns-per-session", td.MaxConnsPerSession, "concurrent tunnel connections to one session, both modes")
+	fs.IntVar(&tl.MaxPreauthPerSession, "tunnel-max-preauth-per-session", td.MaxPreauthPerSession, "tunnel connections of one session not yet authenticated; more close the busiest source's oldest")
+	fs.DurationVar(&tl.AuthTimeout, "tunnel-auth-timeout", td.AuthTimeout, "close a tunnel connection that has not authenticated this long after it arrived")
+	fs.IntVar(&tl.MaxHandshakesPerSource, "tunnel-max-handshakes-per-source", td.MaxHandshakesPerSource, "SNI handshake slots one source address (IPv6: /64) may hold")
 
 	r := &c.relay
 	fs.Var(&c.allowEgress, "allow-egress", "extra destinations VMs may reach (ADDR, ADDR:PORT, CIDR, CIDR:PORT), e.g. 127.0.0.1:5432; repeat or comma list; the default is public internet only")
@@ -212,6 +220,9 @@ func (c *serveConfig) parts() (serveParts, error) {
 		return p, fmt.Errorf("bad --tunnel-domain %q", c.tunnelDomain)
 	}
 	p.tunnel.HandshakeTimeout = c.tunnelHandshake
+	tl := c.tunnelLimits
+	p.tunnel.MaxConnsPerSource, p.tunnel.MaxConnsPerSession, p.tunnel.MaxPreauthPerSession = tl.MaxConnsPerSource, tl.MaxConnsPerSession, tl.MaxPreauthPerSession
+	p.tunnel.AuthTimeout, p.tunnel.MaxHandshakesPerSource = tl.AuthTimeout, tl.MaxHandshakesPerSource
 	if (c.tunnelCert == "") != (c.tunnelKey == "") {
 		return p, errors.New("--tunnel-tls-cert and --tunnel-tls-key go together")
 	}

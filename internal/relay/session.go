@@ -213,6 +213,15 @@ func newSession(m *Manager, client netip.Addr, id string, created, expires time.
 		s.nat.TCP(s.ctx, r.Src, r.Dst, r.Accept, r.Reject)
 	})
 	st.HandleUDP(func(r *netstack.UDPRequest) bool {
+		if r.Src.Addr() == gw {
+			// The stack loops its own broadcasts back in (the DHCP
+			// server answers to 255.255.255.255), and no socket takes
+			// them here. Not a VM flow: drop it without counting a
+			// refusal (and without an ICMP error to ourselves). Frames
+			// from the wire never carry the gateway as source: the
+			// ingress filter drops them as spoofed-ip.
+			return true
+		}
 		return s.nat.UDP(s.ctx, r.Src, r.Dst, r.Accept)
 	})
 	return s, nil

@@ -196,6 +196,7 @@ func (s *Server) cors(w http.ResponseWriter, r *http.Request) bool {
 		w.Header().Set("Access-Control-Allow-Origin", origin)
 		return true
 	}
+	s.refused.WithLabelValues("origin").Inc()
 	s.log.Info("API request from a foreign origin refused", "origin", origin)
 	writeError(w, http.StatusForbidden, "origin not allowed")
 	return false

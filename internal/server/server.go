@@ -10,6 +10,10 @@
 //	/image/                     VM image files (kernel, 9p tree, snapshots)
 //	/healthz, /metrics          liveness and Prometheus metrics
 //	/                           the web app
+//
+// Every route but /healthz answers only for the hosts it serves (421
+// otherwise, against DNS rebinding), and every response carries security
+// headers; see security.go.
 package server
 
 import (
@@ -89,6 +93,11 @@ type Config struct {
 	TunnelHost string
 	// SNIPort is the public port of the tunnel's SNI listener; 0: SNI off.
 	SNIPort uint16
+	// AllowedHosts are Host header names served besides the defaults
+	// (IP addresses, localhost, *.localhost, the host of PublicURL):
+	// names, "*.domain", or "*" for any. Other hosts get 421 (DNS
+	// rebinding; see security.go).
+	AllowedHosts []string
 }
 
 // Server is an http.Handler.
@@ -98,6 +107,9 @@ type Server struct {
 	log      *slog.Logger
 	mux      *http.ServeMux
 	requests *prometheus.CounterVec
+	refused  *prometheus.CounterVec
+	hosts    *hostAllowList
+	page     pagePolicy
 
 	mu    sync.Mutex
 	ports map[string]tunnelPort // session id -> its tunnel port
@@ -123,7 +135,12 @@ func New(cfg Config, sessions Sessions, logger *slog.Logger, reg prometheus.Regi
 			}
 		}
 	}
+	hosts, err := newHostAllowList(cfg.AllowedHosts, cfg.PublicURL)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
+		hosts:    hosts,
 		cfg:      cfg,
 		sessions: sessions,
 		log:      logger,
@@ -133,10 +150,16 @@ func New(cfg Config, sessions Sessions, logger *slog.Logger, reg prometheus.Regi
 			Namespace: "pgwasm", Subsystem: "http", Name: "requests_total",
 			Help: "HTTP requests by route and status code.",
 		}, []string{"route", "code"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "pgwasm", Subsystem: "http", Name: "refused_total",
+			Help: "HTTP requests refused by reason: host (Host header not served, 421), origin (foreign Origin on the API, 403).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
-		if err := reg.Register(s.requests); err != nil {
-			return nil, fmt.Errorf("cannot register HTTP metrics: %w", err)
+		for _, c := range []prometheus.Collector{s.requests, s.refused} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("cannot register HTTP metrics: %w", err)
+			}
 		}
 	}
 	app := cfg.App
@@ -147,6 +170,7 @@ func New(cfg Config, sessions Sessions, logger *slog.Logger, reg prometheus.Regi
 		}
 		app = http.FileServerFS(sub)
 	}
+	s.page = newPagePolicy(app)
 	if rs, ok := sessions.(restoreNotifier); ok {
 		rs.OnRestore(s.restored)
 	}
@@ -161,23 +185,29 @@ func New(cfg Config, sessions Sessions, logger *slog.Logger, reg prometheus.Regi
 		s.handle("/relay/", "relay", cfg.Relay)
 	}
 	s.handle("GET /image/", "image", http.StripPrefix("/image/", &imageHandler{dir: cfg.ImageDir}))
-	s.handle("GET /healthz", "healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// Health checks come from load balancers and probes under any name;
+	// the answer is "ok" and nothing else.
+	s.mux.Handle("GET /healthz", s.logged("healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		fmt.Fprintln(w, "ok")
-	}))
+	})))
 	if cfg.Gatherer != nil {
 		s.handle("GET /metrics", "metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	}
-	s.handle("/", "app", app)
+	s.handle("/", "app", s.pageHeaders(app))
 	return s, nil
 }
 
 // ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	setSecurityHeaders(w.Header())
+	s.mux.ServeHTTP(w, r)
+}
 
+// handle serves pattern for the hosts the server answers to.
 func (s *Server) handle(pattern, route string, h http.Handler) {
-	s.mux.Handle(pattern, s.logged(route, h))
+	s.mux.Handle(pattern, s.logged(route, s.hostChecked(route, h)))
 }
 
 // clientAddr is the address the session is created for.

@@ -112,9 +112,19 @@ func (t *Tunnel) acceptPort(ln net.Listener, s Session, log *slog.Logger) {
 				return
 			}
 		}
+		src := sourceKey(c.RemoteAddr())
+		if !t.sources.acquire(src) {
+			// Closed at once, without a message: answering costs a
+			// goroutine and, for TLS, a handshake, which is what a flood wants.
+			t.m.conns.WithLabelValues("port", "source_limit").Inc()
+			log.Debug("tunnel refused a connection: too many from its source", "remote", c.RemoteAddr().String())
+			c.Close()
+			continue
+		}
 		t.wg.Add(1)
 		go func() {
 			defer t.wg.Done()
+			defer t.sources.release(src)
 			t.handlePort(c, s, log.With("remote", c.RemoteAddr().String()))
 		}()
 	}
@@ -124,6 +134,14 @@ func (t *Tunnel) acceptPort(ln net.Listener, s Session, log *slog.Logger) {
 // TLS with the VM's PostgreSQL itself.
 func (t *Tunnel) handlePort(c net.Conn, s Session, log *slog.Logger) {
 	start := time.Now()
+	tc := newTracked(s.ID(), c, start)
+	if !t.admit(tc) {
+		t.m.conns.WithLabelValues("port", "session_limit").Inc()
+		log.Warn("tunnel refused a connection: the session is full", "limit", t.cfg.MaxConnsPerSession)
+		t.refuseStart(c, fatal("53300", msgSessionFull, hintSessionFull), log)
+		return
+	}
+	defer t.untrack(tc)
 	guest, err := t.dialGuest(t.ctx, s)
 	if err != nil {
 		t.m.conns.WithLabelValues("port", "dial_error").Inc()
@@ -131,10 +149,16 @@ func (t *Tunnel) handlePort(c net.Conn, s Session, log *slog.Logger) {
 		t.refuseStart(c, fatal("08006", "cannot reach PostgreSQL in the browser tab: "+err.Error(), ""), log)
 		return
 	}
+	if !tc.addConn(guest) {
+		// Evicted or out of time while dialling.
+		t.m.conns.WithLabelValues("port", "preauth_closed").Inc()
+		guest.Close()
+		return
+	}
 	t.m.conns.WithLabelValues("port", "ok").Inc()
 	observeSince(t.m.setup.WithLabelValues("port"), start)
 	log.Debug("tunnel connection open")
-	t.splice(s, "port", c, c, guest)
+	t.splice(s, "port", c, c, guest, t.watch(tc, false))
 	log.Debug("tunnel connection closed")
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -35,9 +36,27 @@ func (t *Tunnel) ServeSNI(ctx context.Context, ln net.Listener) error {
 				return nil
 			}
 		}
+		// Refusals here close at once, without a message: answering a
+		// flood costs what the limits are there to save.
+		src := sourceKey(c.RemoteAddr())
+		if !t.sources.acquire(src) {
+			t.m.conns.WithLabelValues("sni", "source_limit").Inc()
+			t.log.Debug("tunnel refused a connection: too many from its source", "remote", c.RemoteAddr().String())
+			c.Close()
+			continue
+		}
+		if !t.hsSources.acquire(src) {
+			t.sources.release(src)
+			t.m.conns.WithLabelValues("sni", "source_overload").Inc()
+			t.log.Debug("tunnel refused a connection: too many handshakes from its source", "remote", c.RemoteAddr().String())
+			c.Close()
+			continue
+		}
 		select {
 		case t.handshakes <- struct{}{}:
 		default:
+			t.hsSources.release(src)
+			t.sources.release(src)
 			t.m.conns.WithLabelValues("sni", "overload").Inc()
 			t.log.Warn("tunnel refused a connection: too many handshakes", "remote", c.RemoteAddr().String())
 			c.Close()
@@ -46,7 +65,8 @@ func (t *Tunnel) ServeSNI(ctx context.Context, ln net.Listener) error {
 		t.wg.Add(1)
 		go func() {
 			defer t.wg.Done()
-			t.handleSNI(c, t.log.With("mode", "sni", "remote", c.RemoteAddr().String()))
+			defer t.sources.release(src)
+			t.handleSNI(c, src, t.log.With("mode", "sni", "remote", c.RemoteAddr().String()))
 		}()
 	}
 }
@@ -57,11 +77,19 @@ const (
 	hintNeedTLS  = "Use the connection string shown on the page: sslmode=require and host=<session>.%s (with hostaddr=... if the name does not resolve)."
 	msgNoSession = "no such session %q: the browser tab may have been closed or its network stopped"
 	msgNoName    = "the TLS server name %q is not <session>.%s"
+
+	msgSessionFull  = "too many connections to this browser tab through the tunnel"
+	hintSessionFull = "Close connections you no longer use; the server's --tunnel-max-conns-per-session sets the limit."
 )
 
-func (t *Tunnel) handleSNI(c net.Conn, log *slog.Logger) {
+func (t *Tunnel) handleSNI(c net.Conn, src netip.Prefix, log *slog.Logger) {
 	var releaseOnce sync.Once
-	release := func() { releaseOnce.Do(func() { <-t.handshakes }) }
+	release := func() {
+		releaseOnce.Do(func() {
+			<-t.handshakes
+			t.hsSources.release(src)
+		})
+	}
 	defer release()
 	start := time.Now()
 	result := "ok"
@@ -141,6 +169,14 @@ func (t *Tunnel) handleSNI(c net.Conn, log *slog.Logger) {
 		return
 	}
 
+	tc := newTracked(id, c, start)
+	if !t.admit(tc) {
+		result = "session_limit"
+		log.Warn("tunnel refused a connection: the session is full", "limit", t.cfg.MaxConnsPerSession)
+		t.refuseTLS(c, raw, br, fatal("53300", msgSessionFull, hintSessionFull), log)
+		return
+	}
+	defer t.untrack(tc)
 	guest, err := t.dialGuest(t.ctx, s)
 	if err != nil {
 		result = "dial_error"
@@ -167,12 +203,18 @@ func (t *Tunnel) handleSNI(c net.Conn, log *slog.Logger) {
 		log.Warn("tunnel cannot forward the ClientHello", "err", err)
 		return
 	}
+	if !tc.addConn(guest) {
+		// Evicted or out of time while dialling.
+		result = "preauth_closed"
+		guest.Close()
+		return
+	}
 	guest.SetDeadline(time.Time{})
 	c.SetDeadline(time.Time{})
 	release()
 	observeSince(t.m.setup.WithLabelValues("sni"), start)
 	log.Debug("tunnel connection open")
-	t.splice(s, "sni", c, br, guest)
+	t.splice(s, "sni", c, br, guest, t.watch(tc, true))
 	log.Debug("tunnel connection closed")
 }
 

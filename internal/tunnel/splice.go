@@ -14,8 +14,9 @@ import (
 
 // splice copies bytes both ways until both directions end, the session ends
 // or the tunnel closes. from is what the client side reads from (it may hold
-// bytes already buffered from client).
-func (t *Tunnel) splice(s Session, mode string, client net.Conn, from io.Reader, guest net.Conn) {
+// bytes already buffered from client). w, if not nil, sees the bytes of both
+// directions before they are passed on, until it has seen authentication.
+func (t *Tunnel) splice(s Session, mode string, client net.Conn, from io.Reader, guest net.Conn, w *authWatch) {
 	t.m.active.WithLabelValues(mode).Inc()
 	defer t.m.active.WithLabelValues(mode).Dec()
 
@@ -41,19 +42,43 @@ func (t *Tunnel) splice(s Session, mode string, client net.Conn, from io.Reader,
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		n, _ := io.Copy(guest, from)
+		var src io.Reader = from
+		if w != nil {
+			src = &tapReader{r: from, tap: w.client, done: w.done}
+		}
+		n, _ := io.Copy(guest, src)
 		t.m.bytes.WithLabelValues("in").Add(float64(n))
 		closeWrite(guest)
 	}()
 	go func() {
 		defer wg.Done()
-		n, _ := io.Copy(client, guest)
+		var src io.Reader = guest
+		if w != nil {
+			src = &tapReader{r: guest, tap: w.server, done: w.done}
+		}
+		n, _ := io.Copy(client, src)
 		t.m.bytes.WithLabelValues("out").Add(float64(n))
 		closeWrite(client)
 	}()
 	wg.Wait()
 	close(stop)
 	closeBoth()
+}
+
+// tapReader shows what it reads to tap before returning it, so the watch
+// sees a message before the peer can answer it.
+type tapReader struct {
+	r    io.Reader
+	tap  func([]byte)
+	done func() bool
+}
+
+func (r *tapReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 && !r.done() {
+		r.tap(p[:n])
+	}
+	return n, err
 }
 
 // closeWrite half-closes c so the peer sees EOF while replies still flow.

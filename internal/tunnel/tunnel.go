@@ -62,6 +62,25 @@ type Config struct {
 	// MaxHandshakes caps SNI connections still in their handshake, so a
 	// flood of idle connections cannot pile up goroutines and buffers.
 	MaxHandshakes int
+	// MaxHandshakesPerSource caps the SNI handshake slots one source
+	// address (IPv6: one /64) may hold, so one source cannot take them all
+	// and lock every session's SNI clients out.
+	MaxHandshakesPerSource int
+	// MaxConnsPerSource caps concurrent tunnel connections from one source
+	// address (IPv6: one /64), both modes, all sessions.
+	MaxConnsPerSource int
+	// MaxConnsPerSession caps concurrent tunnel connections to one session,
+	// both modes. When full, a pre-authentication connection makes room.
+	MaxConnsPerSession int
+	// MaxPreauthPerSession caps a session's connections that have not
+	// authenticated yet; a new one then closes the oldest of the source
+	// holding the most. Kept under the VM's max_connections (20), so
+	// unauthenticated sockets can never fill PostgreSQL.
+	MaxPreauthPerSession int
+	// AuthTimeout closes a connection that has not authenticated this long
+	// after accept (see authWatch for what "authenticated" can mean from
+	// outside TLS).
+	AuthTimeout time.Duration
 	// Certificate answers TLS clients the tunnel cannot route (unknown session),
 	// so they get a readable PostgreSQL error. Nil: a self-signed one is made.
 	Certificate *tls.Certificate
@@ -77,6 +96,12 @@ func DefaultConfig() Config {
 		DialTimeout:      10 * time.Second,
 		MaxHelloSize:     16 << 10,
 		MaxHandshakes:    1024,
+
+		MaxHandshakesPerSource: 64,
+		MaxConnsPerSource:      64,
+		MaxConnsPerSession:     32,
+		MaxPreauthPerSession:   10,
+		AuthTimeout:            10 * time.Second,
 	}
 }
 
@@ -89,6 +114,9 @@ type Tunnel struct {
 	tlsCfg *tls.Config
 
 	handshakes chan struct{} // semaphore of MaxHandshakes
+	hsSources  *counter      // SNI handshakes per source
+	sources    *counter      // connections per source
+	guard      *guard        // connections per session
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -109,6 +137,9 @@ func New(cfg Config, lookup LookupFunc, logger *slog.Logger, reg prometheus.Regi
 	}
 	if cfg.GuestPort == 0 || cfg.HandshakeTimeout <= 0 || cfg.DialTimeout <= 0 || cfg.MaxHelloSize < 512 || cfg.MaxHandshakes <= 0 {
 		return nil, errors.New("tunnel config needs GuestPort, HandshakeTimeout, DialTimeout, MaxHandshakes and MaxHelloSize >= 512")
+	}
+	if cfg.MaxHandshakesPerSource <= 0 || cfg.MaxConnsPerSource <= 0 || cfg.MaxConnsPerSession <= 0 || cfg.MaxPreauthPerSession <= 0 || cfg.AuthTimeout <= 0 {
+		return nil, errors.New("tunnel config needs MaxHandshakesPerSource, MaxConnsPerSource, MaxConnsPerSession, MaxPreauthPerSession and AuthTimeout above 0")
 	}
 	cfg.Domain = strings.ToLower(strings.Trim(cfg.Domain, "."))
 	if cfg.Domain == "" {
@@ -139,6 +170,9 @@ func New(cfg Config, lookup LookupFunc, logger *slog.Logger, reg prometheus.Regi
 			NextProtos: []string{"postgresql"},
 		},
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		hsSources:  newCounter(cfg.MaxHandshakesPerSource),
+		sources:    newCounter(cfg.MaxConnsPerSource),
+		guard:      newGuard(cfg.MaxConnsPerSession, cfg.MaxPreauthPerSession),
 		ctx:        ctx,
 		cancel:     cancel,
 		ports:      map[uint16]string{},
@@ -182,4 +216,52 @@ func (t *Tunnel) dialGuest(ctx context.Context, s Session) (net.Conn, error) {
 		return nil, fmt.Errorf("cannot dial port %d in the VM: %w", t.cfg.GuestPort, err)
 	}
 	return c, nil
+}
+
+// admit counts tc in its session's limits and arms its authentication
+// deadline. Pre-authentication connections it evicts to make room are
+// closed here. false: the session is full of authenticated connections.
+func (t *Tunnel) admit(tc *tracked) bool {
+	victims, ok := t.guard.admit(tc)
+	for _, v := range victims {
+		t.m.preauth.Dec()
+		t.m.preauthClosed.WithLabelValues("evicted").Inc()
+		t.log.Info("tunnel closed a connection that had not authenticated, to make room", "session", v.session, "source", v.src.String())
+		v.kill()
+	}
+	if !ok {
+		return false
+	}
+	t.m.preauth.Inc()
+	tc.timer = time.AfterFunc(t.cfg.AuthTimeout-time.Since(tc.start), func() {
+		if t.guard.expire(tc) {
+			t.m.preauth.Dec()
+			t.m.preauthClosed.WithLabelValues("deadline").Inc()
+			t.log.Debug("tunnel closed a connection that did not authenticate in time", "session", tc.session, "source", tc.src.String())
+			tc.kill()
+		}
+	})
+	return true
+}
+
+// authenticated ends tc's deadline: the VM's PostgreSQL accepted it.
+func (t *Tunnel) authenticated(tc *tracked) {
+	if t.guard.authed(tc) {
+		tc.timer.Stop()
+		t.m.preauth.Dec()
+		observeSince(t.m.auth, tc.start)
+	}
+}
+
+// untrack removes a closed connection from its session's limits.
+func (t *Tunnel) untrack(tc *tracked) {
+	tc.timer.Stop()
+	if t.guard.leave(tc) == statePreauth {
+		t.m.preauth.Dec()
+	}
+}
+
+// watch follows tc's start; tls: the splice begins inside TLS (SNI mode).
+func (t *Tunnel) watch(tc *tracked, tls bool) *authWatch {
+	return newAuthWatch(tls, authRecordMin, func() { t.authenticated(tc) })
 }

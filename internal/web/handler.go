@@ -8,11 +8,14 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"embed"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"io/fs"
 	"net/http"
 	"path"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -34,6 +37,9 @@ type Handler struct {
 	fsys  fs.FS
 	etags map[string]string // file -> strong ETag of its content
 	built bool
+	// scripts are the CSP hashes ('sha256-...') of the inline scripts
+	// in the HTML files.
+	scripts []string
 }
 
 // NewHandler serves fsys (Assets() for the embedded app). Files under
@@ -55,13 +61,46 @@ func NewHandler(fsys fs.FS) (*Handler, error) {
 		}
 		sum := sha256.Sum256(data)
 		h.etags[p] = `"` + hex.EncodeToString(sum[:12]) + `"`
+		if path.Ext(p) == ".html" {
+			h.scripts = append(h.scripts, inlineScriptHashes(data)...)
+		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cannot index web assets: %w", err)
 	}
 	_, h.built = h.etags["index.html"]
+	slices.Sort(h.scripts)
+	h.scripts = slices.Compact(h.scripts)
 	return h, nil
+}
+
+// ScriptHashes returns the CSP source expressions ('sha256-...') of the
+// inline scripts in the app's HTML files (the example page has one), so a
+// Content-Security-Policy can allow exactly those instead of
+// 'unsafe-inline'.
+func (h *Handler) ScriptHashes() []string { return slices.Clone(h.scripts) }
+
+// inlineScript matches a <script> element and its text. The HTML files are
+// our own (web/static), so a pattern is enough; a browser would refuse a
+// script whose hash this got wrong, and the browser tests load every page.
+var (
+	inlineScript = regexp.MustCompile(`(?is)<script\b([^>]*)>(.*?)</script\s*>`)
+	srcAttr      = regexp.MustCompile(`(?i)\bsrc\s*=`)
+)
+
+// inlineScriptHashes hashes the text of each <script> without src, exactly
+// as the browser does (CSP3: SHA-256 of the UTF-8 text, base64).
+func inlineScriptHashes(html []byte) []string {
+	var out []string
+	for _, m := range inlineScript.FindAllSubmatch(html, -1) {
+		if srcAttr.Match(m[1]) {
+			continue
+		}
+		sum := sha256.Sum256(m[2])
+		out = append(out, "'sha256-"+base64.StdEncoding.EncodeToString(sum[:])+"'")
+	}
+	return out
 }
 
 // Built reports whether the assets hold a built app (index.html).
@@ -113,8 +152,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	hdr.Set("Content-Type", ctype)
 	hdr.Set("X-Content-Type-Options", "nosniff")
-	// Other origins may load the embedding API and v86.wasm.
-	hdr.Set("Access-Control-Allow-Origin", "*")
+	if embeddable(name) {
+		hdr.Set("Access-Control-Allow-Origin", "*")
+	}
 	if strings.HasPrefix(name, "chunks/") || strings.HasPrefix(name, "assets/") {
 		hdr.Set("Cache-Control", "public, max-age=31536000, immutable")
 	} else {
@@ -136,6 +176,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
+}
+
+// embeddable reports the files other origins' pages load when they embed
+// the VM (docs/web.md, "Embedding API"): the module, v86's WebAssembly and
+// anything the bundler splits out. A module script and a wasm fetch from
+// another origin need CORS. "*" is safe for them: they are the same public
+// bytes for everyone and the server uses no cookies or credentials. The
+// page, its script and the example are only used from this origin and get
+// no CORS header.
+func embeddable(name string) bool {
+	return name == "pgwasm.js" || name == "v86.wasm" ||
+		strings.HasPrefix(name, "chunks/") || strings.HasPrefix(name, "assets/")
 }
 
 func acceptsGzip(r *http.Request) bool {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -184,3 +185,72 @@ func TestBuild(t *testing.T) {
 }
 
 func osDirFS(dir string) fs.FS { return os.DirFS(dir) }
+
+// TestHandlerCORS: only the files other origins load to embed the VM carry
+// a CORS header; the page and its script do not (issue #13).
+func TestHandlerCORS(t *testing.T) {
+	fsys := fstest.MapFS{
+		"index.html":         {Data: []byte("<!doctype html>")},
+		"example.html":       {Data: []byte("<!doctype html>")},
+		"app.js":             {Data: []byte("a")},
+		"style.css":          {Data: []byte("b")},
+		"pgwasm.js":          {Data: []byte("export function boot() {}")},
+		"v86.wasm":           {Data: []byte("\x00asm")},
+		"chunks/lib-ABCD.js": {Data: []byte("x")},
+	}
+	h, err := NewHandler(fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		path, acao string
+	}{
+		{"/", ""},
+		{"/index.html", ""},
+		{"/example.html", ""},
+		{"/app.js", ""},
+		{"/style.css", ""},
+		{"/pgwasm.js", "*"},
+		{"/v86.wasm", "*"},
+		{"/chunks/lib-ABCD.js", "*"},
+	}
+	for _, tt := range tests {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("GET", tt.path, nil)
+		req.Header.Set("Origin", "https://other.example")
+		h.ServeHTTP(rec, req)
+		if rec.Code != 200 || rec.Header().Get("Access-Control-Allow-Origin") != tt.acao {
+			t.Errorf("GET %s = %d, ACAO %q; want 200, %q", tt.path, rec.Code, rec.Header().Get("Access-Control-Allow-Origin"), tt.acao)
+		}
+	}
+}
+
+func TestScriptHashes(t *testing.T) {
+	tests := []struct {
+		html string
+		want []string
+	}{
+		{`<script src="app.js"></script>`, nil},
+		{`<script type="module" src="./x.js">ignored</script>`, nil},
+		// sha256("alert(1)"), base64; as the browser computes it.
+		{`<p><script>alert(1)</script>`, []string{"'sha256-bhHHL3z2vDgxUt0W3dWQOrprscmda2Y5pLsLg4GF+pI='"}},
+		{"<SCRIPT type=module>\nalert(1)</script >", []string{"'sha256-cfGXBG41ZR13cBtpRr7V/KlHrRugbtbOXikzO7LFEFY='"}},
+	}
+	for _, tt := range tests {
+		h, err := NewHandler(fstest.MapFS{"index.html": {Data: []byte(tt.html)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := h.ScriptHashes(); !slices.Equal(got, tt.want) {
+			t.Errorf("ScriptHashes(%q) = %q, want %q", tt.html, got, tt.want)
+		}
+	}
+	// The embedded example page has one inline module.
+	h, err := NewHandler(Assets())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Built() && len(h.ScriptHashes()) != 1 {
+		t.Errorf("embedded app: ScriptHashes() = %q, want the example page's one", h.ScriptHashes())
+	}
+}

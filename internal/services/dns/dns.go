@@ -1,6 +1,8 @@
 // Package dns is the VM's resolver at the gateway address. It forwards
 // queries to the host's resolvers and refuses answers that point at
-// addresses the egress policy would refuse anyway.
+// addresses the egress policy would refuse anyway: A and AAAA records and
+// SVCB/HTTPS address hints, in the Answer, Authority and Additional
+// sections alike.
 //
 // A refused answer is REFUSED for the whole query, not silently stripped:
 // a name that mixes public and private addresses is a DNS-rebinding signal,
@@ -28,8 +30,9 @@ type Config struct {
 	Upstreams []string
 	// Timeout bounds one upstream exchange. Default 5 s.
 	Timeout time.Duration
-	// Allow judges each A/AAAA answer; nil allows everything. It returns
-	// the refusal reason when not allowed.
+	// Allow judges each address in an upstream response (A and AAAA
+	// records and SVCB/HTTPS address hints, in any section); nil allows
+	// everything. It returns the refusal reason when not allowed.
 	Allow func(netip.Addr) (ok bool, reason string)
 	// OnRefused, if set, is told each time an answer is refused.
 	OnRefused func(reason string)
@@ -133,30 +136,62 @@ func (s *Server) answer(ctx context.Context, q *dns.Msg) *dns.Msg {
 		s.log.Debug("dns upstream failed", "name", q.Question[0].Name, "err", err)
 		return fail(dns.RcodeServerFailure)
 	}
-	for _, rr := range up.Answer {
-		var ip net.IP
-		switch rr := rr.(type) {
-		case *dns.A:
-			ip = rr.A
-		case *dns.AAAA:
-			ip = rr.AAAA
-		default:
-			continue
-		}
-		a, ok := netip.AddrFromSlice(ip)
-		if !ok || s.cfg.Allow == nil {
-			continue
-		}
-		if allowed, reason := s.cfg.Allow(a.Unmap()); !allowed {
-			s.log.Debug("dns answer refused", "name", q.Question[0].Name, "addr", a, "reason", reason)
-			if s.cfg.OnRefused != nil {
-				s.cfg.OnRefused(reason)
+	if s.cfg.Allow != nil {
+		for _, a := range addresses(up) {
+			if allowed, reason := s.cfg.Allow(a); !allowed {
+				s.log.Debug("dns answer refused", "name", q.Question[0].Name, "addr", a, "reason", reason)
+				if s.cfg.OnRefused != nil {
+					s.cfg.OnRefused(reason)
+				}
+				return fail(dns.RcodeRefused)
 			}
-			return fail(dns.RcodeRefused)
 		}
 	}
 	up.Id = q.Id
 	return up
+}
+
+// addresses lists every address a response hands the guest: A and AAAA
+// records and the ipv4hint/ipv6hint of SVCB and HTTPS records (RFC 9460),
+// in every section. Stub resolvers and caches in the guest may use the
+// Additional section (glue, the target's addresses next to an HTTPS
+// answer) and connect to hints without another query, so each of them is
+// judged as an answer would be; only looking at the Answer section let a
+// refused address through beside an allowed one.
+func addresses(m *dns.Msg) []netip.Addr {
+	var out []netip.Addr
+	add := func(ips ...net.IP) {
+		for _, ip := range ips {
+			if a, ok := netip.AddrFromSlice(ip); ok {
+				out = append(out, a.Unmap())
+			}
+		}
+	}
+	svcb := func(kvs []dns.SVCBKeyValue) {
+		for _, kv := range kvs {
+			switch kv := kv.(type) {
+			case *dns.SVCBIPv4Hint:
+				add(kv.Hint...)
+			case *dns.SVCBIPv6Hint:
+				add(kv.Hint...)
+			}
+		}
+	}
+	for _, section := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+		for _, rr := range section {
+			switch rr := rr.(type) {
+			case *dns.A:
+				add(rr.A)
+			case *dns.AAAA:
+				add(rr.AAAA)
+			case *dns.SVCB:
+				svcb(rr.Value)
+			case *dns.HTTPS:
+				svcb(rr.Value)
+			}
+		}
+	}
+	return out
 }
 
 func (s *Server) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {

@@ -30,6 +30,22 @@ func upstream(t testing.TB) string {
 			r.Answer = append(r.Answer, mustRR(t, "mixed.test. 60 IN A 93.184.216.34"), mustRR(t, "mixed.test. 60 IN A 127.0.0.1"))
 		case "v6.test.":
 			r.Answer = append(r.Answer, mustRR(t, "v6.test. 60 IN AAAA ::ffff:169.254.169.254"))
+		case "glue.test.":
+			// An allowed answer with a refused address beside it.
+			r.Answer = append(r.Answer, mustRR(t, "glue.test. 60 IN MX 10 mail.glue.test."))
+			r.Extra = append(r.Extra, mustRR(t, "mail.glue.test. 60 IN A 10.1.2.3"))
+		case "glue-ok.test.":
+			r.Answer = append(r.Answer, mustRR(t, "glue-ok.test. 60 IN MX 10 mail.glue-ok.test."))
+			r.Extra = append(r.Extra, mustRR(t, "mail.glue-ok.test. 60 IN A 93.184.216.34"))
+		case "hint4.test.":
+			r.Answer = append(r.Answer, mustRR(t, `hint4.test. 60 IN HTTPS 1 . alpn="h2" ipv4hint="93.184.216.34,127.0.0.1"`))
+		case "hint6.test.":
+			r.Answer = append(r.Answer, mustRR(t, `hint6.test. 60 IN HTTPS 1 . ipv6hint="::1"`))
+		case "hint-ok.test.":
+			r.Answer = append(r.Answer, mustRR(t, `hint-ok.test. 60 IN HTTPS 1 . ipv4hint="93.184.216.34" ipv6hint="2606:2800:220:1::1"`))
+		case "svcb-extra.test.":
+			r.Answer = append(r.Answer, mustRR(t, `svcb-extra.test. 60 IN HTTPS 1 svc.svcb-extra.test.`))
+			r.Extra = append(r.Extra, mustRR(t, `svc.svcb-extra.test. 60 IN SVCB 1 . ipv4hint="169.254.169.254"`))
 		case "txt.test.":
 			r.Answer = append(r.Answer, mustRR(t, `txt.test. 60 IN TXT "hello"`))
 		default:
@@ -79,6 +95,12 @@ func TestHandle(t *testing.T) {
 		{"mixed.test", dns.TypeA, dns.RcodeRefused, 0},
 		{"v6.test", dns.TypeAAAA, dns.RcodeRefused, 0},
 		{"txt.test", dns.TypeTXT, dns.RcodeSuccess, 1},
+		{"glue.test", dns.TypeMX, dns.RcodeRefused, 0},
+		{"glue-ok.test", dns.TypeMX, dns.RcodeSuccess, 1},
+		{"hint4.test", dns.TypeHTTPS, dns.RcodeRefused, 0},
+		{"hint6.test", dns.TypeHTTPS, dns.RcodeRefused, 0},
+		{"hint-ok.test", dns.TypeHTTPS, dns.RcodeSuccess, 1},
+		{"svcb-extra.test", dns.TypeHTTPS, dns.RcodeRefused, 0},
 		{"nosuch.test", dns.TypeA, dns.RcodeNameError, 0},
 	}
 	for _, tt := range tests {
@@ -99,8 +121,8 @@ func TestHandle(t *testing.T) {
 				tt.name, r.Id, dns.RcodeToString[r.Rcode], len(r.Answer), dns.RcodeToString[tt.rcode], tt.answers)
 		}
 	}
-	if len(refused) != 3 {
-		t.Errorf("OnRefused called %d times, want 3", len(refused))
+	if len(refused) != 7 {
+		t.Errorf("OnRefused called %d times, want 7", len(refused))
 	}
 }
 
