@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -35,6 +36,7 @@ type serveConfig struct {
 	image             string
 	publicURL         string
 	allowedOrigins    listFlag
+	allowedHosts      listFlag
 	trustForwardedFor bool
 	shutdownTimeout   time.Duration
 	sessionSecret     string
@@ -80,6 +82,7 @@ func (c *serveConfig) registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.image, "image", "build/image", "VM image directory served under /image/")
 	fs.StringVar(&c.publicURL, "public-url", "", "base URL users reach the server under (e.g. https://pg.example.com); empty: taken from each request")
 	fs.Var(&c.allowedOrigins, "allowed-origins", "other page origins (scheme://host[:port]) that may use the API and relay; repeat or comma list; * allows any")
+	fs.Var(&c.allowedHosts, "allowed-hosts", "host names the server answers to besides IP addresses, localhost, *.localhost and the hosts of --public-url and --listen (against DNS rebinding): names or *.domain; repeat or comma list; * allows any")
 	fs.BoolVar(&c.trustForwardedFor, "trust-forwarded-for", false, "take the client address from X-Forwarded-For (only behind a proxy that sets it)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long shutdown waits for requests to finish")
 	fs.StringVar(&c.sessionSecret, "session-secret", "", "secret (at least 16 bytes) that signs session tokens, so sessions survive a restart and any server with the same secret accepts them; empty: random at start (a restart then ends every session)")
@@ -95,11 +98,11 @@ func (c *serveConfig) registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.tunnelKey, "tunnel-tls-key", "", "PEM key for --tunnel-tls-cert")
 	fs.DurationVar(&c.tunnelHandshake, "tunnel-handshake-timeout", td.HandshakeTimeout, "time a tunnel client has to send its TLS ClientHello")
 	tl := &c.tunnelLimits
-	fs.IntVar(&tl.MaxConnsPerSource, "tunnel-max-conns-per-source", td.MaxConnsPerSource, "concurrent tunnel connections from one source address (IPv6: /64), both modes")
+	fs.IntVar(&tl.MaxConnsPerSource, "tunnel-max-conns-per-source", td.MaxConnsPerSource, "concurrent tunnel connections from one source address (IPv6: /64), both modes; 0: no limit")
 	fs.IntVar(&tl.MaxConnsPerSession, "tunnel-max-conns-per-session", td.MaxConnsPerSession, "concurrent tunnel connections to one session, both modes")
 	fs.IntVar(&tl.MaxPreauthPerSession, "tunnel-max-preauth-per-session", td.MaxPreauthPerSession, "tunnel connections of one session not yet authenticated; more close the busiest source's oldest")
 	fs.DurationVar(&tl.AuthTimeout, "tunnel-auth-timeout", td.AuthTimeout, "close a tunnel connection that has not authenticated this long after it arrived")
-	fs.IntVar(&tl.MaxHandshakesPerSource, "tunnel-max-handshakes-per-source", td.MaxHandshakesPerSource, "SNI handshake slots one source address (IPv6: /64) may hold")
+	fs.IntVar(&tl.MaxHandshakesPerSource, "tunnel-max-handshakes-per-source", td.MaxHandshakesPerSource, "SNI handshake slots one source address (IPv6: /64) may hold; 0: no limit")
 
 	r := &c.relay
 	fs.Var(&c.allowEgress, "allow-egress", "extra destinations VMs may reach (ADDR, ADDR:PORT, CIDR, CIDR:PORT), e.g. 127.0.0.1:5432; repeat or comma list; the default is public internet only")
@@ -199,6 +202,16 @@ func (c *serveConfig) parts() (serveParts, error) {
 	}
 	if p.server.PublicURL != nil && len(p.relay.AllowedOrigins) > 0 && p.relay.AllowedOrigins[0] != "*" {
 		p.relay.AllowedOrigins = append(p.relay.AllowedOrigins, p.server.PublicURL.Host)
+	}
+	if err := server.CheckAllowedHosts(c.allowedHosts); err != nil {
+		return p, fmt.Errorf("cannot parse --allowed-hosts: %w", err)
+	}
+	p.server.AllowedHosts = c.allowedHosts
+	// A name to listen on is a name the server is reached under.
+	if h, _, err := net.SplitHostPort(c.listen); err == nil && h != "" {
+		if _, err := netip.ParseAddr(h); err != nil {
+			p.server.AllowedHosts = append(slices.Clip(p.server.AllowedHosts), h)
+		}
 	}
 	p.server.TrustForwardedFor = c.trustForwardedFor
 	trust := c.trustForwardedFor

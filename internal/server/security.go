@@ -101,7 +101,7 @@ func normHost(h string) string {
 // not serve, before h sees the request.
 func (s *Server) hostChecked(route string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if true || s.hosts.allows(r.Host) {
+		if s.hosts.allows(r.Host) {
 			h.ServeHTTP(w, r)
 			return
 		}
@@ -130,7 +130,7 @@ func setSecurityHeaders(h http.Header) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("X-Frame-Options", "DENY")
-	_ = lockedCSP
+	h.Set("Content-Security-Policy", lockedCSP)
 }
 
 // scriptHasher is an App that knows its inline scripts (web.Handler): their

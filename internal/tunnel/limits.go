@@ -44,7 +44,8 @@ func sourceKey(a net.Addr) netip.Prefix {
 	return p
 }
 
-// counter caps concurrent holders per source.
+// counter caps concurrent holders per source; max 0 counts nothing and
+// allows all (behind a balancer that hides client addresses).
 type counter struct {
 	max int
 	mu  sync.Mutex
@@ -55,6 +56,9 @@ func newCounter(max int) *counter { return &counter{max: max, n: map[netip.Prefi
 
 // acquire takes a slot for k, or reports false when k holds max already.
 func (c *counter) acquire(k netip.Prefix) bool {
+	if c.max <= 0 {
+		return true
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.n[k] >= c.max {
@@ -65,6 +69,9 @@ func (c *counter) acquire(k netip.Prefix) bool {
 }
 
 func (c *counter) release(k netip.Prefix) {
+	if c.max <= 0 {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.n[k] <= 1 {
@@ -72,6 +79,13 @@ func (c *counter) release(k netip.Prefix) {
 		return
 	}
 	c.n[k]--
+}
+
+// count returns k's holders (tests).
+func (c *counter) count(k netip.Prefix) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[k]
 }
 
 // connState is where a tracked connection is in its session's accounting.

@@ -52,6 +52,12 @@ func TestCounter(t *testing.T) {
 			t.Errorf("step %d: acquire(%v) = %v, want %v", i, s.k, got, s.want)
 		}
 	}
+	off := newCounter(0)
+	for i := range 1000 {
+		if !off.acquire(a) {
+			t.Fatalf("limit 0 refused acquire %d", i)
+		}
+	}
 }
 
 // TestGuard runs sequences of connections through one session's limits.

@@ -138,15 +138,36 @@ func (t *Tunnel) handlePort(c net.Conn, s Session, log *slog.Logger) {
 	if !t.admit(tc) {
 		t.m.conns.WithLabelValues("port", "session_limit").Inc()
 		log.Warn("tunnel refused a connection: the session is full", "limit", t.cfg.MaxConnsPerSession)
-		t.refuseStart(c, fatal("53300", msgSessionFull, hintSessionFull), log)
+		t.refuseStart(c, bufio.NewReader(c), fatal("53300", msgSessionFull, hintSessionFull), log)
 		return
 	}
 	defer t.untrack(tc)
+	// Dial the VM only once the client has said something: an idle socket
+	// then costs PostgreSQL nothing (each connection is a fork in the VM,
+	// and the slowest thing there), and the deadline closes it.
+	br := bufio.NewReader(c)
+	peeked := make(chan struct{})
+	go func() {
+		select {
+		case <-s.Done():
+		case <-t.ctx.Done():
+		case <-peeked:
+			return
+		}
+		c.Close()
+	}()
+	_, err := br.Peek(1)
+	close(peeked)
+	if err != nil {
+		t.m.conns.WithLabelValues("port", "idle").Inc()
+		c.Close()
+		return
+	}
 	guest, err := t.dialGuest(t.ctx, s)
 	if err != nil {
 		t.m.conns.WithLabelValues("port", "dial_error").Inc()
 		log.Warn("tunnel cannot reach the VM", "err", err)
-		t.refuseStart(c, fatal("08006", "cannot reach PostgreSQL in the browser tab: "+err.Error(), ""), log)
+		t.refuseStart(c, br, fatal("08006", "cannot reach PostgreSQL in the browser tab: "+err.Error(), ""), log)
 		return
 	}
 	if !tc.addConn(guest) {
@@ -158,7 +179,7 @@ func (t *Tunnel) handlePort(c net.Conn, s Session, log *slog.Logger) {
 	t.m.conns.WithLabelValues("port", "ok").Inc()
 	observeSince(t.m.setup.WithLabelValues("port"), start)
 	log.Debug("tunnel connection open")
-	t.splice(s, "port", c, c, guest, t.watch(tc, false))
+	t.splice(s, "port", c, br, guest, t.watch(tc, false))
 	log.Debug("tunnel connection closed")
 }
 
@@ -169,9 +190,8 @@ func (t *Tunnel) handlePort(c net.Conn, s Session, log *slog.Logger) {
 // libpq with sslmode=require say only "server does not support SSL"); a
 // direct TLS start gets the same; a plain StartupMessage gets it in clear.
 // No user data passes: the connection goes nowhere.
-func (t *Tunnel) refuseStart(c net.Conn, errMsg []byte, log *slog.Logger) {
+func (t *Tunnel) refuseStart(c net.Conn, br *bufio.Reader, errMsg []byte, log *slog.Logger) {
 	c.SetDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
-	br := bufio.NewReader(c)
 	kind, _, err := readFirstMessage(br)
 	for n := 0; err == nil && kind == kindGSSENCRequest && n < 2; n++ {
 		// Decline GSS encryption; libpq then asks for TLS or starts plain.

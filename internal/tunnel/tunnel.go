@@ -64,10 +64,10 @@ type Config struct {
 	MaxHandshakes int
 	// MaxHandshakesPerSource caps the SNI handshake slots one source
 	// address (IPv6: one /64) may hold, so one source cannot take them all
-	// and lock every session's SNI clients out.
+	// and lock every session's SNI clients out. 0: no limit.
 	MaxHandshakesPerSource int
 	// MaxConnsPerSource caps concurrent tunnel connections from one source
-	// address (IPv6: one /64), both modes, all sessions.
+	// address (IPv6: one /64), both modes, all sessions. 0: no limit.
 	MaxConnsPerSource int
 	// MaxConnsPerSession caps concurrent tunnel connections to one session,
 	// both modes. When full, a pre-authentication connection makes room.
@@ -138,8 +138,8 @@ func New(cfg Config, lookup LookupFunc, logger *slog.Logger, reg prometheus.Regi
 	if cfg.GuestPort == 0 || cfg.HandshakeTimeout <= 0 || cfg.DialTimeout <= 0 || cfg.MaxHelloSize < 512 || cfg.MaxHandshakes <= 0 {
 		return nil, errors.New("tunnel config needs GuestPort, HandshakeTimeout, DialTimeout, MaxHandshakes and MaxHelloSize >= 512")
 	}
-	if cfg.MaxHandshakesPerSource <= 0 || cfg.MaxConnsPerSource <= 0 || cfg.MaxConnsPerSession <= 0 || cfg.MaxPreauthPerSession <= 0 || cfg.AuthTimeout <= 0 {
-		return nil, errors.New("tunnel config needs MaxHandshakesPerSource, MaxConnsPerSource, MaxConnsPerSession, MaxPreauthPerSession and AuthTimeout above 0")
+	if cfg.MaxHandshakesPerSource < 0 || cfg.MaxConnsPerSource < 0 || cfg.MaxConnsPerSession <= 0 || cfg.MaxPreauthPerSession <= 0 || cfg.AuthTimeout <= 0 {
+		return nil, errors.New("tunnel config needs MaxConnsPerSession, MaxPreauthPerSession and AuthTimeout above 0, and per-source limits of 0 (off) or more")
 	}
 	cfg.Domain = strings.ToLower(strings.Trim(cfg.Domain, "."))
 	if cfg.Domain == "" {
@@ -226,7 +226,7 @@ func (t *Tunnel) admit(tc *tracked) bool {
 	for _, v := range victims {
 		t.m.preauth.Dec()
 		t.m.preauthClosed.WithLabelValues("evicted").Inc()
-		t.log.Info("tunnel closed a connection that had not authenticated, to make room", "session", v.session, "source", v.src.String())
+		t.log.Debug("tunnel closed a connection that had not authenticated, to make room", "session", v.session, "source", v.src.String())
 		v.kill()
 	}
 	if !ok {
