@@ -7,11 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
+
+	"github.com/pgwasm/pgwasm/internal/image/rootfs"
 )
 
 // The VM step's cache entry, <cache>/vmstep/<key[:16]>/:
@@ -60,7 +61,7 @@ func commitVMStep(tmp, entry string, l *vmListing) error {
 		if e.Type != "file" {
 			continue
 		}
-		sum, size, err := hashFile(filepath.Join(data, filepath.FromSlash(e.Path)))
+		sum, size, err := rootfs.HashFile(filepath.Join(data, filepath.FromSlash(e.Path)))
 		if err != nil {
 			return fmt.Errorf("VM step: %w", err)
 		}
@@ -194,7 +195,7 @@ func verifyVMTree(dir string, entries []vmEntry) error {
 				}
 				return nil
 			}
-			sum, size, err := hashFile(p)
+			sum, size, err := rootfs.HashFile(p)
 			if err != nil {
 				return err
 			}
@@ -221,18 +222,4 @@ func verifyVMTree(dir string, entries []vmEntry) error {
 		return fmt.Errorf("%d of %d listed paths are missing", len(entries)-seen, len(entries))
 	}
 	return nil
-}
-
-func hashFile(p string) (string, int64, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, fmt.Errorf("cannot read %s: %w", p, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }

@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -354,16 +353,11 @@ func debFileName(p Package) string {
 
 // VerifyFile checks a downloaded file against the SHA256 of a signed index.
 func VerifyFile(path, want string) error {
-	f, err := os.Open(path)
+	got, _, err := rootfs.HashFile(path)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return fmt.Errorf("cannot read %s: %w", path, err)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+	if got != want {
 		return fmt.Errorf("corrupt download %s: sha256 %s, index says %s", filepath.Base(path), got, want)
 	}
 	return nil

@@ -532,7 +532,7 @@ func listFiles(dir string) ([]File, error) {
 		if err != nil {
 			return err
 		}
-		sum, err := fileSHA256(p)
+		sum, _, err := rootfs.HashFile(p)
 		if err != nil {
 			return err
 		}
@@ -544,19 +544,6 @@ func listFiles(dir string) ([]File, error) {
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
 	return files, nil
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("cannot read %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // install copies res's files into root.

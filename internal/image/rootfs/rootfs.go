@@ -4,6 +4,7 @@ package rootfs
 
 import (
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -144,17 +145,11 @@ func Sums(dir string) (string, error) {
 			}
 			fmt.Fprintf(&b, "link %s -> %s\n", filepath.ToSlash(rel), t)
 		case d.Type().IsRegular():
-			f, err := os.Open(p)
+			sum, _, err := HashFile(p)
 			if err != nil {
 				return err
 			}
-			h := sha256.New()
-			_, err = io.Copy(h, f)
-			f.Close()
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(&b, "%x %s\n", h.Sum(nil), filepath.ToSlash(rel))
+			fmt.Fprintf(&b, "%s %s\n", sum, filepath.ToSlash(rel))
 		}
 		return nil
 	})
@@ -162,4 +157,20 @@ func Sums(dir string) (string, error) {
 		return "", fmt.Errorf("cannot checksum %s: %w", dir, err)
 	}
 	return b.String(), nil
+}
+
+// HashFile returns a file's SHA-256 (hex) and size: the check every cache of
+// the pipeline makes before it trusts a file.
+func HashFile(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, fmt.Errorf("cannot read %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
