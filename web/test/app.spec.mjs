@@ -292,6 +292,9 @@ test("phone keys, font size and terminal size", async () => {
   const keys = sel => page.click(`[data-key="${sel}"]`);
   await page.click("#terminal");
   await page.keyboard.type("select 1 as never_run", { delay: 5 });
+  // Ctrl-C flushes what the tty has not handed to psql yet (as a real tty
+  // does), so on a slow machine wait for the echo before pressing it.
+  await waitScreen(page, /select 1 as never_run$/m);
   await keys("ctrl-c");
   // The tty flushes its input on Ctrl-C: type on at the fresh prompt.
   await waitScreen(page, /never_run\^C\n?postgres=# $/m);
