@@ -10,6 +10,6 @@ import { fileURLToPath } from "node:url";
 const dir = path.dirname(fileURLToPath(import.meta.url));
 const only = process.argv.slice(2);
 const specs = fs.readdirSync(dir).filter(f => f.endsWith(".spec.mjs")).map(f => path.join(dir, f));
-const args = ["--test", "--test-concurrency=1", "--test-timeout=900000", ...(only.length ? ["--test-name-pattern", only.join("|")] : []), ...specs];
+const args = ["--test", "--test-concurrency=1", "--test-timeout=1800000", ...(only.length ? ["--test-name-pattern", only.join("|")] : []), ...specs];
 const r = spawnSync(process.execPath, args, { stdio: "inherit" });
 process.exit(r.status ?? 1);
