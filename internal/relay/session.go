@@ -282,6 +282,10 @@ func (s *Session) Stats() Stats {
 	return st
 }
 
+// NetStats returns the counters of the session's network stack
+// (retransmissions, timeouts, frames dropped on a full link queue).
+func (s *Session) NetStats() netstack.Stats { return s.st.Stats() }
+
 // Attached reports whether a websocket is attached now.
 func (s *Session) Attached() bool {
 	s.mu.Lock()
@@ -497,6 +501,11 @@ func (s *Session) readLoop(ctx context.Context, c *websocket.Conn) error {
 func (s *Session) writeLoop(ctx context.Context, a *attachment) {
 	defer close(a.done)
 	defer a.cancel() // a failed write ends the read side too
+	// While this loop drains the stack, a full queue slows TCP down
+	// instead of dropping frames (issue #13, item 9); without it,
+	// nothing would make room.
+	s.st.SetBackpressure(true)
+	defer s.st.SetBackpressure(false)
 	if a.cork != nil {
 		defer a.cork.uncork()
 	}

@@ -64,7 +64,7 @@ func DialOptions(ctx context.Context, wsURL string, o Options) (*VM, error) {
 		mac = net.HardwareAddr{0x00, 0x22, 0x15, 0, 0, 0}
 		_, _ = rand.Read(mac[3:])
 	}
-	st, err := netstack.New(netstack.Config{MAC: mac})
+	st, err := netstack.New(vmStackConfig(mac))
 	if err != nil {
 		return nil, fmt.Errorf("cannot create VM stack: %w", err)
 	}
@@ -74,6 +74,16 @@ func DialOptions(ctx context.Context, wsURL string, o Options) (*VM, error) {
 		return nil, err
 	}
 	return vm, nil
+}
+
+// vmStackConfig models v86's side of the websocket: the page's
+// WebSocket.send never blocks and never drops (it buffers, growing
+// bufferedAmount), so the VM's outbound queue is large enough never to
+// fill and never applies backpressure. Only one side of the websocket may
+// block its sender on a full queue, or each could wait for the other to
+// read; the relay is that side.
+func vmStackConfig(mac net.HardwareAddr) netstack.Config {
+	return netstack.Config{MAC: mac, QueueLen: 1 << 14}
 }
 
 // MAC returns the VM's Ethernet address.
@@ -403,9 +413,13 @@ func (vm *VM) Close() error {
 func NewDetached() (*VM, error) {
 	mac := net.HardwareAddr{0x00, 0x22, 0x15, 0, 0, 0}
 	_, _ = rand.Read(mac[3:])
-	st, err := netstack.New(netstack.Config{MAC: mac})
+	st, err := netstack.New(vmStackConfig(mac))
 	if err != nil {
 		return nil, fmt.Errorf("cannot create VM stack: %w", err)
 	}
 	return &VM{st: st, mac: mac, dhcpIn: make(chan []byte, 8)}, nil
 }
+
+// NetStats returns the VM stack's counters (retransmissions, timeouts,
+// frames dropped on a full link queue).
+func (vm *VM) NetStats() netstack.Stats { return vm.st.Stats() }
