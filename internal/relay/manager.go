@@ -27,6 +27,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgwasm/pgwasm/internal/services/dns"
@@ -41,7 +42,20 @@ var (
 	// ErrDeleted: the session was deleted here; its token no longer
 	// re-creates it on this Manager.
 	ErrDeleted = errors.New("relay session was deleted")
+	// ErrDraining: the server is shutting down and takes no new sessions
+	// and no websockets; another server (same secret) will.
+	ErrDraining = errors.New("relay is draining: try another server")
 )
+
+// StatusDraining is the websocket close code the relay sends when it
+// drains (graceful shutdown): the page, the harness and any client should
+// reconnect at once, and a load balancer that has taken this server out
+// sends them to another, which re-creates the session from its token.
+// 4000-4999 is the range RFC 6455 leaves to applications.
+const StatusDraining websocket.StatusCode = 4503
+
+// DrainReason is the close reason sent with StatusDraining.
+const DrainReason = "draining"
 
 // maxDeleted bounds the ids of deleted sessions a Manager remembers.
 const maxDeleted = 100000
@@ -60,6 +74,7 @@ type Manager struct {
 
 	mu       sync.Mutex
 	closed   bool
+	draining bool
 	sessions map[string]*Session
 	pending  int // sessions being built; they count against MaxSessions
 	byClient map[netip.Addr]int
@@ -157,6 +172,10 @@ func (m *Manager) create(ctx context.Context, clientAddr netip.Addr, id string, 
 	case m.closed:
 		m.mu.Unlock()
 		return nil, false, ErrClosed
+	case m.draining:
+		m.mu.Unlock()
+		m.metrics.sessionRefused.WithLabelValues("draining").Inc()
+		return nil, false, ErrDraining
 	case len(m.sessions)+m.pending >= m.cfg.MaxSessions:
 		m.mu.Unlock()
 		m.metrics.sessionRefused.WithLabelValues("total-limit").Inc()
@@ -308,6 +327,65 @@ func (m *Manager) janitor() {
 			}
 		}
 	}
+}
+
+// Drain starts a graceful shutdown: from now on the Manager creates and
+// re-creates no session and attaches no websocket (ErrDraining; the
+// websocket endpoint answers 503). Sessions keep running until Close or
+// CloseWebsockets.
+func (m *Manager) Drain() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.draining {
+		m.draining = true
+		m.log.Info("draining: no new sessions or websockets")
+	}
+}
+
+// Draining reports whether Drain was called.
+func (m *Manager) Draining() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.draining
+}
+
+// CloseWebsockets closes every attached websocket with StatusDraining, so
+// each VM reconnects at once (through the load balancer, to another
+// server). It implies Drain and waits until each close handshake has ended
+// or ctx is done. Sessions stay until Close; it returns the number closed.
+func (m *Manager) CloseWebsockets(ctx context.Context) int {
+	m.Drain()
+	m.mu.Lock()
+	var all []*Session
+	for _, s := range m.sessions {
+		all = append(all, s)
+	}
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	n := 0
+	for _, s := range all {
+		s.mu.Lock()
+		a := s.att
+		s.mu.Unlock()
+		if a == nil {
+			continue
+		}
+		n++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.drain()
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	m.metrics.websocketsDrained.Add(float64(n))
+	m.log.Info("draining: websockets closed", "count", n)
+	return n
 }
 
 // Close ends every session and waits for all goroutines.

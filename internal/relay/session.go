@@ -80,6 +80,14 @@ type attachment struct {
 	done   chan struct{} // closed when the writer has stopped
 }
 
+// drain closes the websocket with StatusDraining. The close frame must go
+// out before the read side is cancelled: cancelling a read makes the
+// websocket library drop the connection without one.
+func (a *attachment) drain() {
+	_ = a.conn.Close(StatusDraining, DrainReason)
+	a.cancel()
+}
+
 func newID() string { return strings.ToLower(rand.Text()) }
 
 // newSession builds session id, created at created and expiring at expires
@@ -418,6 +426,13 @@ func (s *Session) attach(ctx context.Context, c *websocket.Conn, cork *corkConn)
 		s.mu.Unlock()
 		cancel()
 		c.Close(websocket.StatusGoingAway, "session ended")
+		return
+	}
+	if s.m.Draining() {
+		// Drained between the lookup and here: send this one on too.
+		s.mu.Unlock()
+		cancel()
+		c.Close(StatusDraining, DrainReason)
 		return
 	}
 	old := s.att

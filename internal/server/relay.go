@@ -25,6 +25,9 @@ func NewRelaySessions(m *relay.Manager) *RelaySessions {
 func (r *RelaySessions) Create(ctx context.Context, client netip.Addr) (Session, error) {
 	s, err := r.m.Create(ctx, client)
 	if err != nil {
+		if errors.Is(err, relay.ErrDraining) {
+			return nil, fmt.Errorf("%w: %w", ErrDraining, err)
+		}
 		if errors.Is(err, relay.ErrTooManySessions) || errors.Is(err, relay.ErrTooManySessionsForClient) {
 			return nil, fmt.Errorf("%w: %w", ErrLimit, err)
 		}
