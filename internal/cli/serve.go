@@ -40,6 +40,7 @@ type serveConfig struct {
 	trustForwardedFor bool
 	shutdownTimeout   time.Duration
 	drainDelay        time.Duration
+	lazySessions      bool
 	sessionSecret     string
 	sessionSecretFile string
 
@@ -87,6 +88,7 @@ func (c *serveConfig) registerFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.trustForwardedFor, "trust-forwarded-for", false, "take the client address from X-Forwarded-For (only behind a proxy that sets it)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "graceful shutdown (drain) limit: the process exits within this long of SIGTERM/SIGINT")
 	fs.DurationVar(&c.drainDelay, "drain-delay", 0, "on shutdown, how long to stay unready (/readyz 503, no new sessions) while still serving, before closing websockets with 4503 and the SNI listener: time for a load balancer to take this server out; less than --shutdown-timeout")
+	fs.BoolVar(&c.lazySessions, "lazy-sessions", false, "POST /api/sessions only signs the session's token; its network is built where its websocket arrives (a cluster behind a proxy routing by session id; needs --tunnel-ports off and a shared --session-secret)")
 	fs.StringVar(&c.sessionSecret, "session-secret", "", "secret (at least 16 bytes) that signs session tokens, so sessions survive a restart and any server with the same secret accepts them; empty: random at start (a restart then ends every session)")
 	fs.StringVar(&c.sessionSecretFile, "session-secret-file", "", "file holding --session-secret (surrounding white space ignored)")
 
@@ -248,6 +250,9 @@ func (c *serveConfig) parts() (serveParts, error) {
 		}
 		p.tunnel.Certificate = &cert
 	}
+	if c.lazySessions && (p.tunnel.PortFirst != 0 || len(p.relay.SessionSecret) == 0) {
+		return p, errors.New("--lazy-sessions needs --tunnel-ports off (a port belongs to one server) and a --session-secret shared by the servers")
+	}
 	if c.drainDelay < 0 || c.shutdownTimeout <= 0 || c.drainDelay >= c.shutdownTimeout {
 		return p, fmt.Errorf("--drain-delay %s must be at least 0 and less than --shutdown-timeout %s", c.drainDelay, c.shutdownTimeout)
 	}
@@ -322,6 +327,7 @@ func runServe(ctx context.Context, e *env, cfg *serveConfig, ready func(httpAddr
 	}
 	defer mgr.Close()
 	sessions := server.NewRelaySessions(mgr)
+	sessions.Lazy = cfg.lazySessions
 	tun, err := tunnel.New(parts.tunnel, sessions.TunnelLookup, log.With("component", "tunnel"), reg)
 	if err != nil {
 		return fmt.Errorf("cannot start the tunnel: %w", err)

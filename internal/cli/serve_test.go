@@ -114,6 +114,8 @@ func TestServeFlagErrors(t *testing.T) {
 		{[]string{"--session-secret", "0123456789abcdef", "--session-secret-file", "testdata/session-secret"}, "not both"},
 		{[]string{"--session-secret-file", "testdata/nosuchfile"}, "session-secret-file"},
 		{[]string{"--drain-delay", "10s"}, "less than --shutdown-timeout"},
+		{[]string{"--lazy-sessions", "--session-secret", "0123456789abcdef"}, "tunnel-ports off"},
+		{[]string{"--lazy-sessions", "--tunnel-ports", "off"}, "session-secret"},
 		{[]string{"--drain-delay", "-1s"}, "drain-delay"},
 	}
 	for _, tt := range tests {

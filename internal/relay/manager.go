@@ -134,6 +134,44 @@ func (m *Manager) Create(ctx context.Context, clientAddr netip.Addr) (*Session, 
 	return s, err
 }
 
+// Ticket is a session that exists only as its signed token (Mint): its
+// network is built by whichever server its websocket reaches first.
+type Ticket struct {
+	id, token string
+	expires   time.Time
+}
+
+// ID returns the session id.
+func (t *Ticket) ID() string { return t.id }
+
+// Token returns the signed token.
+func (t *Ticket) Token() string { return t.token }
+
+// ExpiresAt returns the token's expiry.
+func (t *Ticket) ExpiresAt() time.Time { return t.expires }
+
+// Mint makes a new session id and its token without building the session:
+// the first websocket with the token re-creates it (as after a restart),
+// here or on another server with the same secret. In a cluster this puts
+// the network on the replica the load balancer routes the id to, instead
+// of on the replica that happened to take the POST. Limits apply then, on
+// that server.
+func (m *Manager) Mint() (*Ticket, error) {
+	m.mu.Lock()
+	closed, draining := m.closed, m.draining
+	m.mu.Unlock()
+	switch {
+	case closed:
+		return nil, ErrClosed
+	case draining:
+		m.metrics.sessionRefused.WithLabelValues("draining").Inc()
+		return nil, ErrDraining
+	}
+	now := time.Now()
+	id, expires := newID(), now.Add(m.cfg.Lifetime)
+	return &Ticket{id: id, token: mintToken(m.secret, id, now, expires), expires: sessionEnd(now, expires, m.cfg.Lifetime)}, nil
+}
+
 // OnRestore sets a function called with each session re-created from its
 // token, and the websocket request that brought it back, before the
 // websocket attaches (the server gives it a tunnel port there). Set it

@@ -43,6 +43,9 @@ type VM struct {
 	mac net.HardwareAddr
 
 	dhcpIn chan []byte
+	// wsClosed gets the error that ended each websocket's read side
+	// (its close status, for clients that reconnect on one).
+	wsClosed chan error
 
 	mu     sync.Mutex
 	ws     *websocket.Conn
@@ -68,7 +71,7 @@ func DialOptions(ctx context.Context, wsURL string, o Options) (*VM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot create VM stack: %w", err)
 	}
-	vm := &VM{st: st, mac: mac, dhcpIn: make(chan []byte, 8)}
+	vm := &VM{st: st, mac: mac, dhcpIn: make(chan []byte, 8), wsClosed: make(chan error, 4)}
 	if err := vm.Reconnect(ctx, wsURL); err != nil {
 		st.Close()
 		return nil, err
@@ -135,6 +138,12 @@ func (vm *VM) readPump(ctx context.Context, c *websocket.Conn) {
 	for {
 		_, b, err := c.Read(ctx)
 		if err != nil {
+			if ctx.Err() == nil {
+				select {
+				case vm.wsClosed <- err:
+				default:
+				}
+			}
 			return
 		}
 		if isDHCPReply(b) {
@@ -162,6 +171,11 @@ func (vm *VM) writePump(ctx context.Context, c *websocket.Conn) {
 		}
 	}
 }
+
+// WebsocketClosed delivers the error that ended a websocket the VM did not
+// drop itself (websocket.CloseStatus tells the server's close code, e.g.
+// 4503 when a relay drains). Nothing reconnects by itself: call Reconnect.
+func (vm *VM) WebsocketClosed() <-chan error { return vm.wsClosed }
 
 // SendFrame writes one raw frame to the relay (spoofing tests).
 func (vm *VM) SendFrame(ctx context.Context, frame []byte) error {
@@ -417,7 +431,7 @@ func NewDetached() (*VM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot create VM stack: %w", err)
 	}
-	return &VM{st: st, mac: mac, dhcpIn: make(chan []byte, 8)}, nil
+	return &VM{st: st, mac: mac, dhcpIn: make(chan []byte, 8), wsClosed: make(chan error, 4)}, nil
 }
 
 // NetStats returns the VM stack's counters (retransmissions, timeouts,
