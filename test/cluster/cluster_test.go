@@ -343,7 +343,9 @@ func (c *cluster) startVM(ctx context.Context, s sessionInfo, pgAddr string) *vm
 				v.closes = append(v.closes, err)
 				v.mu.Unlock()
 				if websocket.CloseStatus(err) != 4503 {
-					continue
+					// A lost replica: no close code. The page waits
+					// a little; v86 alone up to 10 s.
+					time.Sleep(250 * time.Millisecond)
 				}
 				for ctx.Err() == nil {
 					if err := v.vm.Reconnect(ctx, s.RelayURL); err == nil {
@@ -426,7 +428,8 @@ func (c *cluster) query(ctx context.Context, s sessionInfo, password, client, sq
 // re-create the sessions from their tokens with the same VM address; new
 // tunnel connections work; new sessions avoid the draining replica; the
 // other replicas' sessions keep their websockets; the drained replica exits
-// within its --shutdown-timeout.
+// within its --shutdown-timeout. Then a second replica is killed (SIGKILL):
+// its VMs reconnect to the last one, same address, tunnel working.
 func TestClusterDrain(t *testing.T) {
 	if testing.Short() {
 		t.Skip("cluster test skipped with -short")
@@ -556,5 +559,56 @@ func TestClusterDrain(t *testing.T) {
 	}
 	if !strings.Contains(victim.log.String(), "websockets closed") {
 		t.Errorf("%s log does not show the drain", victim.name)
+	}
+	if t.Failed() {
+		return
+	}
+
+	// Now lose a replica without warning (SIGKILL): its VMs see the
+	// websocket drop, reconnect, and come back on the last replica.
+	byReplica = map[string][]*vm{}
+	for _, v := range vms {
+		h := c.holders(v.s)
+		if len(h) == 1 {
+			byReplica[h[0]] = append(byReplica[h[0]], v)
+		}
+	}
+	var lost *replica
+	for _, r := range c.replicas {
+		if r != victim && (lost == nil || len(byReplica[r.name]) > len(byReplica[lost.name])) {
+			lost = r
+		}
+	}
+	moving = byReplica[lost.name]
+	t.Logf("killing %s with %d sessions", lost.name, len(moving))
+	killed := time.Now()
+	lost.cmd.Process.Kill()
+	for _, v := range moving {
+		select {
+		case <-v.moved:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("session %s: VM not reconnected within 20 s of SIGKILL; websocket closes: %v", v.s.ID, v.closeErrors())
+		}
+	}
+	t.Logf("%d VMs reconnected %v after SIGKILL", len(moving), time.Since(killed).Round(time.Millisecond))
+	for _, v := range moving {
+		if h := c.holders(v.s); len(h) != 1 || h[0] == lost.name || h[0] == victim.name {
+			t.Errorf("session %s after SIGKILL held by %v", v.s.ID, h)
+		}
+		if l, err := v.vm.DHCP(ctx); err != nil || l.Addr.Addr() != netip.MustParseAddr("10.0.2.15") {
+			t.Errorf("session %s DHCP after SIGKILL: %v, %v", v.s.ID, l, err)
+		}
+		var got string
+		var err error
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			got, err = c.query(ctx, v.s, pg.Password, "pgx", "select 'survived'")
+			if err == nil || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if got != "survived" {
+			t.Errorf("session %s through SNI after SIGKILL: %q, %v", v.s.ID, got, err)
+		}
 	}
 }
