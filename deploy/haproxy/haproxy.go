@@ -74,3 +74,25 @@ func Render(p Params) ([]byte, error) {
 	}
 	return b.Bytes(), nil
 }
+
+// Kubernetes returns the parameters of deploy/kubernetes/haproxy.cfg: n
+// replicas of the StatefulSet "pgwasm" behind its headless Service
+// "pgwasm" in namespace ns, found by their stable DNS names.
+func Kubernetes(ns string, n int) Params {
+	p := Params{
+		HTTPBind: ":8080", SNIBind: ":5433",
+		LuaPath:       "/usr/local/etc/haproxy/pg-sslrequest.lua",
+		MaxConn:       50000,
+		CheckInterval: "1s", CheckFall: 2, CheckRise: 2,
+		ServerOpts: " resolvers kube init-addr none",
+		Resolvers:  "kube",
+	}
+	for i := range n {
+		host := fmt.Sprintf("pgwasm-%d.pgwasm.%s.svc.cluster.local", i, ns)
+		p.Servers = append(p.Servers, Server{
+			Name: fmt.Sprintf("pgwasm-%d", i), ID: i + 1,
+			HTTP: host + ":8080", SNI: host + ":5433", CheckPort: 8080,
+		})
+	}
+	return p
+}

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -308,5 +310,43 @@ func TestServeDrain(t *testing.T) {
 	}
 	if d := time.Since(signalled); d > 6*time.Second+500*time.Millisecond {
 		t.Errorf("shutdown took %v, want within --shutdown-timeout 6s", d)
+	}
+}
+
+// TestKubernetesEnvIsServeFlags: every PGWASM_* variable the Kubernetes
+// manifest sets is a serve flag (or the log settings), and the whole set
+// parses: a renamed flag would otherwise be ignored there silently.
+func TestKubernetesEnvIsServeFlags(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/kubernetes/pgwasm.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg serveConfig
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	cfg.registerFlags(fs)
+	env := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^\s*- name: (PGWASM_\w+)\n\s*(value: "?([^"\n]*)"?|valueFrom:)`).FindAllStringSubmatch(string(b), -1) {
+		name, value := m[1], m[3]
+		if name == "PGWASM_LOG_FORMAT" || name == "PGWASM_DEBUG" {
+			continue
+		}
+		flagName := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(name, "PGWASM_")), "_", "-")
+		if fs.Lookup(flagName) == nil {
+			t.Errorf("%s in deploy/kubernetes/pgwasm.yaml is no serve flag (--%s)", name, flagName)
+		}
+		if name == "PGWASM_SESSION_SECRET" {
+			value = "0123456789abcdef-from-a-secret"
+		}
+		env[name] = value
+	}
+	if len(env) < 10 {
+		t.Fatalf("found only %d variables in the manifest: %v", len(env), env)
+	}
+	c, err := parseServe(t, nil, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.parts(); err != nil {
+		t.Errorf("the manifest's settings do not make a valid serve configuration: %v", err)
 	}
 }
