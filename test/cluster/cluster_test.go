@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base32"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -360,6 +361,73 @@ func (c *cluster) startVM(ctx context.Context, s sessionInfo, pgAddr string) *vm
 	return v
 }
 
+// checkSpread asks HAProxy for n random session ids and counts, from each
+// replica's metrics, how many reached it.
+func checkSpread(t *testing.T, c *cluster, n int) {
+	t.Helper()
+	count := func() []float64 {
+		var out []float64
+		for _, r := range c.replicas {
+			resp, err := http.Get("http://" + r.httpAddr + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			v := 0.0
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.HasPrefix(line, `pgwasm_http_requests_total{code="404",route="api"}`) {
+					fmt.Sscan(strings.Fields(line)[1], &v)
+				}
+			}
+			out = append(out, v)
+		}
+		return out
+	}
+	before := count()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+	var wg sync.WaitGroup
+	ids := make(chan string)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range ids {
+				resp, err := client.Get(c.httpURL + "/api/sessions/" + id)
+				if err != nil {
+					t.Error(err)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
+	for range n {
+		b := make([]byte, 16)
+		rand.Read(b)
+		ids <- strings.ToLower(strings.TrimRight(base32.StdEncoding.EncodeToString(b), "="))
+	}
+	close(ids)
+	wg.Wait()
+	after := count()
+	total := 0.0
+	var got []float64
+	for i := range after {
+		got = append(got, after[i]-before[i])
+		total += after[i] - before[i]
+	}
+	t.Logf("%d ids over the replicas: %v", n, got)
+	if total != float64(n) {
+		t.Errorf("replicas counted %v ids, want %d", total, n)
+	}
+	for i, g := range got {
+		if share := g / float64(n) * float64(len(got)); share < 0.8 || share > 1.2 {
+			t.Errorf("%s got %v of %d ids: outside ±20%% of an even share", c.replicas[i].name, g, n)
+		}
+	}
+}
+
 func (v *vm) closeErrors() []error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -442,6 +510,11 @@ func TestClusterDrain(t *testing.T) {
 	c := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	// The hash spreads ids evenly: 3,000 random ids through HAProxy's
+	// by-session backend (GET /api/sessions/<id>: 404 from whichever
+	// replica the id hashes to), each replica within ±20% of a third.
+	checkSpread(t, c, 3000)
+
 	// Enough sessions that every replica holds some (consistent hashing
 	// of random ids; 12 leave a replica empty with probability ~3 × (2/3)^12).
 	const n = 12
