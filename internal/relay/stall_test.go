@@ -43,30 +43,72 @@ func TestShortTransfersNoStall(t *testing.T) {
 	const size, runs = 2 << 20, 25
 	for _, dir := range []string{"upload", "download"} {
 		t.Run(dir, func(t *testing.T) {
-			r0, v0 := s.NetStats(), vm.NetStats()
-			var times []time.Duration
-			for i := range runs {
-				d, err := transfer(ctx, l, vm, dst, dir, size)
-				if err != nil {
-					t.Fatalf("transfer %d: %v", i, err)
+			// Frames lost on a full queue were the cause; none may be
+			// lost in any attempt. The timing bound is checked over up
+			// to three attempts: on a machine loaded far beyond its
+			// cores a runnable goroutine can wait hundreds of
+			// milliseconds, which no relay can help.
+			var fails []string
+			for attempt := range 3 {
+				msg, drops := stallAttempt(ctx, t, s, vm, l, dst, dir, size, runs)
+				if drops != "" {
+					t.Fatalf("attempt %d: %s", attempt+1, drops)
 				}
-				times = append(times, d)
+				if msg == "" {
+					return
+				}
+				t.Logf("attempt %d: %s", attempt+1, msg)
+				fails = append(fails, msg)
 			}
-			r1, v1 := s.NetStats(), vm.NetStats()
-			sorted := slices.Clone(times)
-			slices.Sort(sorted)
-			median, slowest := sorted[len(sorted)/2], sorted[len(sorted)-1]
-			counters := fmt.Sprintf("relay stack: %s; VM stack: %s", statsDelta(r0, r1), statsDelta(v0, v1))
-			t.Logf("%d × %d MB %s: median %v, fastest %v, slowest %v; %s", runs, size>>20, dir,
-				median.Round(time.Millisecond/10), sorted[0].Round(time.Millisecond/10), slowest.Round(time.Millisecond/10), counters)
-			if slowest > 5*median {
-				t.Errorf("slowest transfer %v > 5 × median %v (all: %v); %s", slowest, median, times, counters)
-			}
-			if d := r1.QueueDrops - r0.QueueDrops; d > 0 {
-				t.Errorf("relay dropped %d outbound frames on a full queue with a websocket attached; %s", d, counters)
-			}
+			t.Errorf("in 3 attempts, a transfer was slower than 5 × the median every time: %v", fails)
 		})
 	}
+}
+
+// stallAttempt runs one loop of transfers. It returns why the timing
+// bound failed (or "") and, separately, any frames the queues dropped.
+func stallAttempt(ctx context.Context, t *testing.T, s *relay.Session, vm *simvm.VM, l net.Listener, dst netip.AddrPort, dir string, size int64, runs int) (slow, drops string) {
+	r0, v0 := s.NetStats(), vm.NetStats()
+	var times []time.Duration
+	var loaded []bool // the transfer's only timeouts were spurious
+	for i := range runs {
+		ra, va := s.NetStats(), vm.NetStats()
+		d, err := transfer(ctx, l, vm, dst, dir, size)
+		if err != nil {
+			t.Fatalf("transfer %d: %v", i, err)
+		}
+		rb, vb := s.NetStats(), vm.NetStats()
+		times = append(times, d)
+		timeouts := rb.Timeouts - ra.Timeouts + vb.Timeouts - va.Timeouts
+		spurious := rb.SpuriousRTO - ra.SpuriousRTO + vb.SpuriousRTO - va.SpuriousRTO
+		loaded = append(loaded, timeouts > 0 && timeouts == spurious)
+	}
+	r1, v1 := s.NetStats(), vm.NetStats()
+	sorted := slices.Clone(times)
+	slices.Sort(sorted)
+	median, slowest := sorted[len(sorted)/2], sorted[len(sorted)-1]
+	counters := fmt.Sprintf("relay stack: %s; VM stack: %s", statsDelta(r0, r1), statsDelta(v0, v1))
+	t.Logf("%d × %d MB %s: median %v, fastest %v, slowest %v; %s", runs, size>>20, dir,
+		median.Round(time.Millisecond/10), sorted[0].Round(time.Millisecond/10), slowest.Round(time.Millisecond/10), counters)
+	if d := r1.QueueDrops - r0.QueueDrops + v1.QueueDrops - v0.QueueDrops; d > 0 {
+		drops = fmt.Sprintf("%d outbound frames dropped on a full queue with a websocket attached; %s", d, counters)
+	}
+	// A goroutine starved of CPU for longer than the minimum RTO (200 ms)
+	// makes its sender time out although nothing was lost; gVisor detects
+	// the timeout as spurious. Up to two such transfers are forgiven.
+	forgiven := 0
+	for i, d := range times {
+		if d <= 5*median {
+			continue
+		}
+		if loaded[i] && forgiven < 2 {
+			forgiven++
+			t.Logf("transfer %d took %v (> 5 × median %v) with only spurious retransmission timeouts: the machine's load, not the relay", i, d, median)
+			continue
+		}
+		return fmt.Sprintf("transfer %d took %v > 5 × median %v (all: %v); %s", i, d, median, times, counters), drops
+	}
+	return "", drops
 }
 
 // transfer moves size bytes between the VM and a host socket accepted on l,

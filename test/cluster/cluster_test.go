@@ -112,8 +112,9 @@ func freePort(t *testing.T, host string) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// startCluster starts n replicas and HAProxy in front.
-func startCluster(t *testing.T, n int) *cluster {
+// startCluster starts n replicas and HAProxy in front, checking /readyz
+// every check (e.g. "200ms").
+func startCluster(t *testing.T, n int, check string) *cluster {
 	t.Helper()
 	haproxyBin, err := exec.LookPath("haproxy")
 	if err != nil {
@@ -180,7 +181,7 @@ func startCluster(t *testing.T, n int) *cluster {
 	}
 	cfg, err := haproxy.Render(haproxy.Params{
 		HTTPBind: fmt.Sprintf("127.0.0.1:%d", haHTTP), SNIBind: c.sniAddr, LuaPath: lua,
-		CheckInterval: "200ms", CheckFall: 1, CheckRise: 2, Servers: servers, MaxConn: 2000,
+		CheckInterval: check, CheckFall: 1, CheckRise: 2, Servers: servers, MaxConn: 2000,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -209,8 +210,9 @@ func startCluster(t *testing.T, n int) *cluster {
 		}
 	})
 	waitHTTP(t, c.httpURL+"/readyz", 200, 20*time.Second)
-	// Let every server pass its first checks (rise 2 × 200 ms).
-	time.Sleep(time.Second)
+	// Let every server pass its first checks (rise 2).
+	d, _ := time.ParseDuration(check)
+	time.Sleep(max(time.Second, 3*d))
 	return c
 }
 
@@ -292,7 +294,7 @@ func (c *cluster) holders(s sessionInfo) []string {
 
 // vm is a simulated VM of one session, reconnecting as the page does: at
 // once on 4503 "draining", then every 250 ms.
-type vm struct {
+type simVM struct {
 	s      sessionInfo
 	vm     *simvm.VM
 	mu     sync.Mutex
@@ -300,10 +302,10 @@ type vm struct {
 	moved  chan struct{}
 }
 
-func (c *cluster) startVM(ctx context.Context, s sessionInfo, pgAddr string) *vm {
+func (c *cluster) startVM(ctx context.Context, s sessionInfo, pgAddr string) *simVM {
 	t := c.t
 	t.Helper()
-	v := &vm{s: s, moved: make(chan struct{}, 1)}
+	v := &simVM{s: s, moved: make(chan struct{}, 1)}
 	// A websocket that reaches a draining replica before the proxy has
 	// taken it out gets 503: retry, as the page does.
 	var err error
@@ -428,7 +430,7 @@ func checkSpread(t *testing.T, c *cluster, n int) {
 	}
 }
 
-func (v *vm) closeErrors() []error {
+func (v *simVM) closeErrors() []error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return append([]error(nil), v.closes...)
@@ -507,7 +509,7 @@ func TestClusterDrain(t *testing.T) {
 	}
 	pg := pgtest.Start(t)
 	pgAddr := pgtest.Direct17(t, pg.Addr)
-	c := startCluster(t, 3)
+	c := startCluster(t, 3, "200ms")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	// The hash spreads ids evenly: 3,000 random ids through HAProxy's
@@ -518,8 +520,8 @@ func TestClusterDrain(t *testing.T) {
 	// Enough sessions that every replica holds some (consistent hashing
 	// of random ids; 12 leave a replica empty with probability ~3 × (2/3)^12).
 	const n = 12
-	var vms []*vm
-	byReplica := map[string][]*vm{}
+	var vms []*simVM
+	byReplica := map[string][]*simVM{}
 	for i := range n {
 		s, err := c.createSession()
 		if err != nil {
@@ -639,7 +641,7 @@ func TestClusterDrain(t *testing.T) {
 
 	// Now lose a replica without warning (SIGKILL): its VMs see the
 	// websocket drop, reconnect, and come back on the last replica.
-	byReplica = map[string][]*vm{}
+	byReplica = map[string][]*simVM{}
 	for _, v := range vms {
 		h := c.holders(v.s)
 		if len(h) == 1 {
