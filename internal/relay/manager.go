@@ -25,6 +25,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -72,9 +73,12 @@ type Manager struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// draining is read without mu: Session.attach asks while holding
+	// its own lock, and the janitor takes a session's lock under mu.
+	draining atomic.Bool
+
 	mu       sync.Mutex
 	closed   bool
-	draining bool
 	sessions map[string]*Session
 	pending  int // sessions being built; they count against MaxSessions
 	byClient map[netip.Addr]int
@@ -158,8 +162,9 @@ func (t *Ticket) ExpiresAt() time.Time { return t.expires }
 // that server.
 func (m *Manager) Mint() (*Ticket, error) {
 	m.mu.Lock()
-	closed, draining := m.closed, m.draining
+	closed := m.closed
 	m.mu.Unlock()
+	draining := m.draining.Load()
 	switch {
 	case closed:
 		return nil, ErrClosed
@@ -210,7 +215,7 @@ func (m *Manager) create(ctx context.Context, clientAddr netip.Addr, id string, 
 	case m.closed:
 		m.mu.Unlock()
 		return nil, false, ErrClosed
-	case m.draining:
+	case m.draining.Load():
 		m.mu.Unlock()
 		m.metrics.sessionRefused.WithLabelValues("draining").Inc()
 		return nil, false, ErrDraining
@@ -372,20 +377,13 @@ func (m *Manager) janitor() {
 // websocket endpoint answers 503). Sessions keep running until Close or
 // CloseWebsockets.
 func (m *Manager) Drain() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if !m.draining {
-		m.draining = true
+	if !m.draining.Swap(true) {
 		m.log.Info("draining: no new sessions or websockets")
 	}
 }
 
 // Draining reports whether Drain was called.
-func (m *Manager) Draining() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.draining
-}
+func (m *Manager) Draining() bool { return m.draining.Load() }
 
 // CloseWebsockets closes every attached websocket with StatusDraining, so
 // each VM reconnects at once (through the load balancer, to another
