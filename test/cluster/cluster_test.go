@@ -112,9 +112,9 @@ func freePort(t *testing.T, host string) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// startCluster starts n replicas and HAProxy in front, checking /readyz
-// every check (e.g. "200ms").
-func startCluster(t *testing.T, n int, check string) *cluster {
+// startCluster starts n replicas with --drain-delay drain and HAProxy in
+// front, checking /readyz every check (e.g. "200ms").
+func startCluster(t *testing.T, n int, check, drain string) *cluster {
 	t.Helper()
 	haproxyBin, err := exec.LookPath("haproxy")
 	if err != nil {
@@ -151,7 +151,7 @@ func startCluster(t *testing.T, n int, check string) *cluster {
 			"--public-url", c.httpURL, "--tunnel-sni-port", fmt.Sprint(haSNI),
 			"--trust-forwarded-for",
 			"--tunnel-max-conns-per-source", "0", "--tunnel-max-handshakes-per-source", "0",
-			"--drain-delay", "1s", "--shutdown-timeout", "8s",
+			"--drain-delay", drain, "--shutdown-timeout", "8s",
 			"--dns", "127.0.0.1:1", "--image", imageDir, "--max-sessions-per-client", "1000")
 		r.cmd.Env = append(os.Environ(), "PGWASM_SESSION_SECRET="+hex.EncodeToString(secret))
 		r.cmd.Stdout, r.cmd.Stderr = log, log
@@ -509,7 +509,7 @@ func TestClusterDrain(t *testing.T) {
 	}
 	pg := pgtest.Start(t)
 	pgAddr := pgtest.Direct17(t, pg.Addr)
-	c := startCluster(t, 3, "200ms")
+	c := startCluster(t, 3, "200ms", "1s")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	// The hash spreads ids evenly: 3,000 random ids through HAProxy's
