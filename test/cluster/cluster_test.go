@@ -152,6 +152,9 @@ func startCluster(t *testing.T, n int, check, drain string) *cluster {
 			"--trust-forwarded-for",
 			"--tunnel-max-conns-per-source", "0", "--tunnel-max-handshakes-per-source", "0",
 			"--drain-delay", drain, "--shutdown-timeout", "8s",
+			// A real VM's TLS handshake and SCRAM in emulated i386 on
+			// a loaded 2-core machine can outlast the default 10 s.
+			"--tunnel-auth-timeout", "60s",
 			"--dns", "127.0.0.1:1", "--image", imageDir, "--max-sessions-per-client", "1000")
 		r.cmd.Env = append(os.Environ(), "PGWASM_SESSION_SECRET="+hex.EncodeToString(secret))
 		r.cmd.Stdout, r.cmd.Stderr = log, log
