@@ -241,8 +241,52 @@ function relayAdapter() {
 // inbound tunnel until it sent something. connect() does nothing within
 // reconnect_interval (10 s) of its last attempt: clear that, this one is ours.
 function connectRelay(a) {
+    watchDrain(a);
     a.last_connect_attempt = 0;
     a.connect();
+}
+
+// A relay that drains (graceful shutdown) closes the websocket with 4503
+// "draining" (docs/serve.md): reconnect at once, since a load balancer that
+// has taken that server out sends us to another, which re-creates the
+// session from its token. v86 alone would wait up to reconnect_interval
+// (10 s). If the first attempts fail (the balancer has not noticed yet),
+// retry every 250 ms for DRAIN_RETRY_MS, then v86's own retries take over.
+const DRAIN_CLOSE_CODE = 4503;
+const DRAIN_RETRY_MS = 15000;
+
+function watchDrain(a) {
+    if (a.pgwasmDrainWatch) return;
+    a.pgwasmDrainWatch = true;
+    let retryUntil = 0;
+    const v86Close = a.handle_close;
+    // v86 binds handle_close to each socket it opens, so this instance
+    // method takes effect from the next socket on.
+    a.handle_close = function (ev) {
+        const now = Date.now();
+        if (ev && ev.code === DRAIN_CLOSE_CODE) {
+            log("relay: server draining (4503): reconnecting at once");
+            retryUntil = now + DRAIN_RETRY_MS;
+        }
+        if (!this.destroyed && now < retryUntil) {
+            setTimeout(() => {
+                if (this.destroyed || (this.socket && this.socket.readyState <= 1)) return;
+                this.last_connect_attempt = 0;
+                this.connect();
+            }, ev && ev.code === DRAIN_CLOSE_CODE ? 0 : 250);
+            return;
+        }
+        return v86Close.call(this, ev);
+    };
+    const onOpen = a.handle_open;
+    a.handle_open = function (...args) {
+        retryUntil = 0;
+        return onOpen.apply(this, args);
+    };
+    if (a.socket) {
+        a.socket.onclose = a.handle_close.bind(a);
+        a.socket.onopen = a.handle_open.bind(a);
+    }
 }
 
 const WS_STATES = ["connecting", "open", "closing", "closed"];

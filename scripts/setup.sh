@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # Debian packages: dpkg-deb and apt-get unpack and resolve the image's packages;
 # postgresql gives the tests a real server and psql; zstd compresses states in
 # shell tools; nodejs/npm run v86 headless; chromium runs the browser tests.
-packages=(apt dpkg dpkg-dev binutils util-linux gcc-i686-linux-gnu make postgresql postgresql-client zstd nodejs npm ca-certificates chromium)
+packages=(apt dpkg dpkg-dev binutils util-linux gcc-i686-linux-gnu make postgresql postgresql-client zstd nodejs npm ca-certificates chromium haproxy)
 
 missing=()
 for p in "${packages[@]}"; do

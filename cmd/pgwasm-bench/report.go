@@ -248,6 +248,7 @@ func (r *report) writeNet(w io.Writer) {
 		"CPU per byte "+b.Get(bUpload, "cpu-ns/B").Format(fmtNsB)+"; quoted 2022 relay: "+quoted2022Relay.text)
 	r.targetRow(tb, atLeast("throughput, one session, download host→VM", b.Get(bDownload, "MB/s"), 100, fmtMBps, "[serve.md](serve.md#relay-performance): the simulated VM's netstack shares the CPU"),
 		"CPU per byte "+b.Get(bDownload, "cpu-ns/B").Format(fmtNsB))
+	n.shortTransferRows(tb)
 	rt, direct := b.Get(bRoundTrip, "ns/op"), b.Get(bRoundDirect, "ns/op")
 	tb.row("round trip, 64 B echo through the relay", rt.Format(fmtDur), "", "", "")
 	tb.row("round trip, plain loopback TCP", direct.Format(fmtDur), "", "", "")

@@ -56,6 +56,7 @@ func Ratio(a, b Summary) float64 {
 
 func fmtSeconds(ms float64) string { return fmt.Sprintf("%.2f s", ms/1000) }
 func fmtMS(ms float64) string      { return fmt.Sprintf("%.0f ms", ms) }
+func fmtMSFine(ms float64) string  { return fmt.Sprintf("%.1f ms", ms) }
 func fmtMB(b float64) string       { return fmt.Sprintf("%.2f MB", b/1e6) }
 func fmtKB(b float64) string       { return fmt.Sprintf("%.1f KB", b/1e3) }
 func fmtMBps(v float64) string     { return fmt.Sprintf("%.1f MB/s", v) }

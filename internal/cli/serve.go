@@ -39,6 +39,8 @@ type serveConfig struct {
 	allowedHosts      listFlag
 	trustForwardedFor bool
 	shutdownTimeout   time.Duration
+	drainDelay        time.Duration
+	lazySessions      bool
 	sessionSecret     string
 	sessionSecretFile string
 
@@ -84,7 +86,9 @@ func (c *serveConfig) registerFlags(fs *flag.FlagSet) {
 	fs.Var(&c.allowedOrigins, "allowed-origins", "other page origins (scheme://host[:port]) that may use the API and relay; repeat or comma list; * allows any")
 	fs.Var(&c.allowedHosts, "allowed-hosts", "host names the server answers to besides IP addresses, localhost, *.localhost and the hosts of --public-url and --listen (against DNS rebinding): names or *.domain; repeat or comma list; * allows any")
 	fs.BoolVar(&c.trustForwardedFor, "trust-forwarded-for", false, "take the client address from X-Forwarded-For (only behind a proxy that sets it)")
-	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long shutdown waits for requests to finish")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "graceful shutdown (drain) limit: the process exits within this long of SIGTERM/SIGINT")
+	fs.DurationVar(&c.drainDelay, "drain-delay", 0, "on shutdown, how long to stay unready (/readyz 503, no new sessions) while still serving, before closing websockets with 4503 and the SNI listener: time for a load balancer to take this server out; less than --shutdown-timeout")
+	fs.BoolVar(&c.lazySessions, "lazy-sessions", false, "POST /api/sessions only signs the session's token; its network is built where its websocket arrives (a cluster behind a proxy routing by session id; needs --tunnel-ports off and a shared --session-secret)")
 	fs.StringVar(&c.sessionSecret, "session-secret", "", "secret (at least 16 bytes) that signs session tokens, so sessions survive a restart and any server with the same secret accepts them; empty: random at start (a restart then ends every session)")
 	fs.StringVar(&c.sessionSecretFile, "session-secret-file", "", "file holding --session-secret (surrounding white space ignored)")
 
@@ -246,6 +250,12 @@ func (c *serveConfig) parts() (serveParts, error) {
 		}
 		p.tunnel.Certificate = &cert
 	}
+	if c.lazySessions && (p.tunnel.PortFirst != 0 || len(p.relay.SessionSecret) == 0) {
+		return p, errors.New("--lazy-sessions needs --tunnel-ports off (a port belongs to one server) and a --session-secret shared by the servers")
+	}
+	if c.drainDelay < 0 || c.shutdownTimeout <= 0 || c.drainDelay >= c.shutdownTimeout {
+		return p, fmt.Errorf("--drain-delay %s must be at least 0 and less than --shutdown-timeout %s", c.drainDelay, c.shutdownTimeout)
+	}
 	if c.sniPublicPort > 65535 {
 		return p, fmt.Errorf("bad --tunnel-sni-port %d", c.sniPublicPort)
 	}
@@ -270,6 +280,26 @@ func newServeCommand(e *env) *ffcli.Command {
 			return runServe(ctx, e, &cfg, nil)
 		},
 	}
+}
+
+// drain is the graceful part of a shutdown (docs/serve.md, "Graceful
+// drain"): unready at once and no new sessions or websockets; after
+// --drain-delay, when a load balancer has taken this server out, every
+// websocket is closed with code 4503 so its VM reconnects at once (to
+// another server, which re-creates the session from its token), and the
+// SNI listener closes. It spends at most half of what is left of
+// --shutdown-timeout on close handshakes.
+func drain(log *slog.Logger, cfg *serveConfig, deadline time.Time, h *server.Server, mgr *relay.Manager, stopSNI func()) {
+	start := time.Now()
+	log.Info("draining", "drain_delay", cfg.drainDelay, "shutdown_timeout", cfg.shutdownTimeout)
+	h.SetDraining()
+	mgr.Drain()
+	time.Sleep(cfg.drainDelay)
+	stopSNI()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Until(deadline)/2)
+	defer cancel()
+	n := mgr.CloseWebsockets(ctx)
+	log.Info("drained", "websockets", n, "seconds", time.Since(start).Seconds())
 }
 
 // runServe serves until ctx ends. ready, if not nil, gets the bound
@@ -297,6 +327,7 @@ func runServe(ctx context.Context, e *env, cfg *serveConfig, ready func(httpAddr
 	}
 	defer mgr.Close()
 	sessions := server.NewRelaySessions(mgr)
+	sessions.Lazy = cfg.lazySessions
 	tun, err := tunnel.New(parts.tunnel, sessions.TunnelLookup, log.With("component", "tunnel"), reg)
 	if err != nil {
 		return fmt.Errorf("cannot start the tunnel: %w", err)
@@ -351,19 +382,25 @@ func runServe(ctx context.Context, e *env, cfg *serveConfig, ready func(httpAddr
 		}
 		return nil
 	})
+	// The SNI listener outlives the signal by --drain-delay: sessions
+	// here still take tunnel connections until their pages move.
+	sniCtx, stopSNI := context.WithCancel(context.Background())
+	defer stopSNI()
 	if sniLn != nil {
-		g.Go(func() error { return tun.ServeSNI(gctx, sniLn) })
+		g.Go(func() error { return tun.ServeSNI(sniCtx, sniLn) })
 	}
 	g.Go(func() error {
 		<-gctx.Done()
-		log.Info("shutting down", "timeout", cfg.shutdownTimeout)
-		sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+		deadline := time.Now().Add(cfg.shutdownTimeout)
+		drain(log, cfg, deadline, h, mgr, stopSNI)
+		sctx, cancel := context.WithDeadline(context.Background(), deadline)
 		defer cancel()
 		err := srv.Shutdown(sctx)
 		// Hijacked websockets are not Shutdown's: ending the sessions
-		// closes them, and with them every tunnel connection.
+		// closes what is left of them, and every tunnel connection.
 		mgr.Close()
 		tun.Close()
+		log.Info("shut down")
 		if err != nil {
 			return fmt.Errorf("HTTP shutdown: %w", err)
 		}

@@ -3,18 +3,22 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/peterbourgon/ff/v3"
 )
 
@@ -111,6 +115,10 @@ func TestServeFlagErrors(t *testing.T) {
 		{[]string{"--session-secret", "short"}, "at least 16"},
 		{[]string{"--session-secret", "0123456789abcdef", "--session-secret-file", "testdata/session-secret"}, "not both"},
 		{[]string{"--session-secret-file", "testdata/nosuchfile"}, "session-secret-file"},
+		{[]string{"--drain-delay", "10s"}, "less than --shutdown-timeout"},
+		{[]string{"--lazy-sessions", "--session-secret", "0123456789abcdef"}, "tunnel-ports off"},
+		{[]string{"--lazy-sessions", "--tunnel-ports", "off"}, "session-secret"},
+		{[]string{"--drain-delay", "-1s"}, "drain-delay"},
 	}
 	for _, tt := range tests {
 		cfg, err := parseServe(t, tt.args, nil)
@@ -194,3 +202,151 @@ func TestServeRunsAndStops(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestServeDrain stops the real command as SIGTERM does, with a drain
+// delay: readiness fails at once while liveness holds, new sessions get
+// 503, the attached websocket is closed with 4503 "draining" once the delay
+// is over (not before), and the process is gone within --shutdown-timeout.
+func TestServeDrain(t *testing.T) {
+	cfg, err := parseServe(t, []string{
+		"--listen", "127.0.0.1:0", "--tunnel-sni-listen", "127.0.0.1:0", "--tunnel-ports", "off",
+		"--dns", "127.0.0.1:1", "--shutdown-timeout", "6s", "--drain-delay", "1500ms",
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{stdout: io.Discard, stderr: io.Discard, logger: slog.New(slog.DiscardHandler)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addrs := make(chan [2]string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- runServe(ctx, e, cfg, func(h, s string) { addrs <- [2]string{h, s} })
+	}()
+	var a [2]string
+	select {
+	case a = <-addrs:
+	case err := <-done:
+		t.Fatalf("serve ended early: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not start")
+	}
+	base := "http://" + a[0]
+	status := func(method, path string) int {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := status("GET", "/readyz"); got != 200 {
+		t.Fatalf("readyz before the drain = %d", got)
+	}
+	resp, err := http.Post(base+"/api/sessions", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sess struct {
+		RelayURL string `json:"relay_url"`
+	}
+	json.NewDecoder(resp.Body).Decode(&sess)
+	resp.Body.Close()
+	wsctx, wscancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer wscancel()
+	ws, _, err := websocket.Dial(wsctx, sess.RelayURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	closed := make(chan error, 1)
+	go func() {
+		for {
+			if _, _, err := ws.Read(wsctx); err != nil {
+				closed <- err
+				return
+			}
+		}
+	}()
+
+	signalled := time.Now()
+	cancel()
+	time.Sleep(300 * time.Millisecond)
+	if got := status("GET", "/readyz"); got != http.StatusServiceUnavailable {
+		t.Errorf("readyz while draining = %d, want 503", got)
+	}
+	if got := status("GET", "/livez"); got != 200 {
+		t.Errorf("livez while draining = %d, want 200", got)
+	}
+	if got := status("POST", "/api/sessions"); got != http.StatusServiceUnavailable {
+		t.Errorf("POST /api/sessions while draining = %d, want 503", got)
+	}
+	select {
+	case err := <-closed:
+		t.Fatalf("websocket closed %v after the signal, before the drain delay: %v", time.Since(signalled), err)
+	default:
+	}
+	select {
+	case err := <-closed:
+		if code := websocket.CloseStatus(err); code != 4503 {
+			t.Errorf("websocket closed with %v (code %d), want 4503", err, code)
+		}
+		var ce websocket.CloseError
+		if errors.As(err, &ce) && ce.Reason != "draining" {
+			t.Errorf("close reason %q, want draining", ce.Reason)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("websocket not closed by the drain")
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve returned %v", err)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("serve did not stop within its shutdown timeout")
+	}
+	if d := time.Since(signalled); d > 6*time.Second+500*time.Millisecond {
+		t.Errorf("shutdown took %v, want within --shutdown-timeout 6s", d)
+	}
+}
+
+// TestKubernetesEnvIsServeFlags: every PGWASM_* variable the Kubernetes
+// manifest sets is a serve flag (or the log settings), and the whole set
+// parses: a renamed flag would otherwise be ignored there silently.
+func TestKubernetesEnvIsServeFlags(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/kubernetes/pgwasm.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg serveConfig
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	cfg.registerFlags(fs)
+	env := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^\s*- name: (PGWASM_\w+)\n\s*(value: "?([^"\n]*)"?|valueFrom:)`).FindAllStringSubmatch(string(b), -1) {
+		name, value := m[1], m[3]
+		if name == "PGWASM_LOG_FORMAT" || name == "PGWASM_DEBUG" {
+			continue
+		}
+		flagName := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(name, "PGWASM_")), "_", "-")
+		if fs.Lookup(flagName) == nil {
+			t.Errorf("%s in deploy/kubernetes/pgwasm.yaml is no serve flag (--%s)", name, flagName)
+		}
+		if name == "PGWASM_SESSION_SECRET" {
+			value = "0123456789abcdef-from-a-secret"
+		}
+		env[name] = value
+	}
+	if len(env) < 10 {
+		t.Fatalf("found only %d variables in the manifest: %v", len(env), env)
+	}
+	c, err := parseServe(t, nil, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.parts(); err != nil {
+		t.Errorf("the manifest's settings do not make a valid serve configuration: %v", err)
+	}
+}

@@ -52,9 +52,11 @@ type Config struct {
 	Promiscuous bool
 	// MTU is the IP MTU; the Ethernet frame is 14 bytes larger. Default 1500.
 	MTU uint32
-	// QueueLen is the number of outbound frames held when nobody reads
-	// them (e.g. while the websocket is reconnecting). v86 itself queues
-	// 128 frames during a reconnect; we match that. Default 128.
+	// QueueLen is the number of outbound frames held for ReadFrame. A
+	// full queue makes senders wait while SetBackpressure is on and
+	// drops frames while it is off (e.g. while the websocket is
+	// reconnecting; v86 itself queues 128 frames then, we match that).
+	// Default 128.
 	QueueLen int
 	// TCPBuffer sets TCP send and receive buffer sizes. Zero fields take
 	// DefaultTCPBuffer's.
@@ -98,6 +100,9 @@ type Stack struct {
 	// address of the last injected frame's sender.
 	p2p  bool
 	peer atomic.Pointer[[6]byte]
+
+	// out holds outbound frames for ReadFrame; see queue.go.
+	out *outQueue
 
 	mu   sync.Mutex
 	addr netip.Prefix
@@ -186,10 +191,12 @@ func New(cfg Config) (*Stack, error) {
 		return fail("set TCP send buffer", e)
 	}
 
-	// The channel endpoint carries whole Ethernet frames: the ethernet
-	// wrapper adds and strips the 14-byte header.
-	st.link = channel.New(cfg.QueueLen, cfg.MTU+header.EthernetMinimumSize, st.mac)
-	var ep stack.LinkEndpoint = ethernet.New(st.link)
+	// The channel endpoint carries whole Ethernet frames in (the
+	// ethernet wrapper adds and strips the 14-byte header); outbound
+	// frames stop in the queue above it, so its own queue stays empty.
+	st.link = channel.New(1, cfg.MTU+header.EthernetMinimumSize, st.mac)
+	st.out = newOutQueue(st.link, cfg.QueueLen)
+	var ep stack.LinkEndpoint = ethernet.New(st.out)
 	if cfg.PointToPoint {
 		ep = newP2PLink(ep)
 	}
@@ -303,7 +310,7 @@ func (st *Stack) ReadFrame(ctx context.Context) ([]byte, error) {
 // AppendFrame is ReadFrame appending the frame to dst, so a caller that
 // reuses one buffer copies each frame once and allocates nothing.
 func (st *Stack) AppendFrame(ctx context.Context, dst []byte) ([]byte, error) {
-	pkt := st.link.ReadContext(ctx)
+	pkt := st.out.read(ctx)
 	if pkt == nil {
 		if err := ctx.Err(); err != nil {
 			return dst, err
@@ -329,7 +336,13 @@ func (st *Stack) AppendFrame(ctx context.Context, dst []byte) ([]byte, error) {
 
 // Queued returns the number of outbound frames waiting for ReadFrame; a
 // writer may batch them before flushing.
-func (st *Stack) Queued() int { return st.link.NumQueued() }
+func (st *Stack) Queued() int { return st.out.queued() }
+
+// SetBackpressure says whether a reader is draining ReadFrame now. While
+// one is, a sender that finds the outbound queue full waits for room
+// instead of losing the frame (see queue.go); turn it off when the reader
+// stops, or senders wait until Close.
+func (st *Stack) SetBackpressure(on bool) { st.out.setBackpressure(on) }
 
 func (st *Stack) learnPeer(mac []byte) {
 	if p := st.peer.Load(); p != nil && string(p[:]) == string(mac) {
@@ -354,6 +367,9 @@ func (st *Stack) ForgetNeighbor(addr netip.Addr) {
 // ErrClosed. It waits for the stack's goroutines.
 func (st *Stack) Close() {
 	st.closeOnce.Do(func() {
+		// Wake senders waiting for room first: stack.Close waits for
+		// every endpoint, and a waiting sender holds one.
+		st.out.close()
 		st.s.Close()
 		st.link.Close()
 		st.s.Wait()
@@ -483,6 +499,39 @@ func (st *Stack) HandleUDP(h func(*UDPRequest) bool) {
 		})
 	})
 	st.s.SetTransportProtocolHandler(udp.ProtocolNumber, fwd.HandlePacket)
+}
+
+// Stats are counters of one stack, for tests, benchmarks and diagnosis.
+type Stats struct {
+	// QueueDrops are outbound frames dropped because the queue
+	// (Config.QueueLen) was full with backpressure off.
+	QueueDrops uint64
+	// Dropped are inbound packets the stack dropped, e.g. TCP segments
+	// beyond a receive buffer's memory.
+	Dropped uint64
+	// TCP counters, summed over every connection of the stack.
+	SegmentsSent, SegmentsReceived uint64
+	Retransmits, Timeouts          uint64
+	FastRetransmit, SACKRecovery   uint64
+	TLPRecovery, SpuriousRTO       uint64
+}
+
+// Stats returns the stack's counters.
+func (st *Stack) Stats() Stats {
+	all := st.s.Stats()
+	t := all.TCP
+	return Stats{
+		Dropped:          all.DroppedPackets.Value(),
+		QueueDrops:       st.out.drops.Load(),
+		SegmentsSent:     t.SegmentsSent.Value(),
+		SegmentsReceived: t.ValidSegmentsReceived.Value(),
+		Retransmits:      t.Retransmits.Value(),
+		Timeouts:         t.Timeouts.Value(),
+		FastRetransmit:   t.FastRetransmit.Value(),
+		SACKRecovery:     t.SACKRecovery.Value(),
+		TLPRecovery:      t.TLPRecovery.Value(),
+		SpuriousRTO:      t.SpuriousRTORecovery.Value(),
+	}
 }
 
 // p2pLink hides the Ethernet link's need for address resolution, so the

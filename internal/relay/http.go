@@ -27,6 +27,14 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "relay: no session id in the URL (want /relay/{id}?token={token})", http.StatusNotFound)
 		return
 	}
+	if m.Draining() {
+		// The load balancer should have taken this server out; the
+		// client retries and lands on another.
+		w.Header().Set("Retry-After", "1")
+		w.Header().Set("Connection", "close")
+		http.Error(w, "relay: "+ErrDraining.Error(), http.StatusServiceUnavailable)
+		return
+	}
 	s, ok := m.Lookup(id)
 	if !ok {
 		if s, ok = m.restoreFromRequest(w, r, id); !ok {
@@ -78,6 +86,9 @@ func (m *Manager) restoreFromRequest(w http.ResponseWriter, r *http.Request, id 
 		switch {
 		case errors.Is(err, ErrDeleted):
 			http.Error(w, "relay: session was deleted", http.StatusNotFound)
+		case errors.Is(err, ErrDraining):
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "relay: "+err.Error(), http.StatusServiceUnavailable)
 		case errors.Is(err, ErrTooManySessions), errors.Is(err, ErrTooManySessionsForClient):
 			w.Header().Set("Retry-After", "30")
 			http.Error(w, "relay: "+err.Error(), http.StatusTooManyRequests)

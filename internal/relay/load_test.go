@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -135,6 +136,46 @@ func BenchmarkTCPThroughput(b *testing.B) {
 			// It covers the whole process: relay, simulated VM (its own
 			// netstack and websocket client) and the host end.
 			b.ReportMetric(float64(cpuTime()-cpu0)/float64(total), "cpu-ns/B")
+		})
+	}
+}
+
+// BenchmarkShortTransfers times short transfers, each 1 MB on a new
+// connection through one session, and reports the median and the slowest:
+// a stall (issue #13, item 9: a retransmission timeout costs 200 ms) shows
+// in slowest-ms and slowest/median, where a long throughput run would
+// average it away.
+func BenchmarkShortTransfers(b *testing.B) {
+	for _, dir := range []string{"upload", "download"} {
+		b.Run(dir, func(b *testing.B) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			e := newEnv(b, func(c *relay.Config) {
+				c.Egress.Allow = append(c.Egress.Allow, mustRule(b, l.Addr().String()))
+			})
+			ctx := testCtx(b, 5*time.Minute)
+			_, vm := e.vm(ctx, b)
+			dst := netip.MustParseAddrPort(l.Addr().String())
+			const size = 1 << 20
+			b.SetBytes(size)
+			var times []float64
+			b.ResetTimer()
+			for range b.N {
+				d, err := transfer(ctx, l, vm, dst, dir, size)
+				if err != nil {
+					b.Fatal(err)
+				}
+				times = append(times, float64(d)/1e6)
+			}
+			slices.Sort(times)
+			median, slowest := times[len(times)/2], times[len(times)-1]
+			b.ReportMetric(median, "median-ms")
+			b.ReportMetric(times[0], "fastest-ms")
+			b.ReportMetric(slowest, "slowest-ms")
+			b.ReportMetric(slowest/median, "slowest/median")
 		})
 	}
 }

@@ -25,8 +25,10 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgwasm/pgwasm/internal/services/dns"
@@ -41,7 +43,20 @@ var (
 	// ErrDeleted: the session was deleted here; its token no longer
 	// re-creates it on this Manager.
 	ErrDeleted = errors.New("relay session was deleted")
+	// ErrDraining: the server is shutting down and takes no new sessions
+	// and no websockets; another server (same secret) will.
+	ErrDraining = errors.New("relay is draining: try another server")
 )
+
+// StatusDraining is the websocket close code the relay sends when it
+// drains (graceful shutdown): the page, the harness and any client should
+// reconnect at once, and a load balancer that has taken this server out
+// sends them to another, which re-creates the session from its token.
+// 4000-4999 is the range RFC 6455 leaves to applications.
+const StatusDraining websocket.StatusCode = 4503
+
+// DrainReason is the close reason sent with StatusDraining.
+const DrainReason = "draining"
 
 // maxDeleted bounds the ids of deleted sessions a Manager remembers.
 const maxDeleted = 100000
@@ -57,6 +72,10 @@ type Manager struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// draining is read without mu: Session.attach asks while holding
+	// its own lock, and the janitor takes a session's lock under mu.
+	draining atomic.Bool
 
 	mu       sync.Mutex
 	closed   bool
@@ -119,6 +138,45 @@ func (m *Manager) Create(ctx context.Context, clientAddr netip.Addr) (*Session, 
 	return s, err
 }
 
+// Ticket is a session that exists only as its signed token (Mint): its
+// network is built by whichever server its websocket reaches first.
+type Ticket struct {
+	id, token string
+	expires   time.Time
+}
+
+// ID returns the session id.
+func (t *Ticket) ID() string { return t.id }
+
+// Token returns the signed token.
+func (t *Ticket) Token() string { return t.token }
+
+// ExpiresAt returns the token's expiry.
+func (t *Ticket) ExpiresAt() time.Time { return t.expires }
+
+// Mint makes a new session id and its token without building the session:
+// the first websocket with the token re-creates it (as after a restart),
+// here or on another server with the same secret. In a cluster this puts
+// the network on the replica the load balancer routes the id to, instead
+// of on the replica that happened to take the POST. Limits apply then, on
+// that server.
+func (m *Manager) Mint() (*Ticket, error) {
+	m.mu.Lock()
+	closed := m.closed
+	m.mu.Unlock()
+	draining := m.draining.Load()
+	switch {
+	case closed:
+		return nil, ErrClosed
+	case draining:
+		m.metrics.sessionRefused.WithLabelValues("draining").Inc()
+		return nil, ErrDraining
+	}
+	now := time.Now()
+	id, expires := newID(), now.Add(m.cfg.Lifetime)
+	return &Ticket{id: id, token: mintToken(m.secret, id, now, expires), expires: sessionEnd(now, expires, m.cfg.Lifetime)}, nil
+}
+
 // OnRestore sets a function called with each session re-created from its
 // token, and the websocket request that brought it back, before the
 // websocket attaches (the server gives it a tunnel port there). Set it
@@ -157,6 +215,10 @@ func (m *Manager) create(ctx context.Context, clientAddr netip.Addr, id string, 
 	case m.closed:
 		m.mu.Unlock()
 		return nil, false, ErrClosed
+	case m.draining.Load():
+		m.mu.Unlock()
+		m.metrics.sessionRefused.WithLabelValues("draining").Inc()
+		return nil, false, ErrDraining
 	case len(m.sessions)+m.pending >= m.cfg.MaxSessions:
 		m.mu.Unlock()
 		m.metrics.sessionRefused.WithLabelValues("total-limit").Inc()
@@ -308,6 +370,58 @@ func (m *Manager) janitor() {
 			}
 		}
 	}
+}
+
+// Drain starts a graceful shutdown: from now on the Manager creates and
+// re-creates no session and attaches no websocket (ErrDraining; the
+// websocket endpoint answers 503). Sessions keep running until Close or
+// CloseWebsockets.
+func (m *Manager) Drain() {
+	if !m.draining.Swap(true) {
+		m.log.Info("draining: no new sessions or websockets")
+	}
+}
+
+// Draining reports whether Drain was called.
+func (m *Manager) Draining() bool { return m.draining.Load() }
+
+// CloseWebsockets closes every attached websocket with StatusDraining, so
+// each VM reconnects at once (through the load balancer, to another
+// server). It implies Drain and waits until each close handshake has ended
+// or ctx is done. Sessions stay until Close; it returns the number closed.
+func (m *Manager) CloseWebsockets(ctx context.Context) int {
+	m.Drain()
+	m.mu.Lock()
+	var all []*Session
+	for _, s := range m.sessions {
+		all = append(all, s)
+	}
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	n := 0
+	for _, s := range all {
+		s.mu.Lock()
+		a := s.att
+		s.mu.Unlock()
+		if a == nil {
+			continue
+		}
+		n++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.drain()
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	m.metrics.websocketsDrained.Add(float64(n))
+	m.log.Info("draining: websockets closed", "count", n)
+	return n
 }
 
 // Close ends every session and waits for all goroutines.

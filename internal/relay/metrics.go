@@ -35,6 +35,8 @@ type metrics struct {
 	flowsTotal       *prometheus.CounterVec
 	refusals         *prometheus.CounterVec
 	sessionRefused   *prometheus.CounterVec
+	// websocketsDrained counts websockets closed with StatusDraining.
+	websocketsDrained prometheus.Counter
 
 	// The per-frame counters, resolved once: WithLabelValues hashes and
 	// locks on every call, which showed in the per-frame profile.
@@ -65,6 +67,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "pgwasm_relay_flows_total", Help: "NAT flows opened."}, []string{"proto"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgwasm_relay_refusals_total", Help: "Flows and DNS answers refused, by protocol and reason."}, []string{"proto", "reason"}),
+		websocketsDrained: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgwasm_relay_websockets_drained_total", Help: "Websockets closed with code 4503 (draining) on graceful shutdown."}),
 		sessionRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgwasm_relay_sessions_refused_total", Help: "Session creations refused, by reason."}, []string{"reason"}),
 	}
@@ -73,7 +77,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.sessions, m.sessionsTotal, m.sessionsRestored, m.sessionsEnded, m.websockets, m.bytes, m.frames, m.dropped, m.flows, m.flowsTotal, m.refusals, m.sessionRefused} {
+	for _, c := range []prometheus.Collector{m.sessions, m.sessionsTotal, m.sessionsRestored, m.sessionsEnded, m.websockets, m.bytes, m.frames, m.dropped, m.flows, m.flowsTotal, m.refusals, m.sessionRefused, m.websocketsDrained} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("cannot register relay metrics: %w", err)
 		}

@@ -80,6 +80,14 @@ type attachment struct {
 	done   chan struct{} // closed when the writer has stopped
 }
 
+// drain closes the websocket with StatusDraining. The close frame must go
+// out before the read side is cancelled: cancelling a read makes the
+// websocket library drop the connection without one.
+func (a *attachment) drain() {
+	_ = a.conn.Close(StatusDraining, DrainReason)
+	a.cancel()
+}
+
 func newID() string { return strings.ToLower(rand.Text()) }
 
 // newSession builds session id, created at created and expiring at expires
@@ -282,6 +290,10 @@ func (s *Session) Stats() Stats {
 	return st
 }
 
+// NetStats returns the counters of the session's network stack
+// (retransmissions, timeouts, frames dropped on a full link queue).
+func (s *Session) NetStats() netstack.Stats { return s.st.Stats() }
+
 // Attached reports whether a websocket is attached now.
 func (s *Session) Attached() bool {
 	s.mu.Lock()
@@ -416,6 +428,13 @@ func (s *Session) attach(ctx context.Context, c *websocket.Conn, cork *corkConn)
 		c.Close(websocket.StatusGoingAway, "session ended")
 		return
 	}
+	if s.m.Draining() {
+		// Drained between the lookup and here: send this one on too.
+		s.mu.Unlock()
+		cancel()
+		c.Close(StatusDraining, DrainReason)
+		return
+	}
 	old := s.att
 	s.att = a
 	s.guestMAC = nil // relearn: a restored VM may have a new MAC
@@ -497,6 +516,11 @@ func (s *Session) readLoop(ctx context.Context, c *websocket.Conn) error {
 func (s *Session) writeLoop(ctx context.Context, a *attachment) {
 	defer close(a.done)
 	defer a.cancel() // a failed write ends the read side too
+	// While this loop drains the stack, a full queue slows TCP down
+	// instead of dropping frames (issue #13, item 9); without it,
+	// nothing would make room.
+	s.st.SetBackpressure(true)
+	defer s.st.SetBackpressure(false)
 	if a.cork != nil {
 		defer a.cork.uncork()
 	}

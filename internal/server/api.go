@@ -61,9 +61,20 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 	if !s.cors(w, r) {
 		return
 	}
+	if s.draining.Load() {
+		w.Header().Set("Retry-After", "1")
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusServiceUnavailable, "server is draining (shutting down): try again")
+		return
+	}
 	client := s.clientAddr(r)
 	sess, err := s.sessions.Create(r.Context(), client)
 	if err != nil {
+		if errors.Is(err, ErrDraining) {
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, "server is draining (shutting down): try again")
+			return
+		}
 		if errors.Is(err, ErrLimit) {
 			s.log.Warn("session refused", "client", client, "err", err)
 			w.Header().Set("Retry-After", "30")

@@ -8,7 +8,9 @@
 //	DELETE /api/sessions/{id}   end the session; same auth
 //	/relay/                     the relay's websocket endpoint
 //	/image/                     VM image files (kernel, 9p tree, snapshots)
-//	/healthz, /metrics          liveness and Prometheus metrics
+//	/healthz, /livez            liveness: "ok" while the process serves
+//	/readyz                     readiness: 503 once draining (SetDraining)
+//	/metrics                    Prometheus metrics
 //	/                           the web app
 //
 // Every route but /healthz answers only for the hosts it serves (421
@@ -29,6 +31,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,6 +64,10 @@ type restoreNotifier interface {
 // ErrLimit marks Create errors that mean "too many sessions, try later";
 // the API answers them with 429 instead of 500.
 var ErrLimit = errors.New("session limit reached")
+
+// ErrDraining marks Create errors of a server shutting down; the API
+// answers them with 503 and Retry-After.
+var ErrDraining = errors.New("server is draining")
 
 // PasswordPlaceholder stands for the database password in the connection
 // strings the API returns: the page sets the password through the guest
@@ -111,6 +118,9 @@ type Server struct {
 	hosts    *hostAllowList
 	page     pagePolicy
 
+	draining   atomic.Bool
+	drainGauge prometheus.Gauge
+
 	mu    sync.Mutex
 	ports map[string]tunnelPort // session id -> its tunnel port
 }
@@ -150,13 +160,17 @@ func New(cfg Config, sessions Sessions, logger *slog.Logger, reg prometheus.Regi
 			Namespace: "pgwasm", Subsystem: "http", Name: "requests_total",
 			Help: "HTTP requests by route and status code.",
 		}, []string{"route", "code"}),
+		drainGauge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "pgwasm", Name: "draining",
+			Help: "1 once a graceful shutdown has begun (readiness fails, no new sessions).",
+		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "pgwasm", Subsystem: "http", Name: "refused_total",
 			Help: "HTTP requests refused by reason: host (Host header not served, 421), origin (foreign Origin on the API, 403).",
 		}, []string{"reason"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{s.requests, s.refused} {
+		for _, c := range []prometheus.Collector{s.requests, s.refused, s.drainGauge} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("cannot register HTTP metrics: %w", err)
 			}
@@ -186,10 +200,23 @@ func New(cfg Config, sessions Sessions, logger *slog.Logger, reg prometheus.Regi
 	}
 	s.handle("GET /image/", "image", http.StripPrefix("/image/", &imageHandler{dir: cfg.ImageDir}))
 	// Health checks come from load balancers and probes under any name;
-	// the answer is "ok" and nothing else.
-	s.mux.Handle("GET /healthz", s.logged("healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// the answer is "ok" (or "draining") and nothing else. Liveness
+	// stays ok through a drain: the process is healthy, only leaving.
+	alive := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
+		fmt.Fprintln(w, "ok")
+	})
+	s.mux.Handle("GET /healthz", s.logged("healthz", alive))
+	s.mux.Handle("GET /livez", s.logged("livez", alive))
+	s.mux.Handle("GET /readyz", s.logged("readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if s.draining.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "draining")
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})))
 	if cfg.Gatherer != nil {
@@ -197,6 +224,16 @@ func New(cfg Config, sessions Sessions, logger *slog.Logger, reg prometheus.Regi
 	}
 	s.handle("/", "app", s.pageHeaders(app))
 	return s, nil
+}
+
+// SetDraining starts a graceful shutdown on the HTTP side: /readyz answers
+// 503, so probes and load balancers take this server out, and session
+// creation answers 503 (the page retries, and lands on another server).
+func (s *Server) SetDraining() {
+	if !s.draining.Swap(true) {
+		s.drainGauge.Set(1)
+		s.log.Info("draining: readiness fails from now on")
+	}
 }
 
 // ServeHTTP implements http.Handler.

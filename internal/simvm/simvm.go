@@ -43,6 +43,9 @@ type VM struct {
 	mac net.HardwareAddr
 
 	dhcpIn chan []byte
+	// wsClosed gets the error that ended each websocket's read side
+	// (its close status, for clients that reconnect on one).
+	wsClosed chan error
 
 	mu     sync.Mutex
 	ws     *websocket.Conn
@@ -64,16 +67,26 @@ func DialOptions(ctx context.Context, wsURL string, o Options) (*VM, error) {
 		mac = net.HardwareAddr{0x00, 0x22, 0x15, 0, 0, 0}
 		_, _ = rand.Read(mac[3:])
 	}
-	st, err := netstack.New(netstack.Config{MAC: mac})
+	st, err := netstack.New(vmStackConfig(mac))
 	if err != nil {
 		return nil, fmt.Errorf("cannot create VM stack: %w", err)
 	}
-	vm := &VM{st: st, mac: mac, dhcpIn: make(chan []byte, 8)}
+	vm := &VM{st: st, mac: mac, dhcpIn: make(chan []byte, 8), wsClosed: make(chan error, 4)}
 	if err := vm.Reconnect(ctx, wsURL); err != nil {
 		st.Close()
 		return nil, err
 	}
 	return vm, nil
+}
+
+// vmStackConfig models v86's side of the websocket: the page's
+// WebSocket.send never blocks and never drops (it buffers, growing
+// bufferedAmount), so the VM's outbound queue is large enough never to
+// fill and never applies backpressure. Only one side of the websocket may
+// block its sender on a full queue, or each could wait for the other to
+// read; the relay is that side.
+func vmStackConfig(mac net.HardwareAddr) netstack.Config {
+	return netstack.Config{MAC: mac, QueueLen: 1 << 14}
 }
 
 // MAC returns the VM's Ethernet address.
@@ -125,6 +138,12 @@ func (vm *VM) readPump(ctx context.Context, c *websocket.Conn) {
 	for {
 		_, b, err := c.Read(ctx)
 		if err != nil {
+			if ctx.Err() == nil {
+				select {
+				case vm.wsClosed <- err:
+				default:
+				}
+			}
 			return
 		}
 		if isDHCPReply(b) {
@@ -152,6 +171,11 @@ func (vm *VM) writePump(ctx context.Context, c *websocket.Conn) {
 		}
 	}
 }
+
+// WebsocketClosed delivers the error that ended a websocket the VM did not
+// drop itself (websocket.CloseStatus tells the server's close code, e.g.
+// 4503 when a relay drains). Nothing reconnects by itself: call Reconnect.
+func (vm *VM) WebsocketClosed() <-chan error { return vm.wsClosed }
 
 // SendFrame writes one raw frame to the relay (spoofing tests).
 func (vm *VM) SendFrame(ctx context.Context, frame []byte) error {
@@ -403,9 +427,13 @@ func (vm *VM) Close() error {
 func NewDetached() (*VM, error) {
 	mac := net.HardwareAddr{0x00, 0x22, 0x15, 0, 0, 0}
 	_, _ = rand.Read(mac[3:])
-	st, err := netstack.New(netstack.Config{MAC: mac})
+	st, err := netstack.New(vmStackConfig(mac))
 	if err != nil {
 		return nil, fmt.Errorf("cannot create VM stack: %w", err)
 	}
-	return &VM{st: st, mac: mac, dhcpIn: make(chan []byte, 8)}, nil
+	return &VM{st: st, mac: mac, dhcpIn: make(chan []byte, 8), wsClosed: make(chan error, 4)}, nil
 }
+
+// NetStats returns the VM stack's counters (retransmissions, timeouts,
+// frames dropped on a full link queue).
+func (vm *VM) NetStats() netstack.Stats { return vm.st.Stats() }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
@@ -184,8 +185,13 @@ func (t *Tunnel) handleSNI(c net.Conn, src netip.Prefix, log *slog.Logger) {
 		t.refuseTLS(c, raw, br, fatal("08006", "cannot reach PostgreSQL in the browser tab: "+err.Error(), ""), log)
 		return
 	}
-	if kind == kindSSLRequest {
+	if kind == kindSSLRequest || !slices.Contains(hello.ALPN, "postgresql") {
 		// The client already has our 'S'; ask the VM the same question.
+		// A hello at byte 0 without ALPN "postgresql" comes from a
+		// proxy that answered the client's SSLRequest itself (the
+		// cluster's HAProxy, deploy/haproxy) for a libpq before 17;
+		// PostgreSQL 17 refuses direct TLS without that ALPN, so ask
+		// the classic way for it too.
 		if err := askTLS(guest, start.Add(t.cfg.HandshakeTimeout)); err != nil {
 			guest.Close()
 			result = "vm_no_tls"
