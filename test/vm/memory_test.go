@@ -278,7 +278,7 @@ func openConnections(ctx context.Context, v *vm.VM, have, want int) (int, error)
 
 // documentedConnections is max_connections for a 128 MB VM, as guest/memory
 // sets it and docs/vm.md ("Memory") documents it.
-const documentedConnections = 20
+const documentedConnections = 14
 
 // A 128 MB VM holds its documented max_connections: with the agent's and
 // the console's sessions open, the rest are opened (dblink from the agent's
