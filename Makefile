@@ -24,7 +24,7 @@ endif
 export PGWASM_CACHE
 AS_BUILDER := scripts/as-builder.sh $(BUILD) --
 
-.PHONY: help setup build web image snapshot run test test-go test-vm test-web test-e2e fuzz bench clean clean-cache FORCE
+.PHONY: help setup build web image lock snapshot run test test-go test-vm test-web test-e2e fuzz bench clean clean-cache FORCE
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,6 +49,13 @@ $(AGENT): FORCE
 
 image: setup build ## build the VM image into build/image as an ordinary user (a cache hit when inputs are unchanged)
 	$(AS_BUILDER) $(PGWASM) image build --out $(IMAGE) --agent $(AGENT)
+
+# The lock is embedded in the pgwasm binary: after `make lock`, `make image`
+# rebuilds both. The pipeline user writes into build/, then the file is
+# copied into the source tree for review.
+lock: setup build ## lock the image's Debian packages at what the archive offers today (internal/image/packages.lock; review the diff)
+	$(AS_BUILDER) $(PGWASM) image lock --file $(abspath $(BUILD))/packages.lock
+	cp $(BUILD)/packages.lock internal/image/packages.lock
 
 snapshot: image ## boot the image headless and save state-$(MEMORY).bin.zst (cached)
 	$(AS_BUILDER) $(PGWASM) image snapshot --image $(IMAGE) --memory $(MEMORY)

@@ -29,3 +29,19 @@ var UdhcpcScript []byte
 //
 //go:embed build-step
 var BuildStep []byte
+
+// Memory sets the overcommit ratio and max_connections by memory size;
+// guest/init sources it at /usr/lib/pgwasm/memory. The image build's VM step
+// does not use it, so changing it does not run initdb again.
+//
+//go:embed memory
+var Memory []byte
+
+// ExtensionControl and ExtensionSQL are the pgwasm extension, which the image
+// build creates in every database of the cluster (pgwasm--1.0.sql says why).
+//
+//go:embed pgwasm.control
+var ExtensionControl []byte
+
+//go:embed pgwasm--1.0.sql
+var ExtensionSQL []byte

@@ -179,6 +179,8 @@ func mustOK(t *testing.T, resp map[string]any) map[string]any {
 type fakeDB struct {
 	sqls []string
 	err  error
+	// state, when set, is what State reports.
+	state *dbState
 }
 
 func (f *fakeDB) Query(_ context.Context, sql string, params []*string) (result, error) {
@@ -204,6 +206,9 @@ func (f *fakeDB) Exec(_ context.Context, sql string) ([]result, error) {
 }
 
 func (f *fakeDB) State(context.Context) dbState {
+	if f.state != nil {
+		return *f.state
+	}
 	if f.err != nil {
 		return dbState{Err: f.err.Error()}
 	}

@@ -98,7 +98,7 @@ func (c *pgClient) State(ctx context.Context) dbState {
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		if err := c.connectOnce(ctx); err != nil {
-			return dbState{Err: err.Error()}
+			return dbState{Err: err.Error(), Recovering: inRecovery(err)}
 		}
 	}
 	return dbState{Ready: true, Version: c.conn.params["server_version"]}
@@ -245,6 +245,19 @@ var builtinTypes = map[uint32]string{
 	1016: "_int8", 1021: "_float4", 1022: "_float8", 1028: "_oid", 1115: "_timestamp",
 	1182: "_date", 1183: "_time", 1185: "_timestamptz", 1187: "_interval",
 	1231: "_numeric", 2951: "_uuid", 3807: "_jsonb",
+}
+
+// inRecovery reports whether a connection was refused because the server
+// is in crash recovery: SQLSTATE 57P03 covers starting up, shutting down and
+// recovery alike, and only the message (the postmaster's own, in its locale,
+// C.UTF-8 in the image) tells them apart. "not yet accepting connections" is
+// recovery before a consistent state (canAcceptConnections in postmaster.c).
+func inRecovery(err error) bool {
+	var pe *pgError
+	if !errors.As(err, &pe) || pe.Code != "57P03" {
+		return false
+	}
+	return strings.Contains(pe.Message, "recovery mode") || strings.Contains(pe.Message, "not yet accepting connections")
 }
 
 // convertError turns a server error into the protocol's SQL error fields.

@@ -98,9 +98,12 @@ type database interface {
 }
 
 type dbState struct {
-	Ready   bool
-	Version string
-	Err     string
+	Ready bool
+	// Recovering: the server refuses connections because it is replaying
+	// WAL after a crash (SQLSTATE 57P03, "in recovery mode").
+	Recovering bool
+	Version    string
+	Err        string
 }
 
 // system holds the side effects on the guest kernel, injected so tests can
@@ -371,8 +374,11 @@ func (s *server) status(ctx context.Context) response {
 		ServerVersion: st.Version,
 		TimeUnixMS:    s.sys.now().UnixMilli(),
 	}
-	if st.Ready {
+	switch {
+	case st.Ready:
 		resp.Postgres = "ready"
+	case st.Recovering:
+		resp.Postgres = "recovering"
 	}
 	ns := s.net.state()
 	resp.Network = &ns

@@ -133,6 +133,7 @@ func newImageCommand(e *env) *ffcli.Command {
 		Subcommands: []*ffcli.Command{
 			newImageBuildCommand(e),
 			newImageSnapshotCommand(e),
+			newImageLockCommand(e),
 		},
 		Exec: func(context.Context, []string) error { return flag.ErrHelp },
 	}

@@ -41,7 +41,7 @@ var initramfsModules = []string{"virtio_pci", "9pnet_virtio", "9p", "ne2k-pci", 
 func guestHash() [32]byte {
 	h := sha256.New()
 	etc, _ := json.Marshal(etcFiles()) // map keys marshal sorted
-	for _, b := range [][]byte{guest.InitramfsInit, guest.Init, guest.UdhcpcScript, guest.BuildStep, []byte(pgconf.ConfFile()), []byte(pgconf.HBA()),
+	for _, b := range [][]byte{guest.InitramfsInit, guest.Init, guest.UdhcpcScript, guest.BuildStep, guest.ExtensionControl, guest.ExtensionSQL, []byte(pgconf.ConfFile()), []byte(pgconf.HBA()),
 		[]byte(strings.Join(pgconf.InitdbArgs(), " ")), []byte(strings.Join(initramfsModules, " ")), etc, []byte(psqlRC)} {
 		s := sha256.Sum256(b)
 		h.Write(s[:])
@@ -263,6 +263,10 @@ func configureRoot(root string, agent []byte, meta rootfs.Metas) error {
 		"usr/sbin/init":                {guest.Init, 0o755},
 		"usr/lib/pgwasm/agent":         {agent, 0o755},
 		"usr/lib/pgwasm/udhcpc.script": {guest.UdhcpcScript, 0o755},
+		"usr/lib/pgwasm/memory":        {guest.Memory, 0o644},
+		// The VM step creates the extension in every database.
+		"usr/share/postgresql/17/extension/pgwasm.control":  {guest.ExtensionControl, 0o644},
+		"usr/share/postgresql/17/extension/pgwasm--1.0.sql": {guest.ExtensionSQL, 0o644},
 	} {
 		if err := put(name, f.data, f.mode); err != nil {
 			return err

@@ -12,6 +12,7 @@ package image
 import (
 	"context"
 	"crypto/sha256"
+	_ "embed"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -24,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pgwasm/pgwasm/guest"
 	"github.com/pgwasm/pgwasm/internal/image/deb"
 	"github.com/pgwasm/pgwasm/internal/image/extbuild"
 )
@@ -55,8 +57,21 @@ type Config struct {
 	NetDevice     string   // v86 NIC type the image is snapshotted with: ne2k or virtio
 	HarnessDir    string   // the Node harness that boots the VM for initdb; found automatically when empty
 	Force         bool     // rebuild even when the cache key matches
-	Logger        *slog.Logger
+	// Lock is the package lock file's text (packages.lock, embedded):
+	// every package resolves to exactly its version or the build fails.
+	// Empty builds from whatever the archive offers (`image lock` does).
+	Lock   []byte
+	Logger *slog.Logger
 }
+
+// LockFile is the committed package lock (`make lock` rewrites it).
+//
+//go:embed packages.lock
+var LockFile []byte
+
+// LockPath is where `pgwasm image lock` writes the lock, relative to the
+// repository's root.
+const LockPath = "internal/image/packages.lock"
 
 // DefaultConfig is the product's image.
 func DefaultConfig() Config {
@@ -80,6 +95,7 @@ func DefaultConfig() Config {
 		// blake2s self-test); without tracefs the kernel's slab at snapshot
 		// time drops from 9.4 to 3.5 MB. ipv6.disable=1: the relay carries
 		// IPv4 only.
+		Lock:      LockFile,
 		Cmdline:   "console=ttyS0 tsc=reliable mitigations=off nowatchdog audit=0 random.trust_cpu=on quiet loglevel=3 cryptomgr.notests noisapnp init_on_free=1 init_on_alloc=0 ipv6.disable=1 initcall_blacklist=tracer_init_tracefs,trace_eval_init,init_kprobe_trace,crypto_kdf108_init,load_system_certificate_list,blake2s_mod_init",
 		NetDevice: "ne2k",
 	}
@@ -103,36 +119,21 @@ func Build(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the guest agent (build it with make build): %w", err)
 	}
-	mirror := cfg.Mirror
-	if mirror == "" {
-		if mirror, err = deb.MirrorFromHost(cfg.EtcApt); err != nil {
-			return nil, err
-		}
-	}
-	if cfg.CacheDir == "" {
-		return nil, errors.New("no cache directory: set PGWASM_CACHE, XDG_CACHE_HOME or HOME, or pass --cache")
-	}
-	cacheDir, err := filepath.Abs(cfg.CacheDir)
-	if err != nil {
-		return nil, err
-	}
-	cfg.CacheDir = cacheDir
-	// The VM step's harness runs in its own directory: every path it is
-	// given must be absolute.
-	if cfg.Out, err = filepath.Abs(cfg.Out); err != nil {
-		return nil, err
-	}
-	unlock, err := lockCache(ctx, cacheDir, log)
+	apt, cacheDir, unlock, err := openApt(ctx, &cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	apt := &deb.Apt{
-		Dir: filepath.Join(cacheDir, "apt"), Mirror: mirror, Suites: cfg.Suites, Arch: "i386",
-		Keyring: cfg.Keyring, MaxListAge: 12 * time.Hour, Logger: log,
-	}
-	if err := apt.Update(ctx); err != nil {
-		return nil, err
+	if len(cfg.Lock) > 0 {
+		if apt.Lock, err = deb.ParseLock(cfg.Lock); err != nil {
+			return nil, fmt.Errorf("package lock: %w", err)
+		}
+		// --extra-packages and their dependencies are the user's choice,
+		// not the lock's.
+		if len(cfg.ExtraPackages) > 0 {
+			apt.Unlocked = func(deb.Package) bool { return true }
+			log.Warn("--extra-packages: packages missing from the lock are allowed in this build")
+		}
 	}
 	in, err := resolveInputs(ctx, apt, cfg)
 	if err != nil {
@@ -190,6 +191,70 @@ func Build(ctx context.Context, cfg Config) (*Result, error) {
 	os.RemoveAll(work)
 	log.Info("image built", "dir", cfg.Out, "key", key[:12], "blob_bytes", m.FS.BlobBytes, "took", time.Since(start).Round(time.Second))
 	return &Result{Manifest: m}, nil
+}
+
+// openApt settles the mirror and the cache directory, takes the cache's
+// lock and brings the private apt state's package lists up to date.
+func openApt(ctx context.Context, cfg *Config) (*deb.Apt, string, func(), error) {
+	log := cfg.Logger
+	mirror := cfg.Mirror
+	if mirror == "" {
+		var err error
+		if mirror, err = deb.MirrorFromHost(cfg.EtcApt); err != nil {
+			return nil, "", nil, err
+		}
+	}
+	if cfg.CacheDir == "" {
+		return nil, "", nil, errors.New("no cache directory: set PGWASM_CACHE, XDG_CACHE_HOME or HOME, or pass --cache")
+	}
+	cacheDir, err := filepath.Abs(cfg.CacheDir)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	cfg.CacheDir = cacheDir
+	// The VM step's harness runs in its own directory: every path it is
+	// given must be absolute.
+	if cfg.Out, err = filepath.Abs(cfg.Out); err != nil {
+		return nil, "", nil, err
+	}
+	unlock, err := lockCache(ctx, cacheDir, log)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	apt := &deb.Apt{
+		Dir: filepath.Join(cacheDir, "apt"), Mirror: mirror, Suites: cfg.Suites, Arch: "i386",
+		Keyring: cfg.Keyring, MaxListAge: 12 * time.Hour, Logger: log,
+	}
+	if err := apt.Update(ctx); err != nil {
+		unlock()
+		return nil, "", nil, err
+	}
+	return apt, cacheDir, unlock, nil
+}
+
+// Lock resolves the image's packages as the archive offers them today,
+// ignoring cfg.Lock, and returns the lock of everything a build would use:
+// the root's closure, the kernel, the BIOS and the extension builds' sysroot
+// packages (extensions are built, or taken from the cache, on the way).
+func Lock(ctx context.Context, cfg Config) (*deb.Lock, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	apt, cacheDir, unlock, err := openApt(ctx, &cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	in, err := resolveInputs(ctx, apt, cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range in.recipes {
+		if _, err := extbuild.Build(ctx, extbuild.Config{Apt: apt, CacheDir: cacheDir, Logger: cfg.Logger}, r); err != nil {
+			return nil, fmt.Errorf("cannot build %s for i386: %w", r.Package, err)
+		}
+	}
+	return deb.NewLock(apt.Resolved())
 }
 
 // DefaultCacheDir is where downloads and build results are kept:
@@ -304,14 +369,16 @@ func cacheKey(cfg Config, in *inputs, agent []byte) string {
 		Net      string
 		Agent    [32]byte
 		Guest    [32]byte
+		Memory   [32]byte
 		Exts     []string
-	}{BuilderVersion, in.root, in.kernel, in.bios, cfg.Cmdline, cfg.NetDevice, sha256.Sum256(agent), guestHash(), extKeys(in.exts)})
+	}{BuilderVersion, in.root, in.kernel, in.bios, cfg.Cmdline, cfg.NetDevice, sha256.Sum256(agent), guestHash(), sha256.Sum256(guest.Memory), extKeys(in.exts)})
 	return hex.EncodeToString(h.Sum(nil))
 }
 
 // vmStepKey hashes the inputs of the steps run inside the VM (runInVM):
 // everything but the agent, which changes most often and takes no part in
-// initdb.
+// initdb, and the memory settings (guest/memory), which only the product's
+// boot reads.
 func vmStepKey(cfg Config, in *inputs) string {
 	h := sha256.New()
 	json.NewEncoder(h).Encode(struct {

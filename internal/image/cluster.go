@@ -41,8 +41,9 @@ const (
 	vmStepMemoryMB = 256
 	// vmStepTimeout bounds the whole VM step: 2-2.5 minutes on a 2-core
 	// machine at load 3 (docs/image.md), and a busy build host is several
-	// times slower. Progress is logged at every phase meanwhile.
-	vmStepTimeout = 15 * time.Minute
+	// times slower (at load 15-18, the boot alone took 5 minutes and initdb
+	// over 8). Progress is logged at every phase meanwhile.
+	vmStepTimeout = 30 * time.Minute
 	// postgresConfTail is appended to initdb's postgresql.conf.
 	postgresConfTail = "\n# pgwasm: settings for the emulated machine, with reasons\ninclude = 'pgwasm.conf'\n"
 )

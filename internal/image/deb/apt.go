@@ -47,7 +47,19 @@ type Apt struct {
 	// them again; a rebuild soon after a build reuses them.
 	MaxListAge time.Duration
 	Logger     *slog.Logger
+	// Lock, when set, pins every resolution to the locked versions and
+	// fails when the archive no longer offers them (lock.go).
+	Lock *Lock
+	// Unlocked says which packages may be missing from the lock (those an
+	// --extra-packages build adds); nil allows none.
+	Unlocked func(Package) bool
+
+	// resolved collects every package Resolve returned, for `image lock`.
+	resolved []Package
 }
+
+// Resolved returns every package Resolve has returned so far.
+func (a *Apt) Resolved() []Package { return append([]Package(nil), a.resolved...) }
 
 // ErrUnknownPackage is returned when a requested package does not exist for
 // the architecture in the configured suites.
@@ -162,18 +174,23 @@ func (a *Apt) Resolve(ctx context.Context, names []string, withDeps bool) ([]Pac
 		return out, nil
 	}
 	key, keyErr := a.resolveKey(names)
+	pkgs, ok := []Package(nil), false
 	if keyErr == nil {
-		if pkgs, ok := a.cachedResolve(key); ok {
-			return pkgs, nil
+		pkgs, ok = a.cachedResolve(key)
+	}
+	if !ok {
+		var err error
+		if pkgs, err = a.resolve(ctx, names); err != nil {
+			return nil, err
+		}
+		if keyErr == nil {
+			a.storeResolve(key, pkgs)
 		}
 	}
-	pkgs, err := a.resolve(ctx, names)
-	if err != nil {
+	if err := a.checkResolved(ctx, pkgs); err != nil {
 		return nil, err
 	}
-	if keyErr == nil {
-		a.storeResolve(key, pkgs)
-	}
+	a.resolved = append(a.resolved, pkgs...)
 	return pkgs, nil
 }
 
@@ -186,13 +203,18 @@ func (a *Apt) resolveKey(names []string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	var pins string
+	if a.Lock != nil {
+		pins = a.Lock.preferences()
+	}
 	h := sha256.New()
 	json.NewEncoder(h).Encode(struct {
 		Names   []string
 		Arch    string
 		Sources string
 		Lists   int64
-	}{names, a.Arch, a.sourcesList(), st.ModTime().UnixNano()})
+		Pins    string
+	}{names, a.Arch, a.sourcesList(), st.ModTime().UnixNano(), pins})
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
@@ -239,7 +261,12 @@ func (a *Apt) storeResolve(key string, pkgs []Package) {
 
 // resolve asks apt: the dependency closure of names, with checksums.
 func (a *Apt) resolve(ctx context.Context, names []string) ([]Package, error) {
-	args := append([]string{"-s", "--no-install-recommends", "install"}, names...)
+	prefs, cleanup, err := a.preferencesFile()
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+	args := append(append(prefs, "-s", "--no-install-recommends", "install"), names...)
 	out, err := a.run(ctx, "apt-get", args...)
 	if err != nil {
 		if m := regexp.MustCompile(`Unable to locate package (\S+)`).FindSubmatch(out); m != nil {
@@ -379,7 +406,16 @@ func (a *Apt) run(ctx context.Context, name string, args ...string) ([]byte, err
 	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return out, fmt.Errorf("%s %s: %w: %s", name, args[0], err, rootfs.Tail(out, 5))
+		sub := ""
+		for i := 0; i < len(args); i++ {
+			if args[i] == "-o" {
+				i++
+			} else if !strings.HasPrefix(args[i], "-") {
+				sub = args[i]
+				break
+			}
+		}
+		return out, fmt.Errorf("%s %s: %w: %s", name, sub, err, rootfs.Tail(out, 5))
 	}
 	return out, nil
 }
