@@ -99,3 +99,17 @@ export async function waitMessage(page, timeoutMs = 180000) {
 export function apiQuery(page, sql, params) {
   return page.evaluate(([sql, params]) => window.pgwasm.query(sql, params), [sql, params]);
 }
+
+// throttleCPU slows the page's CPU through the DevTools protocol (rate 4:
+// four times slower; 1: full speed again), as a slow laptop or a busy
+// machine would run the emulator.
+export async function throttleCPU(page, rate) {
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send("Emulation.setCPUThrottlingRate", { rate });
+  return cdp;
+}
+
+// pageStatus is the VM's last status event ({status, message}).
+export function pageStatus(page) {
+  return page.evaluate(() => window.pgwasm?.lastStatus || null);
+}
