@@ -63,6 +63,10 @@ export interface Status {
 const STALL_MS = 30000;
 const HARD_CAP = 10;
 const SAMPLE_MS = 500;
+// Least time between timer wakes of a halted guest CPU (see idleLess).
+const IDLE_WAKE_MS = 10;
+// Closed 9p files whose contents stay in memory (see trackFileLoads).
+const KEEP_FILE_BYTES = 48 << 20;
 // A psql prompt at the end of the console output.
 const PROMPT = /[=\-('"*]?[#>] $/;
 const PANIC = /Kernel panic - not syncing[^\r\n]*/;
@@ -252,12 +256,58 @@ export class PgWasm extends EventTarget {
     this.sampler = window.setInterval(() => this.sample(), SAMPLE_MS);
   }
 
+  // idleLess makes an idle VM cheap. With the guest in HLT, v86 sleeps
+  // until its next timer (the kernel's PIT, one-shot) and wakes for it: an
+  // idle tab woke 100-1300 times a second, each wake running the device
+  // timers and a few hundred guest instructions, and used about half a core
+  // (issue #16 item 5). Timer wakes of a halted CPU are now at least
+  // IDLE_WAKE_MS apart. Interrupts from devices (console input, agent
+  // requests, network frames, 9p replies) still wake it at once (v86's
+  // stop_idling), and a busy guest is not affected; only a timer of an idle
+  // guest may fire up to IDLE_WAKE_MS late (the guest clock is the TSC, so
+  // no time is lost).
+  private idleLess(emulator: any): void {
+    const v = emulator.v86;
+    if (!v || typeof v.yield !== "function") return;
+    const wake = v.yield.bind(v);
+    v.yield = (t: number, tick: number) => {
+      const halted = v.cpu?.in_hlt?.[0];
+      wake(halted && t < IDLE_WAKE_MS ? IDLE_WAKE_MS : t, tick);
+    };
+  }
+
   // trackFileLoads counts v86's 9p file loads in flight (the only 9p work
   // that outlives a task): a state must be saved or replaced only when none
   // is, or its reply lands in the wrong VM or never (see quiesce).
+  //
+  // It also keeps loaded files for a while after the guest closes them
+  // (v86 drops a file's contents on its last close, so every process start
+  // or page fault after that fetched and decompressed the whole blob again:
+  // PostgreSQL's autovacuum workers, forked every 20 s, cost an idle tab
+  // seconds of CPU a minute). Up to KEEP_FILE_BYTES stay, least recently
+  // closed first out.
   private trackFileLoads(emulator: any): void {
     const storage = emulator.fs9p?.storage;
     if (!storage || typeof storage.read !== "function") return;
+    const mem = storage.storage;
+    if (mem?.filedata instanceof Map && typeof storage.uncache === "function") {
+      const kept = new Map<string, number>();
+      let bytes = 0;
+      storage.uncache = (sha: string) => {
+        const data = mem.filedata.get(sha);
+        if (!data) return;
+        bytes -= kept.get(sha) || 0;
+        kept.delete(sha);
+        kept.set(sha, data.length);
+        bytes += data.length;
+        for (const [k, n] of kept) {
+          if (bytes <= KEEP_FILE_BYTES) break;
+          kept.delete(k);
+          bytes -= n;
+          mem.filedata.delete(k);
+        }
+      };
+    }
     const read = storage.read.bind(storage);
     storage.read = async (...args: unknown[]) => {
       this.loadsInFlight++;
@@ -433,6 +483,7 @@ export class PgWasm extends EventTarget {
       this.progress({ phase: "download", loaded, total, message: `Downloading VM files: ${fmtMB(loaded)} of ${fmtMB(total)}` });
     });
     this.watchEmulator(emulator);
+    this.idleLess(emulator);
     await new Promise<void>(resolve => emulator.add_listener("emulator-loaded", () => resolve()));
     this.trackFileLoads(emulator);
     this.mark("emulator_loaded");

@@ -12,12 +12,13 @@ export const artifacts = path.join(root, "build", "test-artifacts");
 
 // startServer runs pgwasm serve on free loopback ports and resolves with
 // its base URL once it listens.
-export async function startServer({ bin = process.env.PGWASM_BIN || path.join(root, "build/bin/pgwasm"), image = process.env.PGWASM_IMAGE || path.join(root, "build/image") } = {}) {
+// extraArgs go to pgwasm serve as they are.
+export async function startServer({ bin = process.env.PGWASM_BIN || path.join(root, "build/bin/pgwasm"), image = process.env.PGWASM_IMAGE || path.join(root, "build/image"), extraArgs = [] } = {}) {
   if (!fs.existsSync(path.join(image, "manifest.json"))) throw new Error(`no VM image in ${image} (make image snapshot)`);
   const first = 20000 + Math.floor(Math.random() * 40000);
   const args = ["serve", "--listen", "127.0.0.1:0", "--image", image,
     "--tunnel-sni-listen", "127.0.0.1:0", "--tunnel-ports", `${first}-${first + 15}`,
-    "--tunnel-bind", "127.0.0.1", "--tunnel-host", "127.0.0.1"];
+    "--tunnel-bind", "127.0.0.1", "--tunnel-host", "127.0.0.1", ...extraArgs];
   const proc = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
   // Never leave a server behind, even when a test run dies.
   process.on("exit", () => proc.kill("SIGKILL"));
