@@ -56,6 +56,7 @@ type Config struct {
 	PgbenchRuns, PgbenchSeconds int
 	Browser                     bool
 	BrowserStarts               int
+	IdleRuns, IdleSeconds       int
 	CompareBudget               time.Duration
 
 	Boots, Restores, QueryRuns int
@@ -89,11 +90,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		}
 		return nil
 	})
-	fs.Func("parts", "comma list of parts to run: vm, net, compare (default all)", func(s string) error {
+	fs.Func("parts", "comma list of parts to run: vm, net, compare, idle (default all)", func(s string) error {
 		c.Parts = strings.Split(s, ",")
 		for _, p := range c.Parts {
-			if p != "vm" && p != "net" && p != "compare" {
-				return fmt.Errorf("unknown part %q (want vm, net or compare)", p)
+			if p != "vm" && p != "net" && p != "compare" && p != "idle" {
+				return fmt.Errorf("unknown part %q (want vm, net, compare or idle)", p)
 			}
 		}
 		return nil
@@ -106,6 +107,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.PgbenchSeconds, "pgbench-seconds", 10, "pgbench -T of each run")
 	fs.BoolVar(&c.Browser, "browser", true, "run the Chromium comparison (PGlite's page and ours)")
 	fs.IntVar(&c.BrowserStarts, "browser-starts", 3, "cold+warm page loads in Chromium, each in a fresh profile")
+	fs.IntVar(&c.IdleRuns, "idle-runs", 3, "idle-page CPU measurements in Chromium, each a fresh browser")
+	fs.IntVar(&c.IdleSeconds, "idle-seconds", 30, "how long each idle-page measurement lasts")
 	fs.DurationVar(&c.CompareBudget, "compare-budget", 14*time.Minute, "start no further comparison run after this long; the first of each kind always runs")
 	fs.BoolVar(&c.Quick, "quick", false, "few runs and short benchmarks (about 3 minutes), to try the program; flags given explicitly still win")
 	fs.DurationVar(&c.Timeout, "timeout", 28*time.Minute, "stop everything after this long (issue #6: within 30 minutes)")
@@ -140,6 +143,7 @@ func (c *Config) applyQuick(set map[string]bool) {
 		"pgbench-runs":      func() { c.PgbenchRuns = 1 },
 		"pgbench-seconds":   func() { c.PgbenchSeconds = 5 },
 		"browser-starts":    func() { c.BrowserStarts = 1 },
+		"idle-runs":         func() { c.IdleRuns = 1 },
 	}
 	for name, f := range quick {
 		if !set[name] {
@@ -199,6 +203,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.part("compare") {
 		rep.Cmp = measureCompare(ctx, &cfg, logger, &rep.Errors)
+	}
+	if cfg.part("idle") {
+		rep.Idle = measureIdle(ctx, &cfg, logger, &rep.Errors)
 	}
 	rep.Env.Wall = time.Since(start).Round(time.Second).String()
 	rep.Env.LoadEnd = loadAvg()

@@ -84,6 +84,7 @@ type report struct {
 	VM      *vmResults
 	Net     *netResults
 	Cmp     *compareResults
+	Idle    *idleResults
 	Errors  []string
 	targets []target
 }
@@ -129,6 +130,9 @@ func (r *report) write(w io.Writer) {
 	}
 	if r.Cmp != nil {
 		r.writeCompare(w)
+	}
+	if r.Idle != nil {
+		r.writeIdle(w)
 	}
 	r.writeMisses(w)
 	r.writeHow(w)

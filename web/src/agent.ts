@@ -23,6 +23,14 @@ export interface QueryResult {
 
 type Pending = { resolve: (msg: any) => void; reject: (err: Error) => void; timer: number };
 
+// Judge decides what a request that ran past its time limit does next:
+// "wait" (the VM is still making progress: give it more time) or a reason
+// to give up. waitedMs counts from the request's send.
+export type Judge = (op: string, waitedMs: number, limitMs: number) => "wait" | string;
+
+// How often a request past its limit asks the judge again.
+const JUDGE_EVERY_MS = 2000;
+
 export class Agent {
   private buf: number[] = [];
   private nextID = 1;
@@ -32,6 +40,11 @@ export class Agent {
   version = "";
   ready = false;
   noise: string[] = [];
+  // judge, when set, is asked before a request gives up (see Judge).
+  judge: Judge | null = null;
+  lastAnswer = 0; // Date.now() of the last line the agent sent
+  // dead, when set, fails every request at once with this reason.
+  dead = "";
 
   constructor(private send: (bytes: Uint8Array) => void) {}
 
@@ -58,6 +71,7 @@ export class Agent {
       for (const w of this.readyWaiters.splice(0)) w();
       return;
     }
+    this.lastAnswer = Date.now();
     const p = this.pending.get(msg.id);
     if (!p) return;
     this.pending.delete(msg.id);
@@ -79,17 +93,50 @@ export class Agent {
     this.send(new TextEncoder().encode("\n"));
   }
 
+  // failAll fails every outstanding request (the VM is dead) and every
+  // later one until revive().
+  failAll(why: string): void {
+    this.dead = why;
+    for (const [id, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(new Error(why));
+      this.pending.delete(id);
+    }
+  }
+
+  // busy: a request is outstanding (the agent answers one at a time).
+  get busy(): boolean {
+    return this.pending.size > 0;
+  }
+
+  revive(): void {
+    this.dead = "";
+  }
+
   // request sends one request and resolves with the whole response; it
   // rejects on timeout or on "ok": false.
-  request(req: Record<string, unknown>, timeoutMs = 60000): Promise<any> {
+  // With a judge, timeoutMs is the first limit: past it the judge decides
+  // whether to wait on.
+  request(req: Record<string, unknown>, timeoutMs = 60000, judged = true): Promise<any> {
     const id = this.nextID++;
+    const op = String(req.op);
+    if (this.dead) return Promise.reject(new Error(this.dead));
     return new Promise((resolve, reject) => {
-      const timer = window.setTimeout(() => {
+      const sent = Date.now();
+      const expire = () => {
+        const p = this.pending.get(id);
+        if (!p) return;
+        const waited = Date.now() - sent;
+        const verdict = this.judge && judged ? this.judge(op, waited, timeoutMs) : `did not answer within ${Math.round(timeoutMs / 1000)} s`;
+        if (verdict === "wait") {
+          p.timer = window.setTimeout(expire, JUDGE_EVERY_MS);
+          return;
+        }
         this.pending.delete(id);
-        reject(new Error(`the VM's agent did not answer ${req.op} within ${Math.round(timeoutMs / 1000)} s`));
-      }, timeoutMs);
+        reject(new Error(`the VM's agent did not answer ${op} (${Math.round(waited / 1000)} s): ${verdict}`));
+      };
       this.pending.set(id, {
-        timer,
+        timer: window.setTimeout(expire, timeoutMs),
         reject,
         resolve: msg => {
           if (msg.ok) {
@@ -118,32 +165,44 @@ export class Agent {
 
   // waitReady resolves once the agent answers. A freshly booted agent
   // announces itself; a restored one announced itself before the save, so
-  // it is pinged until it answers.
+  // it is pinged until it answers. timeoutMs is the first limit; past it the
+  // judge (if any) decides whether to wait on.
   async waitReady(timeoutMs: number, restored: boolean): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
+    const start = Date.now();
+    const giveUp = (): string => {
+      const waited = Date.now() - start;
+      if (this.dead) return this.dead;
+      if (waited < timeoutMs) return "";
+      const v = this.judge ? this.judge("ready", waited, timeoutMs) : "no answer";
+      return v === "wait" ? "" : v;
+    };
+    const noise = () => (this.noise.length ? ` (it printed: ${this.noise.join(" | ")})` : "");
     if (!restored) {
       if (this.ready) return;
       await new Promise<void>((resolve, reject) => {
-        const t = window.setTimeout(() => reject(new Error("the VM's agent did not start")), timeoutMs);
-        this.readyWaiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
+        const check = () => {
+          if (this.ready) return resolve();
+          const why = giveUp();
+          if (why) return reject(new Error(`the VM's agent did not start: ${why}${noise()}`));
+          window.setTimeout(check, 1000);
+        };
+        this.readyWaiters.push(() => resolve());
+        window.setTimeout(check, 1000);
       });
       return;
     }
     for (;;) {
-      const left = deadline - Date.now();
-      if (left <= 0) {
-        throw new Error(`the VM's agent did not answer after the restore${this.noise.length ? ` (it printed: ${this.noise.join(" | ")})` : ""}`);
-      }
+      const why = giveUp();
+      if (why) throw new Error(`the VM's agent did not answer after the restore: ${why}${noise()}`);
       try {
         // A blank line first: it ends any partial line the resume left.
         this.send(new TextEncoder().encode("\n"));
-        await this.request({ op: "ping" }, Math.min(3000, left));
+        // A lost ping is simply sent again: no judge.
+        await this.request({ op: "ping" }, 3000, false);
         this.ready = true;
         return;
-      } catch {
+      } catch (err) {
+        if (this.dead) throw err;
         // lost while the guest resumes: try again
       }
     }

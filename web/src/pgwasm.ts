@@ -7,12 +7,14 @@
 //
 // Events (pg.addEventListener): "progress" (detail: {phase, loaded, total,
 // message}), "status" (detail: {status, message}), "network" (detail:
-// NetworkInfo or null).
+// NetworkInfo or null), "dead" (detail: {reason}: the VM stopped for good;
+// only a restart helps), "memory" (detail: {memoryMB}: a restore switched
+// the VM to another memory size).
 import { V86 } from "v86";
 import { serialWriter } from "../../harness/serial.mjs";
 import { Agent, type QueryResult } from "./agent";
 import { PsqlTerminal } from "./terminal";
-import { openState, wrapState, StateError } from "./statefile";
+import { openState, readHeader, wrapState, StateError } from "./statefile";
 
 export { StateError } from "./statefile";
 export type { QueryResult, Column } from "./agent";
@@ -22,6 +24,10 @@ export const MEMORY_SIZES = [128, 256, 512, 1024];
 // state restores only with identical device settings.
 const VGA_MEMORY_MB = 2;
 export const UPLOAD_DIR = "/uploads";
+// localStorage key prefix of the network sessions saved states had.
+const NET_KEY = "pgwasm.network.";
+// The relay's close code when its server drains (docs/serve.md).
+const RELAY_DRAINING = 4503;
 
 export interface BootOptions {
   element?: HTMLElement; // terminal goes here; omit (or headless) for none
@@ -36,16 +42,34 @@ export interface BootOptions {
 }
 
 export interface Progress {
-  phase: "download" | "restore" | "boot" | "postgres" | "save";
+  phase: "download" | "restore" | "boot" | "postgres" | "save" | "network";
   loaded?: number;
   total?: number;
   message: string;
 }
 
+// dead: the VM stopped for good (kernel panic, halted CPU, or no progress
+// at all while a request waited): only a restart helps. recovering:
+// PostgreSQL runs crash recovery; the page waits on.
 export interface Status {
-  status: "starting" | "ready" | "busy" | "error" | "stopped";
+  status: "starting" | "ready" | "busy" | "error" | "stopped" | "dead" | "recovering";
   message: string;
 }
+
+// Waits on the VM follow its progress, not the clock alone (docs/web.md,
+// "Waits and timeouts"). A wait past its first limit goes on while the VM
+// shows progress (CPU busy, console or agent output, 9p file loads, network
+// frames) within STALL_MS, up to HARD_CAP times the first limit.
+const STALL_MS = 30000;
+const HARD_CAP = 10;
+const SAMPLE_MS = 500;
+// Least time between timer wakes of a halted guest CPU (see idleLess).
+const IDLE_WAKE_MS = 20;
+// Closed 9p files whose contents stay in memory (see trackFileLoads).
+const KEEP_FILE_BYTES = 48 << 20;
+// A psql prompt at the end of the console output.
+const PROMPT = /[=\-('"*]?[#>] $/;
+const PANIC = /Kernel panic - not syncing[^\r\n]*/;
 
 export interface Manifest {
   key: string;
@@ -147,7 +171,23 @@ export class PgWasm extends EventTarget {
   private sessionToken = "";
   private relayURL = "";
   private reconnectTimer = 0;
+  private sessionID = "";
   private opts: BootOptions;
+  // Liveness (see STALL_MS): when the VM last showed progress.
+  private lastIO = 0;
+  private lastBusy = 0;
+  private lastIC = 0;
+  private loadsInFlight = 0;
+  private sampler = 0;
+  private deadReason = "";
+  // Console input waits here until psql really reads it (consoleReady).
+  private consoleReady = false;
+  private inputQueue: string[] = [];
+  // consoleBusy: Enter was sent and psql has not shown a prompt since.
+  private consoleBusy = false;
+  private consoleBytes = 0;
+  private lastConsoleAt = 0;
+  private toConsole: ((d: string) => void) | null = null;
 
   constructor(opts: BootOptions = {}) {
     super();
@@ -156,6 +196,144 @@ export class PgWasm extends EventTarget {
     this.imageBase = new URL(opts.imageBase || "image/", here()).href.replace(/\/?$/, "/");
     this.apiBase = new URL(opts.apiBase || "./", here()).href;
     this.agent = new Agent(serialWriter(() => this.emulator, 1));
+    this.agent.judge = (op, waited, limit) => this.judgeWait(op, waited, limit);
+  }
+
+  // ---- liveness ----
+
+  // dead is the reason the VM stopped for good, or "".
+  get dead(): string {
+    return this.deadReason;
+  }
+
+  private sample(): void {
+    const emu = this.emulator;
+    const cpu = emu?.v86?.cpu;
+    if (!cpu) return;
+    const ic = emu.get_instruction_counter();
+    if (ic !== this.lastIC && cpu.in_hlt && !cpu.in_hlt[0]) this.lastBusy = Date.now();
+    this.lastIC = ic;
+  }
+
+  private lastProgress(): number {
+    return this.loadsInFlight > 0 ? Date.now() : Math.max(this.lastBusy, this.lastIO, this.agent.lastAnswer);
+  }
+
+  // judgeWait is the agent's judge: wait on while the VM makes progress.
+  private judgeWait(_op: string, waited: number, limit: number): "wait" | string {
+    if (this.deadReason) return this.deadReason;
+    this.sample();
+    const stall = Date.now() - this.lastProgress();
+    if (stall > STALL_MS) return `the VM made no progress for ${Math.round(stall / 1000)} s (CPU idle, no console, file or network activity)`;
+    if (waited > limit * HARD_CAP) return `no answer in ${Math.round(waited / 1000)} s although the VM is running`;
+    return "wait";
+  }
+
+  // markDead records that the VM stopped for good and says so.
+  private markDead(reason: string): void {
+    if (this.deadReason) return;
+    this.deadReason = reason;
+    this.agent.failAll(`the VM is dead: ${reason}`);
+    this.status("dead", `The VM stopped: ${reason}. Restart it (your unsaved changes are lost).`);
+    this.dispatchEvent(new CustomEvent("dead", { detail: { reason } }));
+  }
+
+  // watchEmulator hooks the liveness signals of a new emulator.
+  private watchEmulator(emulator: any): void {
+    emulator.add_listener("serial0-output-byte", (b: number) => this.onConsoleByte(b));
+    emulator.add_listener("serial1-output-byte", (b: number) => {
+      this.lastIO = Date.now();
+      this.agent.feed(b);
+    });
+    // Frames from the guest's NIC go to the relay when the network is on.
+    emulator.add_listener("net0-send", (frame: Uint8Array) => {
+      this.lastIO = Date.now();
+      this.sendFrame(frame as Uint8Array<ArrayBuffer>);
+    });
+    // HLT with interrupts off: nothing will ever wake the CPU.
+    emulator.add_listener("cpu-event-halt", () => this.markDead("its CPU halted"));
+    clearInterval(this.sampler);
+    this.sampler = window.setInterval(() => this.sample(), SAMPLE_MS);
+  }
+
+  // idleLess makes an idle VM cheap. With the guest in HLT, v86 sleeps
+  // until its next timer (the kernel's PIT, one-shot) and wakes for it: an
+  // idle tab woke 100-1300 times a second, each wake running the device
+  // timers and a few hundred guest instructions, and used about half a core
+  // (issue #16 item 5). Timer wakes of a halted CPU are now at least
+  // IDLE_WAKE_MS apart. Interrupts from devices (console input, agent
+  // requests, network frames, 9p replies) still wake it at once (v86's
+  // stop_idling), and a busy guest is not affected; only a timer of an idle
+  // guest may fire up to IDLE_WAKE_MS late (the guest clock is the TSC, so
+  // no time is lost).
+  private idleLess(emulator: any): void {
+    const v = emulator.v86;
+    if (!v || typeof v.yield !== "function") return;
+    const wake = v.yield.bind(v);
+    v.yield = (t: number, tick: number) => {
+      // A plain timer for a halted CPU: v86's own way is a round trip
+      // through a worker (no 4 ms clamp), two messages per wake.
+      if (v.cpu?.in_hlt?.[0]) window.setTimeout(() => v.yield_callback(tick), Math.max(t, IDLE_WAKE_MS));
+      else wake(t, tick);
+    };
+  }
+
+  // trackFileLoads counts v86's 9p file loads in flight (the only 9p work
+  // that outlives a task): a state must be saved or replaced only when none
+  // is, or its reply lands in the wrong VM or never (see quiesce).
+  //
+  // It also keeps loaded files for a while after the guest closes them
+  // (v86 drops a file's contents on its last close, so every process start
+  // or page fault after that fetched and decompressed the whole blob again:
+  // PostgreSQL's autovacuum workers, forked every 20 s, cost an idle tab
+  // seconds of CPU a minute). Up to KEEP_FILE_BYTES stay, least recently
+  // closed first out.
+  private trackFileLoads(emulator: any): void {
+    const storage = emulator.fs9p?.storage;
+    if (!storage || typeof storage.read !== "function") return;
+    const mem = storage.storage;
+    if (mem?.filedata instanceof Map && typeof storage.uncache === "function") {
+      const kept = new Map<string, number>();
+      let bytes = 0;
+      storage.uncache = (sha: string) => {
+        const data = mem.filedata.get(sha);
+        if (!data) return;
+        bytes -= kept.get(sha) || 0;
+        kept.delete(sha);
+        kept.set(sha, data.length);
+        bytes += data.length;
+        for (const [k, n] of kept) {
+          if (bytes <= KEEP_FILE_BYTES) break;
+          kept.delete(k);
+          bytes -= n;
+          mem.filedata.delete(k);
+        }
+      };
+    }
+    const read = storage.read.bind(storage);
+    storage.read = async (...args: unknown[]) => {
+      this.loadsInFlight++;
+      this.lastIO = Date.now();
+      try {
+        return await read(...args);
+      } finally {
+        this.loadsInFlight--;
+        this.lastIO = Date.now();
+      }
+    };
+  }
+
+  // quiesce stops the CPU and waits until no 9p request is in flight. A
+  // state saved with a request in flight has it pending forever when
+  // restored in another page (the process waiting on it hangs); a restore
+  // over a VM with a request in flight gets that request's late reply
+  // written into the restored guest's memory and virtqueue (corrupt pages,
+  // SIGBUS; issue #16 item 2).
+  private async quiesce(): Promise<void> {
+    await this.emulator.stop();
+    const deadline = Date.now() + 120000;
+    while (this.loadsInFlight > 0 && Date.now() < deadline) await new Promise(r => setTimeout(r, 20));
+    if (this.loadsInFlight > 0) throw new Error("the VM's file loads did not finish in 120 s");
   }
 
   private mark(name: string): void {
@@ -167,8 +345,12 @@ export class PgWasm extends EventTarget {
     this.dispatchEvent(new CustomEvent("progress", { detail: p }));
   }
 
+  // lastStatus is the last status event's detail.
+  lastStatus: Status | null = null;
+
   status(status: Status["status"], message: string): void {
     const s = { status, message };
+    this.lastStatus = s;
     this.opts.onStatus?.(s);
     this.dispatchEvent(new CustomEvent("status", { detail: s }));
   }
@@ -215,50 +397,12 @@ export class PgWasm extends EventTarget {
       // non-ASCII text reaches psql intact.
       const toConsole = serialWriter(() => this.emulator, 0);
       const utf8 = new TextEncoder();
-      this.terminal = new PsqlTerminal(opts.element, d => toConsole(utf8.encode(d)), opts.fontSize);
+      this.toConsole = d => toConsole(utf8.encode(d));
+      this.terminal = new PsqlTerminal(opts.element, d => this.sendConsole(d), opts.fontSize);
       this.terminal.onResize = (rows, cols) => void this.syncTerminalSize(rows, cols).catch(() => undefined);
     }
 
-    const files: Record<string, { loaded: number; total: number }> = {};
-    const img = (name: string) => new URL(name, this.imageBase).href;
-    const options: any = {
-      wasm_path: new URL("v86.wasm", here()).href,
-      bios: { url: img("bios.bin") },
-      vga_bios: { url: img("vgabios.bin") },
-      memory_size: this.memoryMB * 1024 * 1024,
-      vga_memory_size: (meta?.vga_memory_mb || VGA_MEMORY_MB) * 1024 * 1024,
-      autostart: false,
-      disable_keyboard: true,
-      disable_mouse: true,
-      disable_speaker: true,
-      uart1: true,
-      net_device: { type: this.manifest.net_device || "ne2k" },
-      preserve_mac_from_state_image: true,
-      filesystem: meta ? { baseurl: img("9p/blobs/") } : { basefs: img("9p/fs.json"), baseurl: img("9p/blobs/") },
-    };
-    if (!meta) {
-      options.bzimage = { url: img("bzImage") };
-      options.initrd = { url: img("initrd.img") };
-      options.cmdline = this.manifest.cmdline;
-    }
-    const emulator = new V86(options);
-    this.emulator = emulator;
-    emulator.add_listener("download-progress", (e: any) => {
-      files[e.file_name] = { loaded: e.loaded, total: e.total || e.loaded };
-      let loaded = 0, total = 0;
-      for (const f of Object.values(files)) {
-        loaded += f.loaded;
-        total += f.total;
-      }
-      this.progress({ phase: "download", loaded, total, message: `Downloading VM files: ${fmtMB(loaded)} of ${fmtMB(total)}` });
-    });
-    emulator.add_listener("serial0-output-byte", (b: number) => this.onConsoleByte(b));
-    emulator.add_listener("serial1-output-byte", (b: number) => this.agent.feed(b));
-    // Frames from the guest's NIC go to the relay when the network is on.
-    emulator.add_listener("net0-send", (frame: Uint8Array) => this.sendFrame(frame as Uint8Array<ArrayBuffer>));
-
-    await new Promise<void>(resolve => emulator.add_listener("emulator-loaded", () => resolve()));
-    this.mark("emulator_loaded");
+    const emulator = await this.createEmulator(meta?.vga_memory_mb || VGA_MEMORY_MB, !meta);
     if (stateBuf) {
       this.progress({ phase: "restore", message: "Restoring the VM state" });
       try {
@@ -271,29 +415,98 @@ export class PgWasm extends EventTarget {
     await this.runAndWaitStarted();
 
     const bootStart = performance.now();
+    let step = meta ? "Resuming the VM" : "Booting Linux";
     const tick = window.setInterval(() => {
       const s = Math.round((performance.now() - bootStart) / 1000);
-      this.progress({ phase: "boot", message: meta ? `Resuming the VM… ${s} s` : `Booting Linux and PostgreSQL… ${s} s (a full boot takes about 30 s)` });
+      const line = this.lastConsoleLine();
+      this.progress({ phase: "boot", message: `${step}… ${s} s${line ? ` · ${line}` : ""}` });
     }, 500);
     try {
-      await this.agent.waitReady(meta ? 60000 : 300000, !!meta);
+      await this.agent.waitReady(meta ? 60000 : 120000, !!meta);
       this.mark("agent_ready");
+      step = "Setting the clock and randomness";
       await this.afterResume();
+      step = "Waiting for PostgreSQL";
       this.progress({ phase: "postgres", message: "Waiting for PostgreSQL" });
-      await this.waitPostgres(meta ? 60000 : 180000);
+      await this.waitPostgres(meta ? 60000 : 120000);
       this.mark("postgres_ready");
+      step = "Opening the psql console";
+      await this.openConsole(!!meta);
     } finally {
       clearInterval(tick);
     }
-    if (this.terminal) {
-      const { rows, cols } = this.terminal.size();
-      await this.syncTerminalSize(rows, cols);
-      if (meta) this.emulator.serial0_send("\r"); // psql redraws its prompt
-      await this.waitPrompt(30000);
-      this.terminal.focus();
-    }
     this.mark("ready");
     this.status("ready", `PostgreSQL ${this.serverVersion} is ready`);
+    if (this.terminal) void this.warmCancel();
+  }
+
+  // lastConsoleLine is the console's last non-empty line (boot progress).
+  private lastConsoleLine(): string {
+    const lines = this.consoleText.split(/\r?\n/).map(l => l.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "").trim()).filter(Boolean);
+    return (lines.pop() || "").slice(0, 80);
+  }
+
+  // createEmulator makes the v86 instance (a full boot's files when boot)
+  // and resolves once it is loaded.
+  private async createEmulator(vgaMB: number, boot: boolean): Promise<any> {
+    const files: Record<string, { loaded: number; total: number }> = {};
+    const img = (name: string) => new URL(name, this.imageBase).href;
+    const options: any = {
+      wasm_path: new URL("v86.wasm", here()).href,
+      bios: { url: img("bios.bin") },
+      vga_bios: { url: img("vgabios.bin") },
+      memory_size: this.memoryMB * 1024 * 1024,
+      vga_memory_size: vgaMB * 1024 * 1024,
+      autostart: false,
+      disable_keyboard: true,
+      disable_mouse: true,
+      disable_speaker: true,
+      uart1: true,
+      net_device: { type: this.manifest.net_device || "ne2k" },
+      preserve_mac_from_state_image: true,
+      filesystem: boot ? { basefs: img("9p/fs.json"), baseurl: img("9p/blobs/") } : { baseurl: img("9p/blobs/") },
+    };
+    if (boot) {
+      options.bzimage = { url: img("bzImage") };
+      options.initrd = { url: img("initrd.img") };
+      options.cmdline = this.manifest.cmdline;
+    }
+    const emulator = new V86(options);
+    this.emulator = emulator;
+    this.deadReason = "";
+    this.agent.revive();
+    emulator.add_listener("download-progress", (e: any) => {
+      files[e.file_name] = { loaded: e.loaded, total: e.total || e.loaded };
+      let loaded = 0, total = 0;
+      for (const f of Object.values(files)) {
+        loaded += f.loaded;
+        total += f.total;
+      }
+      this.progress({ phase: "download", loaded, total, message: `Downloading VM files: ${fmtMB(loaded)} of ${fmtMB(total)}` });
+    });
+    this.watchEmulator(emulator);
+    this.idleLess(emulator);
+    await new Promise<void>(resolve => emulator.add_listener("emulator-loaded", () => resolve()));
+    this.trackFileLoads(emulator);
+    this.mark("emulator_loaded");
+    return emulator;
+  }
+
+  // openConsole makes the psql console usable: the tty gets the terminal's
+  // size, psql redraws its prompt (after a restore) and, once psql reads
+  // input at that prompt, what the user typed meanwhile is sent.
+  private async openConsole(redraw: boolean): Promise<void> {
+    if (!this.terminal) return;
+    this.consoleReady = false;
+    this.consoleBusy = false;
+    const { rows, cols } = this.terminal.size();
+    await this.syncTerminalSize(rows, cols).catch(() => undefined);
+    const mark = this.consoleBytes;
+    if (redraw) this.emulator.serial0_send("\r"); // psql redraws its prompt
+    await this.waitPrompt(redraw ? mark : -1, 30000);
+    this.consoleReady = true;
+    for (const d of this.inputQueue.splice(0)) this.toConsole?.(d);
+    this.terminal.focus();
   }
 
   private async runAndWaitStarted(): Promise<void> {
@@ -324,35 +537,115 @@ export class PgWasm extends EventTarget {
     }
   }
 
+  // waitPostgres polls the agent's status until PostgreSQL is ready. Past
+  // timeoutMs it waits on while the VM makes progress (judgeWait); while
+  // PostgreSQL runs crash recovery the status says "recovering".
   private async waitPostgres(timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
+    const start = Date.now();
+    let recovering = false;
     for (;;) {
       const st = await this.agent.call({ op: "status" }, 10000);
       if (st.postgres === "ready") {
         this.serverVersion = st.server_version || "";
         return;
       }
-      if (Date.now() > deadline) throw new Error(`PostgreSQL did not start: ${st.postgres_error || st.postgres}`);
+      if (st.postgres === "recovering" && !recovering) {
+        recovering = true;
+        this.status("recovering", "PostgreSQL is recovering after a crash (replaying its write-ahead log); waiting");
+      }
+      const waited = Date.now() - start;
+      if (waited > timeoutMs) {
+        const v = this.judgeWait("status", waited, timeoutMs);
+        if (v !== "wait") throw new Error(`PostgreSQL did not start (${st.postgres_error || st.postgres}): ${v}`);
+      }
       await new Promise(r => setTimeout(r, 300));
     }
   }
 
-  private waitPrompt(timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    return new Promise(resolve => {
+  // waitPrompt waits for a psql prompt in the console output after byte
+  // mark (-1: the prompt may be one already shown). Past limitMs it waits
+  // on while the VM makes progress.
+  private waitPrompt(mark: number, limitMs: number): Promise<void> {
+    const start = Date.now();
+    return new Promise((resolve, reject) => {
       const check = () => {
-        if (this.terminal?.atPrompt() || Date.now() > deadline) resolve();
-        else setTimeout(check, 100);
+        const fresh = this.consoleBytes > mark;
+        // Quiet for a moment at the prompt: psql (readline) reads input now.
+        if (fresh && PROMPT.test(this.consoleText) && Date.now() - this.lastConsoleAt > 200) return resolve();
+        if (this.deadReason) return reject(new Error(this.deadReason));
+        const waited = Date.now() - start;
+        if (waited > limitMs) {
+          const v = this.judgeWait("prompt", waited, limitMs);
+          // No prompt: open the console anyway rather than never.
+          if (v !== "wait") return resolve();
+        }
+        setTimeout(check, 100);
       };
       check();
     });
   }
 
+  // sendConsole types into the psql console. Until psql reads input at a
+  // fresh prompt (after a start or a restore) the text is kept and sent
+  // then: a prompt on the screen is no promise that the console takes
+  // input (issue #16 item 0).
+  //
+  // Ctrl-C while a statement runs (Enter was sent, no prompt since) cancels
+  // it through the agent's open session instead of the tty: psql's own
+  // cancel request, sent from its SIGINT handler, needs a new connection
+  // to the postmaster, whose forked child faults its pages in over 9p the
+  // first time after a restore; psql shows nothing until that is done (17 s
+  // and more on a slow machine). psql then just sees its statement fail
+  // with "canceling statement due to user request". When the agent finds
+  // no running statement of the console (psql runs a \! command, say), is
+  // busy with another request or does not answer within 5 s, the Ctrl-C
+  // goes to the tty as usual. See also warmCancel.
+  sendConsole(data: string): void {
+    if (!this.consoleReady || !this.toConsole) {
+      this.inputQueue.push(data);
+      return;
+    }
+    if (data === "\x03" && this.consoleBusy && !this.agent.busy) {
+      void this.cancelConsoleQuery().then(ok => {
+        if (!ok) this.toConsole?.(data);
+      });
+      return;
+    }
+    if (data.includes("\r")) this.consoleBusy = true;
+    this.toConsole(data);
+  }
+
+  // warmCancel runs, once the VM is ready, what a Ctrl-C will need, so its
+  // pages are in memory by then: the query that finds the console's
+  // statement (matching nothing now) and a statement cancelled the same way
+  // (its error and abort path). Both run in the agent's own session.
+  private async warmCancel(): Promise<void> {
+    await this.cancelConsoleQuery("warm-up: matches nothing");
+    const sql = "select pg_cancel_backend(pg_backend_pid()), pg_sleep(1)";
+    await this.agent.request({ op: "query", sql }, 30000, false).catch(() => undefined);
+  }
+
+  private async cancelConsoleQuery(state = "active"): Promise<boolean> {
+    const sql =
+      "select pg_cancel_backend(pid) from pg_stat_activity where pid <> pg_backend_pid() " +
+      "and backend_type = 'client backend' and application_name = 'psql' and client_addr is null " +
+      "and state = $1 order by backend_start limit 1";
+    const r = await this.agent.request({ op: "query", sql, params: [state] }, 5000, false).catch(() => null);
+    return r?.rows?.[0]?.[0] === "t";
+  }
+
   private onConsoleByte(byte: number): void {
+    this.lastIO = this.lastConsoleAt = Date.now();
+    this.consoleBytes++;
     const text = this.consoleDecoder.decode(new Uint8Array([byte]), { stream: true });
     if (!text) return;
     this.consoleText = (this.consoleText + text).slice(-16384);
     this.terminal?.output(text);
+    if (byte === 0x20 && this.consoleBusy && PROMPT.test(this.consoleText)) this.consoleBusy = false;
+    if (byte === 0x0a) {
+      const m = PANIC.exec(this.consoleText.slice(-400));
+      if (m) this.markDead(m[0].trim());
+    }
   }
 
   // syncTerminalSize tells the guest's console tty the terminal's size
@@ -385,38 +678,132 @@ export class PgWasm extends EventTarget {
     this.progress({ phase: "save", message: "Preparing the guest (checkpoint, drop caches)" });
     await this.agent.call({ op: "prepare_snapshot" }, 120000).catch(() => undefined);
     this.progress({ phase: "save", message: "Saving the VM state" });
-    const raw: ArrayBuffer = await this.emulator.save_state();
+    let raw: ArrayBuffer;
+    await this.quiesce();
+    try {
+      raw = await this.emulator.save_state();
+    } finally {
+      await this.emulator.run();
+    }
     this.progress({ phase: "save", message: `Compressing ${fmtMB(raw.byteLength)}` });
-    return wrapState(raw, { image_key: this.manifest.key, memory_mb: this.memoryMB, postgres_version: this.serverVersion });
+    return wrapState(raw, {
+      image_key: this.manifest.key,
+      memory_mb: this.memoryMB,
+      postgres_version: this.serverVersion,
+      ...(this.network ? { network_ref: this.rememberNetwork() } : {}),
+    });
   }
 
   // restoreState checks the state first (image, memory size, integrity):
-  // a bad one throws StateError and the running VM goes on untouched.
+  // a bad one throws StateError and the running VM goes on untouched. A
+  // state of another memory size (one the page offers) restarts the VM
+  // with that size first.
   async restoreState(blob: Blob): Promise<void> {
     this.progress({ phase: "restore", message: "Checking the state" });
-    const { raw } = await openState(blob, { imageKey: this.manifest.key, memoryMB: this.memoryMB });
+    const { header } = await readHeader(blob);
+    const memoryMB = header.image_key === this.manifest.key && MEMORY_SIZES.includes(header.memory_mb) ? header.memory_mb : this.memoryMB;
+    const { raw } = await openState(blob, { imageKey: this.manifest.key, memoryMB });
     this.progress({ phase: "restore", message: "Restoring the VM state" });
     this.status("busy", "restoring");
-    await this.emulator.stop();
+    this.consoleReady = false;
+    this.inputQueue = [];
+    if (memoryMB !== this.memoryMB) {
+      await this.switchMemory(memoryMB);
+    } else {
+      await this.quiesce();
+    }
+    const wasDead = this.deadReason;
+    this.deadReason = "";
+    this.agent.revive();
     try {
       await this.emulator.restore_state(raw);
     } catch (err) {
+      this.deadReason = wasDead;
       await this.runAndWaitStarted();
       throw new StateError(`the emulator refused the state: ${(err as Error)?.message || err}`);
     }
     this.agent.reset("the VM was restored");
     this.terminal?.reset();
+    this.consoleText = "";
     await this.runAndWaitStarted();
-    await this.agent.waitReady(120000, true);
+    await this.agent.waitReady(60000, true);
     await this.afterResume();
     await this.waitPostgres(60000);
     if (this.terminal) {
-      const { rows, cols } = this.terminal.size();
-      await this.syncTerminalSize(rows, cols);
+      await this.openConsole(true);
+    } else {
+      this.emulator.serial0_send("\r");
     }
-    this.emulator.serial0_send("\r");
-    if (this.terminal) await this.waitPrompt(15000);
-    this.status("ready", `PostgreSQL ${this.serverVersion} is ready (state restored)`);
+    if (this.deadReason) throw new Error(`the VM died after the restore: ${this.deadReason}`);
+    let note = "";
+    if (!this.network && header.network_ref) note = await this.resumeNetwork(header.network_ref);
+    this.status("ready", `PostgreSQL ${this.serverVersion} is ready (state restored${note ? `; ${note}` : ""})`);
+    if (this.terminal) void this.warmCancel();
+  }
+
+  // rememberNetwork keeps the current session (token, password) in this
+  // browser for a state saved now and returns its reference.
+  private rememberNetwork(): string {
+    const ref = Array.from(crypto.getRandomValues(new Uint8Array(12)), b => b.toString(16).padStart(2, "0")).join("");
+    try {
+      localStorage.setItem(NET_KEY + ref, JSON.stringify({ info: this.network, token: this.sessionToken, relayURL: this.relayURL, saved: Date.now() }));
+    } catch {
+      // no storage: the network must be started again after a reload
+    }
+    return ref;
+  }
+
+  // resumeNetwork brings back the network session a restored state had,
+  // with the same password (so its connection strings work again), if the
+  // server still takes its token. It returns a note for the status line.
+  private async resumeNetwork(ref: string): Promise<string> {
+    let saved: { info: NetworkInfo; token: string; relayURL: string } | null = null;
+    try {
+      saved = JSON.parse(localStorage.getItem(NET_KEY + ref) || "null");
+    } catch {
+      saved = null;
+    }
+    const lost = "its network session is gone: press Start network again (new connection strings)";
+    if (!saved?.token || !saved.relayURL) return lost;
+    this.sessionToken = saved.token;
+    this.sessionID = saved.info.session;
+    this.relayURL = saved.relayURL;
+    this.connectRelay();
+    try {
+      // The server re-creates a session from a valid token when its
+      // websocket comes; then the API knows it.
+      let ok = false;
+      for (let i = 0; i < 20 && !ok; i++) {
+        await new Promise(r => setTimeout(r, 250));
+        const r = await fetch(new URL(`api/sessions/${saved.info.session}`, this.apiBase), { headers: { Authorization: `Bearer ${saved.token}` } });
+        ok = r.ok;
+        if (r.status === 401 || r.status === 403) break;
+      }
+      if (!ok) throw new Error("session refused");
+      Object.assign(saved.info, await this.networkUp(saved.info.password));
+    } catch {
+      this.relayURL = "";
+      this.ws?.close();
+      this.ws = null;
+      this.sessionToken = this.sessionID = "";
+      return lost;
+    }
+    this.network = saved.info;
+    this.dispatchEvent(new CustomEvent("network", { detail: saved.info }));
+    return "network session resumed, same connection strings";
+  }
+
+  // switchMemory replaces the emulator by one with another memory size
+  // (stopped, not booted: a state is restored into it next).
+  private async switchMemory(memoryMB: number): Promise<void> {
+    this.progress({ phase: "restore", message: `Switching the VM to ${memoryMB} MB of memory` });
+    await this.quiesce();
+    const old = this.emulator;
+    this.emulator = null;
+    await old.destroy();
+    this.memoryMB = memoryMB;
+    await this.createEmulator(VGA_MEMORY_MB, false);
+    this.dispatchEvent(new CustomEvent("memory", { detail: { memoryMB } }));
   }
 
   // ---- files (through v86's 9p: the guest's root file system) ----
@@ -500,10 +887,13 @@ export class PgWasm extends EventTarget {
     ws.onmessage = e => {
       if (e.data instanceof ArrayBuffer) this.emulator?.bus.send("net0-receive", new Uint8Array(e.data));
     };
-    ws.onclose = () => {
+    ws.onclose = e => {
       if (this.ws !== ws || !this.relayURL) return;
       this.ws = null;
-      this.reconnectTimer = window.setTimeout(() => this.connectRelay(), 3000);
+      // 4503 "draining": the server's replica shuts down; another one takes
+      // the session at once (jitter spreads the reconnects).
+      const delay = e.code === RELAY_DRAINING ? Math.random() * 250 : 3000;
+      this.reconnectTimer = window.setTimeout(() => this.connectRelay(), delay);
     };
   }
 
@@ -515,6 +905,7 @@ export class PgWasm extends EventTarget {
     const body = await resp.json().catch(() => ({}));
     if (!resp.ok) throw new Error(`cannot start the network: ${body.error || "HTTP " + resp.status}`);
     this.sessionToken = body.token;
+    this.sessionID = body.id;
     this.relayURL = body.relay_url;
     this.connectRelay();
     const password = randomPassword();
@@ -534,15 +925,38 @@ export class PgWasm extends EventTarget {
   }
 
   // networkUp runs DHCP in the guest, which also gives PostgreSQL a new TLS
-  // key, then sets the password.
+  // key, then sets the password. Both are safe to repeat, and are, on
+  // failure (the session and its tunnel port stay the same).
   private async networkUp(password: string): Promise<{ address: string; tlsSHA256: string }> {
-    const r = await this.agent.call({ op: "net_up" }, 60000);
-    await this.agent.call({ op: "set_password", user: "postgres", password }, 30000);
+    const step = (message: string) => this.progress({ phase: "network", message });
+    const r = await this.retry(3, n => {
+      step(`Network: DHCP and a new TLS key in the VM${n > 1 ? ` (try ${n} of 3)` : ""}`);
+      return this.agent.call({ op: "net_up" }, 60000);
+    });
+    await this.retry(3, n => {
+      step(`Network: setting the postgres password${n > 1 ? ` (try ${n} of 3)` : ""}`);
+      return this.agent.call({ op: "set_password", user: "postgres", password }, 30000);
+    });
     return { address: r.network?.address || "", tlsSHA256: r.network?.tls_cert_sha256 || "" };
   }
 
+  // retry runs an idempotent agent request up to tries times; a dead VM is
+  // not retried.
+  private async retry<T>(tries: number, fn: (n: number) => Promise<T>): Promise<T> {
+    for (let n = 1; ; n++) {
+      try {
+        return await fn(n);
+      } catch (err) {
+        if (this.deadReason || n >= tries) throw err;
+      }
+    }
+  }
+
   async stopNetwork(): Promise<void> {
-    const token = this.sessionToken, id = this.network?.session;
+    // sessionID, not network.session: a start that failed half-way has a
+    // session but no network info yet, and its session must go too.
+    const token = this.sessionToken, id = this.sessionID;
+    this.sessionID = "";
     this.relayURL = "";
     this.network = null;
     clearTimeout(this.reconnectTimer);
@@ -558,7 +972,8 @@ export class PgWasm extends EventTarget {
   }
 
   async destroy(): Promise<void> {
-    if (this.network) await this.stopNetwork();
+    clearInterval(this.sampler);
+    if (this.network || this.sessionID) await this.stopNetwork();
     await this.emulator?.destroy();
     this.emulator = null;
     this.terminal?.dispose();

@@ -16,6 +16,10 @@ export interface StateHeader {
   compression: "gzip";
   raw_size: number;
   created: string; // ISO time
+  // network_ref names the network session the VM had at the save, kept in
+  // this browser's localStorage (never in the file: its token controls the
+  // session), so a restore after a reload can bring the network back.
+  network_ref?: string;
 }
 
 export class StateError extends Error {}

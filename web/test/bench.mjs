@@ -6,7 +6,12 @@
 // page's JavaScript API (window.pgwasm), the same loop PGlite runs in
 // bench/pglite.mjs. Prints one JSON object. Env as for run.mjs.
 //
+// With --idle SECONDS it measures only the CPU a ready tab uses while
+// nothing runs (issue #16 item 5): every Chromium process's user+system
+// time over SECONDS, after --settle SECONDS (default 10), from /proc.
+//
 //   node web/test/bench.mjs [--queries bench/queries.json] [--runs N]
+//   node web/test/bench.mjs --idle 30 [--settle 10]
 import fs from "node:fs";
 import { startServer, launchBrowser, waitReady, waitMessage } from "./lib.mjs";
 import { inPage, trackBytes } from "../../bench/measure.mjs";
@@ -17,10 +22,63 @@ const arg = name => {
   return i >= 0 ? args[i + 1] : undefined;
 };
 
+// browserCPU sums user+system CPU seconds of this process's descendants
+// that are not the pgwasm server (Chromium: browser, renderer, GPU,
+// utility processes), from /proc/<pid>/stat.
+function browserCPU() {
+  const hz = 100; // USER_HZ on Linux
+  const procs = new Map();
+  for (const d of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const st = fs.readFileSync(`/proc/${d}/stat`, "utf8");
+      const comm = st.slice(st.indexOf("(") + 1, st.lastIndexOf(")"));
+      const f = st.slice(st.lastIndexOf(")") + 2).split(" ");
+      procs.set(Number(d), { comm, ppid: Number(f[1]), cpu: (Number(f[11]) + Number(f[12])) / hz });
+    } catch {
+      // gone
+    }
+  }
+  const mine = new Set([process.pid]);
+  let grew = true;
+  while (grew) {
+    grew = false;
+    for (const [pid, p] of procs) if (!mine.has(pid) && mine.has(p.ppid) && p.comm !== "pgwasm") (mine.add(pid), (grew = true));
+  }
+  mine.delete(process.pid);
+  let total = 0;
+  for (const pid of mine) total += procs.get(pid).cpu;
+  return { seconds: total, processes: mine.size };
+}
+
 const srv = await startServer();
 const browser = await launchBrowser();
 const out = {};
+const idle = Number(arg("--idle") || 0);
 try {
+  if (idle > 0) {
+    const page = await browser.ctx.newPage();
+    await page.goto(srv.url);
+    await waitReady(page);
+    await page.evaluate(() => window.pgwasm.query("select 1"));
+    await new Promise(r => setTimeout(r, Number(arg("--settle") || 10) * 1000));
+    const a = browserCPU(), t0 = Date.now();
+    await new Promise(r => setTimeout(r, idle * 1000));
+    const b = browserCPU(), wall = (Date.now() - t0) / 1000;
+    out.idle_seconds = wall;
+    out.idle_cpu_seconds = b.seconds - a.seconds;
+    out.idle_cpu_percent = (100 * (b.seconds - a.seconds)) / wall;
+    out.idle_processes = b.processes;
+  } else {
+    await measurePage(out);
+  }
+} finally {
+  await browser.close();
+  await srv.stop();
+}
+console.log(JSON.stringify(out, null, 1));
+
+async function measurePage(out) {
   const page = await browser.ctx.newPage();
   const cdp = await browser.ctx.newCDPSession(page);
   // Our data is the VM: its state and the 9p files it reads; the code is
@@ -57,8 +115,4 @@ try {
     await waitReady(page);
     out.query_set = await page.evaluate(inPage("pgwasm", spec, Number(arg("--runs") || 3)));
   }
-} finally {
-  await browser.close();
-  await srv.stop();
 }
-console.log(JSON.stringify(out, null, 1));

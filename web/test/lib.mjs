@@ -12,12 +12,13 @@ export const artifacts = path.join(root, "build", "test-artifacts");
 
 // startServer runs pgwasm serve on free loopback ports and resolves with
 // its base URL once it listens.
-export async function startServer({ bin = process.env.PGWASM_BIN || path.join(root, "build/bin/pgwasm"), image = process.env.PGWASM_IMAGE || path.join(root, "build/image") } = {}) {
+// extraArgs go to pgwasm serve as they are.
+export async function startServer({ bin = process.env.PGWASM_BIN || path.join(root, "build/bin/pgwasm"), image = process.env.PGWASM_IMAGE || path.join(root, "build/image"), extraArgs = [] } = {}) {
   if (!fs.existsSync(path.join(image, "manifest.json"))) throw new Error(`no VM image in ${image} (make image snapshot)`);
   const first = 20000 + Math.floor(Math.random() * 40000);
   const args = ["serve", "--listen", "127.0.0.1:0", "--image", image,
     "--tunnel-sni-listen", "127.0.0.1:0", "--tunnel-ports", `${first}-${first + 15}`,
-    "--tunnel-bind", "127.0.0.1", "--tunnel-host", "127.0.0.1"];
+    "--tunnel-bind", "127.0.0.1", "--tunnel-host", "127.0.0.1", ...extraArgs];
   const proc = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
   // Never leave a server behind, even when a test run dies.
   process.on("exit", () => proc.kill("SIGKILL"));
@@ -98,4 +99,18 @@ export async function waitMessage(page, timeoutMs = 180000) {
 
 export function apiQuery(page, sql, params) {
   return page.evaluate(([sql, params]) => window.pgwasm.query(sql, params), [sql, params]);
+}
+
+// throttleCPU slows the page's CPU through the DevTools protocol (rate 4:
+// four times slower; 1: full speed again), as a slow laptop or a busy
+// machine would run the emulator.
+export async function throttleCPU(page, rate) {
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send("Emulation.setCPUThrottlingRate", { rate });
+  return cdp;
+}
+
+// pageStatus is the VM's last status event ({status, message}).
+export function pageStatus(page) {
+  return page.evaluate(() => window.pgwasm?.lastStatus || null);
 }
