@@ -106,6 +106,7 @@ func (c *serveConfig) registerFlags(fs *flag.FlagSet) {
 	fs.IntVar(&tl.MaxConnsPerSession, "tunnel-max-conns-per-session", td.MaxConnsPerSession, "concurrent tunnel connections to one session, both modes")
 	fs.IntVar(&tl.MaxPreauthPerSession, "tunnel-max-preauth-per-session", td.MaxPreauthPerSession, "tunnel connections of one session not yet authenticated; more close the busiest source's oldest")
 	fs.DurationVar(&tl.AuthTimeout, "tunnel-auth-timeout", td.AuthTimeout, "close a tunnel connection that has not authenticated this long after it arrived")
+	fs.DurationVar(&tl.DialTimeout, "tunnel-dial-timeout", td.DialTimeout, "time the VM has to accept a tunnel connection (a loaded or just-restored VM can be slow)")
 	fs.IntVar(&tl.MaxHandshakesPerSource, "tunnel-max-handshakes-per-source", td.MaxHandshakesPerSource, "SNI handshake slots one source address (IPv6: /64) may hold; 0: no limit")
 
 	r := &c.relay
@@ -240,6 +241,7 @@ func (c *serveConfig) parts() (serveParts, error) {
 	tl := c.tunnelLimits
 	p.tunnel.MaxConnsPerSource, p.tunnel.MaxConnsPerSession, p.tunnel.MaxPreauthPerSession = tl.MaxConnsPerSource, tl.MaxConnsPerSession, tl.MaxPreauthPerSession
 	p.tunnel.AuthTimeout, p.tunnel.MaxHandshakesPerSource = tl.AuthTimeout, tl.MaxHandshakesPerSource
+	p.tunnel.DialTimeout = tl.DialTimeout
 	if (c.tunnelCert == "") != (c.tunnelKey == "") {
 		return p, errors.New("--tunnel-tls-cert and --tunnel-tls-key go together")
 	}

@@ -93,15 +93,15 @@ func DefaultConfig() Config {
 		Domain:           "pg.localhost",
 		GuestPort:        5432,
 		HandshakeTimeout: 15 * time.Second,
-		DialTimeout:      10 * time.Second,
+		DialTimeout:      30 * time.Second,
 		MaxHelloSize:     16 << 10,
 		MaxHandshakes:    1024,
 
 		MaxHandshakesPerSource: 64,
-		MaxConnsPerSource:      64,
-		MaxConnsPerSession:     32,
+		MaxConnsPerSource:      128,
+		MaxConnsPerSession:     128,
 		MaxPreauthPerSession:   10,
-		AuthTimeout:            10 * time.Second,
+		AuthTimeout:            30 * time.Second,
 	}
 }
 

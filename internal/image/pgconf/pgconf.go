@@ -31,7 +31,7 @@ func Settings() []Setting {
 		{"unix_socket_directories", "'/var/run/postgresql'", "where psql, the guest agent and Debian's libpq look"},
 		{"max_connections", "20", "the build's warm-up only: guest/init starts the server with -c max_connections=N chosen by the VM's memory size (docs/vm.md, \"Memory\")"},
 		{"superuser_reserved_connections", "2", "keeps the console usable when tunnel clients fill the slots"},
-		{"authentication_timeout", "10s", "a backend waiting for a login holds a slot and memory; the tunnel's own deadline (docs/serve.md) cannot see inside TLS, PostgreSQL can"},
+		{"authentication_timeout", "30s", "a backend waiting for a login holds a slot and memory; the tunnel's own deadline (docs/serve.md) cannot see inside TLS, PostgreSQL can; 30 s because TLS and SCRAM in a loaded emulator can take over 10 s"},
 		{"shared_buffers", "16MB", "small: touched buffers land in every state snapshot and RAM is 128 MB at the least"},
 		{"work_mem", "2MB", "per sort/hash node; keeps a few concurrent queries inside 128 MB"},
 		{"maintenance_work_mem", "16MB", "index builds during dump restores, without starving the VM"},
