@@ -141,6 +141,7 @@ const auto = {
   lastActivity: 0,
   inflight: 0, // API calls running
   running: null as Promise<void> | null,
+  active: false, // an autosave runs (set before its first step)
   timer: 0,
   notBefore: 0,
   offerOpen: false, // a kept session waits for Resume / Start fresh: do not overwrite it
@@ -189,6 +190,7 @@ async function autosave(): Promise<void> {
     last = t;
   }, 50);
   keptStatus("Keeping this session…");
+  auto.active = true;
   try {
     const blob = await vm.saveState();
     if (pg !== vm) return; // restarted meanwhile
@@ -211,6 +213,7 @@ async function autosave(): Promise<void> {
       auto.notBefore = performance.now() + 60000;
     }
   } finally {
+    auto.active = false;
     clearInterval(probe);
     await refreshKept();
   }
@@ -400,7 +403,7 @@ function watchActivity(vm: PgWasm): void {
 let bootNoteAt = 0;
 
 function onEngineProgress(vm: PgWasm, p: Progress): void {
-  if (auto.running && p.phase === "save") return; // the autosave is quiet
+  if (auto.active && p.phase === "save") return; // the autosave is quiet
   let text = p.message;
   if (p.phase === "boot") {
     // The engine's text promises a duration a slow machine does not keep.
@@ -504,8 +507,8 @@ function ready(vm: PgWasm): void {
   // After a quick start psql has drawn its prompt twice (the engine's
   // newline after the size change): if the screen holds nothing else yet,
   // Ctrl-L has readline clear it and draw one prompt.
-  const lines = vm.terminal?.text().split("\n").filter(l => l.trim()) ?? [];
-  if (lines.filter(l => /^postgres=#\s*$/.test(l)).length > 1 && lines.every(l => /^postgres=#\s*$|^pgwasm: /.test(l))) {
+  const prompts = vm.terminal?.text().split("\n").filter(l => l.startsWith("postgres=")) ?? [];
+  if (prompts.length > 1 && prompts.every(l => /^postgres=#\s*$/.test(l))) {
     vm.emulator.serial0_send("\x0c");
   }
   void refreshStates();

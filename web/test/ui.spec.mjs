@@ -355,6 +355,8 @@ test("a phone with its keyboard open keeps the prompt and the keys visible", asy
     await p.click("#resume-no");
     await waitReady(p);
     await waitScreen(p, /postgres=# $/m);
+    // One prompt after the start, not two.
+    await p.waitForFunction(() => window.pgwasm.terminal.text().split("\n").filter(l => l.startsWith("postgres=")).length === 1, null, { timeout: 15000 });
     // No text about dropping files on a touch screen.
     assert.equal(await p.locator("text=drop them on the page").isVisible(), false);
     // The settings are part of the page, not a small scroll box.
