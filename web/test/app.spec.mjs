@@ -45,6 +45,11 @@ before(async () => {
   fs.mkdirSync(artifacts, { recursive: true });
   srv = await startServer();
   browser = await launchBrowser();
+  // The kept session (autosave) has its own tests in ui.spec.mjs; here it
+  // would only add saves of the whole VM between the steps.
+  await browser.ctx.addInitScript(() => {
+    if (!localStorage.getItem("pgwasm.settings")) localStorage.setItem("pgwasm.settings", JSON.stringify({ autosave: false }));
+  });
   page = await browser.ctx.newPage();
   page.on("pageerror", e => console.error("pageerror:", e.message));
   // A reload with work not yet kept asks first (beforeunload): go on.
