@@ -52,10 +52,17 @@ let busy = false;
 let starting = false;
 
 let messageTimer = 0;
+let pendingMessage: { text: string; kind: "info" | "error" | "ok" } | null = null;
 
 // message shows a line in the bar under the terminal. Errors stay until
 // closed (×) or replaced; others go by themselves after a while.
 function message(text: string, kind: "info" | "error" | "ok" = "info"): void {
+  // An action's result shows once its controls are back on: whoever reads
+  // it (a person, a screen reader, a test) can act on it at once.
+  if (busy && text) {
+    pendingMessage = { text, kind };
+    return;
+  }
   const el = $("#message");
   el.setAttribute("aria-live", kind === "error" ? "assertive" : "polite");
   $("#message-text").textContent = text;
@@ -111,6 +118,8 @@ async function withBusy(label: string, fn: () => Promise<void>): Promise<void> {
     setProgress("");
     busy = false;
     enableVMControls(!!pg);
+    if (pendingMessage) message(pendingMessage.text, pendingMessage.kind);
+    pendingMessage = null;
     scheduleAutosave();
   }
 }
