@@ -63,6 +63,10 @@ function message(text: string, kind: "info" | "error" | "ok" = "info"): void {
     pendingMessage = { text, kind };
     return;
   }
+  showMessage(text, kind);
+}
+
+function showMessage(text: string, kind: "info" | "error" | "ok"): void {
   const el = $("#message");
   el.setAttribute("aria-live", kind === "error" ? "assertive" : "polite");
   $("#message-text").textContent = text;
@@ -97,7 +101,7 @@ function enableVMControls(on: boolean): void {
 // A running autosave is let finish first.
 async function withBusy(label: string, fn: () => Promise<void>): Promise<void> {
   if (busy) {
-    message("Another action is still running; wait for it to finish.", "error");
+    showMessage("Another action is still running; wait for it to finish.", "error");
     return;
   }
   busy = true;
@@ -609,7 +613,7 @@ async function initSettings(): Promise<void> {
   };
   $("#restart").onclick = () => {
     if (busy) {
-      message("Another action is still running; wait for it to finish.", "error");
+      showMessage("Another action is still running; wait for it to finish.", "error");
       return;
     }
     void start();
