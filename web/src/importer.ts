@@ -22,7 +22,16 @@ const shq = (s: string) => "'" + s.replace(/'/g, `'\\''`) + "'";
 const sqlLit = (s: string) => "'" + s.replace(/'/g, "''") + "'";
 const ident = (s: string) => '"' + s.replace(/"/g, '""') + '"';
 
+// fileExists: the file is in the VM's root file system (9p) now. An upload
+// is gone after Restart VM, or after restoring a state saved before it.
+export function fileExists(pg: PgWasm, path: string): boolean {
+  return pg.emulator?.fs9p?.SearchPath(path)?.id > -1;
+}
+
 export async function importFile(pg: PgWasm, path: string, kind: ImportKind): Promise<ImportResult> {
+  if (!fileExists(pg, path)) {
+    return { ok: false, summary: `${path} is no longer in the VM (Restart VM or a restored state removed it): upload it again.`, output: "" };
+  }
   switch (kind) {
     case "sql": {
       const r = await pg.runProgram(`psql -X -v ON_ERROR_STOP=1 -d postgres -f ${shq(path)}`);
@@ -37,25 +46,48 @@ export async function importFile(pg: PgWasm, path: string, kind: ImportKind): Pr
   }
 }
 
-// parseCSVLine splits one CSV record (RFC 4180 quoting, no embedded newlines).
-export function parseCSVLine(line: string): string[] {
-  const out: string[] = [];
-  let cur = "", q = false;
-  for (let i = 0; i < line.length; i++) {
-    const c = line[i];
+// parseCSV splits CSV text into records (RFC 4180: quoted fields may hold
+// commas, doubled quotes and line breaks). With complete false the text is
+// a prefix of the file and a record it cuts off is dropped.
+export function parseCSV(text: string, complete = true): string[][] {
+  const out: string[][] = [];
+  let rec: string[] = [];
+  let cur = "", q = false, any = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
     if (q) {
-      if (c === '"' && line[i + 1] === '"') {
+      if (c === '"' && text[i + 1] === '"') {
         cur += '"';
         i++;
       } else if (c === '"') q = false;
       else cur += c;
-    } else if (c === '"') q = true;
-    else if (c === ",") {
-      out.push(cur);
+      continue;
+    }
+    if (c === '"') {
+      q = true;
+      any = true;
+    } else if (c === ",") {
+      rec.push(cur);
       cur = "";
-    } else cur += c;
+      any = true;
+    } else if (c === "\n" || c === "\r") {
+      if (c === "\r" && text[i + 1] === "\n") i++;
+      if (any || cur) {
+        rec.push(cur);
+        out.push(rec);
+      }
+      rec = [];
+      cur = "";
+      any = false;
+    } else {
+      cur += c;
+      any = true;
+    }
   }
-  out.push(cur);
+  if (complete && !q && (any || cur)) {
+    rec.push(cur);
+    out.push(rec);
+  }
   return out;
 }
 
@@ -69,20 +101,22 @@ export function tableName(path: string): string {
 
 async function importCSV(pg: PgWasm, path: string): Promise<ImportResult> {
   const data = await pg.download(path);
-  const text = new TextDecoder().decode(data.subarray(0, 1 << 20));
-  const lines = text.split(/\r?\n/).filter(l => l.length);
-  if (!lines.length) return { ok: false, summary: `${path} is empty`, output: "" };
-  const header = parseCSVLine(lines[0]).map((h, i) => h.trim() || `column${i + 1}`);
+  const sample = 1 << 20;
+  const text = new TextDecoder().decode(data.subarray(0, sample));
+  const records = parseCSV(text, data.length <= sample);
+  if (!records.length) return { ok: false, summary: `${path} is empty`, output: "" };
+  const header = records[0].map((h, i) => h.trim() || `column${i + 1}`);
+  const rows = records.slice(1, 1000);
   // Column types from the rows we read: integer, numeric or text.
   const types = header.map((_, i) => {
     let t = "bigint";
-    for (const l of lines.slice(1, 1000)) {
-      const v = (parseCSVLine(l)[i] ?? "").trim();
+    for (const r of rows) {
+      const v = (r[i] ?? "").trim();
       if (v === "") continue;
       if (t === "bigint" && !/^-?\d{1,18}$/.test(v)) t = "numeric";
       if (t === "numeric" && !/^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/.test(v)) return "text";
     }
-    return lines.length > 1 ? t : "text";
+    return rows.length ? t : "text";
   });
   const table = tableName(path);
   const cols = header.map((h, i) => `${ident(h)} ${types[i]}`).join(", ");

@@ -45,8 +45,15 @@ before(async () => {
   fs.mkdirSync(artifacts, { recursive: true });
   srv = await startServer();
   browser = await launchBrowser();
+  // The kept session (autosave) has its own tests in ui.spec.mjs; here it
+  // would only add saves of the whole VM between the steps.
+  await browser.ctx.addInitScript(() => {
+    if (!localStorage.getItem("pgwasm.settings")) localStorage.setItem("pgwasm.settings", JSON.stringify({ autosave: false }));
+  });
   page = await browser.ctx.newPage();
   page.on("pageerror", e => console.error("pageerror:", e.message));
+  // A reload with work not yet kept asks first (beforeunload): go on.
+  page.on("dialog", d => void d.accept());
 });
 
 after(async () => {
@@ -123,8 +130,9 @@ test("state saved in IndexedDB survives a reload", async () => {
   await page.click("#terminal");
   await page.keyboard.type("select count(*) as c from idb_test;\n", { delay: 5 });
   await waitScreen(page, /^\s*1\s*$/m);
-  // Delete it again.
+  // Delete it again: the page asks first.
   await page.click(`.state-row:has-text("idb ${marker}") >> text=Delete`);
+  await page.click(`.state-row.confirm:has-text("idb ${marker}") >> .confirm-yes`);
   await page.waitForSelector(`.state-row:has-text("idb ${marker}")`, { state: "detached" });
 });
 
@@ -268,6 +276,16 @@ test("network start shows connection strings; host psql connects through the tun
   // The VM made its own TLS key at this start (the image's is public): the
   // page shows its fingerprint and the tunnel serves that certificate.
   const shown = (await page.textContent("#tls-fingerprint")).match(/SHA-256 ([0-9a-f:]{95})$/)[1];
+  // Nothing in the panel is cut: no field or line wider than its box.
+  const cut = await page.$$eval("#net-info textarea, #net-info p", els => els.filter(e => e.scrollWidth > e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 1).map(e => e.id || e.textContent.slice(0, 40)));
+  assert.deepEqual(cut, []);
+  // Copy says it copied, and the clipboard has the whole string.
+  await browser.ctx.grantPermissions(["clipboard-read", "clipboard-write"], { origin: srv.url.replace(/\/$/, "") });
+  await page.click('[aria-label="Copy the port mode connection string"]');
+  await page.waitForSelector('[aria-label="Copy the port mode connection string"]:has-text("Copied")');
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), conn);
+  const copied = await waitMessage(page);
+  assert.match(copied.text, /Copied the port mode connection string/);
   const u = new URL(url);
   assert.equal(await tunnelCertSHA256(u.hostname, Number(u.port)), shown);
   await page.screenshot({ path: path.join(artifacts, "web-network.png") });
@@ -347,6 +365,10 @@ test("full boot from scratch, with progress, chosen in the settings", async () =
   await page.click("#restart");
   await page.waitForFunction(() => /Downloading VM files|Booting/.test(document.querySelector("#progress-text").textContent), null, { timeout: 60000, polling: 100 });
   await page.waitForFunction(() => /Booting Linux/.test(document.querySelector("#progress-text").textContent), null, { timeout: 120000, polling: 200 });
+  // No promise of a duration a slow machine does not keep; the terminal
+  // says what goes on instead of staying black.
+  assert.doesNotMatch(await page.textContent("#progress-text"), /about 30 s/);
+  await waitScreen(page, /^pgwasm: booting Linux and PostgreSQL/m, 30000);
   await waitReady(page, 600000);
   assert.equal(await page.evaluate(() => window.pgwasm.fullBoot), true);
   const r = await apiQuery(page, "select current_setting('server_version_num')::int >= 170000 as ok");
@@ -376,6 +398,18 @@ test("the example page runs a query through the embedding API", async () => {
       }
     });
     assert.equal(r, "42P01");
+    // The box runs scripts: several statements, a result for each.
+    await p.fill("#sql", "create table ex(a int); insert into ex values (1), (2); select sum(a) as s from ex;");
+    await p.click("#run");
+    await p.waitForFunction(() => document.querySelectorAll("#result table").length === 1 && document.querySelectorAll("#result p").length === 2, null, { timeout: 60000 });
+    assert.deepEqual(await p.$$eval("#result td", tds => tds.map(td => td.textContent)), ["3"]);
+    assert.deepEqual(await p.$$eval("#result p", ps => ps.map(e => e.textContent)), ["CREATE TABLE", "INSERT 0 2"]);
+    // A server the page cannot reach: a message that says what to do.
+    await p.route("**/api/sessions", r => r.abort("failed"));
+    await p.click("#net");
+    await p.waitForFunction(() => /allowed-origins/.test(document.querySelector("#net-result").textContent), null, { timeout: 30000 });
+    assert.match(await p.textContent("#net-result"), /Cannot reach the pgwasm server's network API/);
+    await p.unroute("**/api/sessions");
     await p.screenshot({ path: path.join(artifacts, "web-example.png") });
     // A second, headless VM through the same module: no terminal, same API.
     const h = await p.evaluate(async () => {
