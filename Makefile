@@ -79,9 +79,9 @@ test-go: build ## Go unit and loopback integration tests (no VM), fuzz seed corp
 	PGWASM_TEST_MODULES=$(abspath $(KMODS)) PGWASM_TEST_APT_DIR=$(PGWASM_CACHE)/apt \
 	PGWASM_TEST_CACHE_DIR=$(PGWASM_CACHE) $(GO) test -count=1 ./...
 
-test-vm: snapshot ## boot the real VM (headless v86 in Node) and test it end to end, and the image build's VM step
+test-vm: snapshot ## boot the real VM (headless v86 in Node) and test it end to end, the image build's VM step and a real VM behind the HAProxy cluster
 	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) test -count=1 -timeout 30m -v ./test/vm/...
-	PGWASM_IMAGE=$(abspath $(IMAGE)) $(GO) test -count=1 -timeout 10m -v -run 'VMStepGuest|BootExportTree' ./internal/image/ ./internal/vm/
+	PGWASM_IMAGE=$(abspath $(IMAGE)) $(GO) test -count=1 -timeout 10m -v -run 'VMStepGuest|BootExportTree|ClusterRealVM' ./internal/image/ ./internal/vm/ ./test/cluster/
 
 test-web: build snapshot ## browser tests: Playwright driving Debian's Chromium against pgwasm serve
 	cd web && npx tsc -p .

@@ -463,6 +463,11 @@ async function start(memory = settings.memory): Promise<void> {
     // While it starts the progress line says what happens; the status line
     // would only repeat an older step of it.
     onStatus: s => {
+      if (s.status === "dead" && pg === vm) {
+        // Nothing but Restart can help: say so where errors go.
+        enableVMControls(false);
+        message(s.message, "error");
+      }
       if (s.status !== "starting") setStatus(s.message);
     },
   });
@@ -633,7 +638,9 @@ function initKeys(): void {
     // Keep the focus (and the phone's keyboard) in the terminal.
     b.addEventListener("pointerdown", e => e.preventDefault());
     b.onclick = () => {
-      pg?.emulator?.serial0_send(KEYS[b.dataset.key!]);
+      // Through the engine, like typed keys: held until psql reads, and a
+      // Ctrl-C on a running statement cancels it at once.
+      pg?.sendConsole(KEYS[b.dataset.key!]);
       touch();
       if (document.activeElement === b && b.matches(":focus-visible")) return; // keyboard user: stay here
       pg?.terminal?.focus();

@@ -38,7 +38,9 @@ export class PsqlTerminal {
     this.term = new Terminal({
       fontSize,
       fontFamily: 'ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace',
-      cursorBlink: true,
+      // A blinking cursor redraws twice a second: ~20% of a core in an idle
+      // tab (docs/web.md, "Idle CPU").
+      cursorBlink: false,
       convertEol: false,
       scrollback: 5000,
       // The unicode11 addon's widths need the proposed API.
