@@ -126,7 +126,9 @@ func memSummary(mi map[string]int) string {
 func consoleValue(ctx context.Context, t *testing.T, v *vm.VM, tag, sql string) string {
 	t.Helper()
 	re := regexp.MustCompile(tag + `=(\S+)`)
-	out, err := v.Console(ctx, fmt.Sprintf("select '%s=' || (%s) as v;\n", tag, sql), tag+`=\S+\s`, 2*time.Minute)
+	// The tag and its "=" are joined in SQL, so the echoed command line
+	// cannot match: only the result row does.
+	out, err := v.Console(ctx, fmt.Sprintf("select '%s' || '=' || (%s) as v;\n", tag, sql), tag+`=\S+\s`, 2*time.Minute)
 	if err != nil {
 		t.Fatalf("console: %v", err)
 	}
