@@ -557,11 +557,9 @@ async function adoptLate(vm: PgWasm): Promise<void> {
     await new Promise(r => setTimeout(r, 2000));
   }
   if ((window as any).pgwasm !== vm || !vm.emulator) return;
-  if (vm.terminal) {
-    const { rows, cols } = vm.terminal.size();
-    await vm.syncTerminalSize(rows, cols).catch(() => undefined);
-    if (!vm.terminal.atPrompt()) vm.emulator.serial0_send("\r");
-  }
+  // start() gave up before it opened the console: keys typed since wait
+  // in the engine until this.
+  await vm.openConsole(!vm.terminal?.atPrompt()).catch(() => undefined);
   vm.timings.ready = Math.round(performance.now() - t0) + (vm.timings.agent_ready || 0);
   message("PostgreSQL is up after all: the VM is ready.", "ok");
   ready(vm);

@@ -494,8 +494,9 @@ export class PgWasm extends EventTarget {
 
   // openConsole makes the psql console usable: the tty gets the terminal's
   // size, psql redraws its prompt (after a restore) and, once psql reads
-  // input at that prompt, what the user typed meanwhile is sent.
-  private async openConsole(redraw: boolean): Promise<void> {
+  // input at that prompt, what the user typed meanwhile is sent. Public for
+  // a page that takes over a VM whose start() gave up waiting.
+  async openConsole(redraw: boolean): Promise<void> {
     if (!this.terminal) return;
     this.consoleReady = false;
     this.consoleBusy = false;
