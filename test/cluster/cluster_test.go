@@ -336,7 +336,7 @@ func (c *cluster) startVM(ctx context.Context, s sessionInfo, pgAddr string) *si
 			if err != nil {
 				return
 			}
-			go forward(conn, pgAddr)
+			go pgtest.Forward(conn, pgAddr)
 		}
 	}()
 	go func() {
@@ -437,23 +437,6 @@ func (v *simVM) closeErrors() []error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return append([]error(nil), v.closes...)
-}
-
-func forward(c net.Conn, addr string) {
-	defer c.Close()
-	pg, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return
-	}
-	defer pg.Close()
-	done := make(chan struct{})
-	go func() {
-		io.Copy(pg, c)
-		pg.(*net.TCPConn).CloseWrite()
-		close(done)
-	}()
-	io.Copy(c, pg)
-	<-done
 }
 
 // query runs a query through HAProxy's SNI front: with host psql (libpq

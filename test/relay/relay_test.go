@@ -209,28 +209,11 @@ func (s *stack) vmWithPostgresVM(tb testing.TB, ctx context.Context, pgAddr stri
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				forward(c, pgAddr)
+				pgtest.Forward(c, pgAddr)
 			}()
 		}
 	}()
 	return info, vm
-}
-
-func forward(c net.Conn, addr string) {
-	defer c.Close()
-	pg, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return
-	}
-	defer pg.Close()
-	done := make(chan struct{})
-	go func() {
-		io.Copy(pg, c)
-		pg.(*net.TCPConn).CloseWrite()
-		close(done)
-	}()
-	io.Copy(c, pg)
-	<-done
 }
 
 func withPassword(url, pw string) string {

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -164,4 +165,23 @@ func selfSigned(tb testing.TB) (certPEM, keyPEM []byte) {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+}
+
+// Forward copies c to and from the TCP server at addr until both sides are
+// done: a simulated VM's connection handed to a host PostgreSQL.
+func Forward(c net.Conn, addr string) {
+	defer c.Close()
+	pg, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return
+	}
+	defer pg.Close()
+	done := make(chan struct{})
+	go func() {
+		io.Copy(pg, c)
+		pg.(*net.TCPConn).CloseWrite()
+		close(done)
+	}()
+	io.Copy(c, pg)
+	<-done
 }
