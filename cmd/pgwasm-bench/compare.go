@@ -207,11 +207,41 @@ type ourPage struct {
 type pgbenchCase struct {
 	Name    string // "select-only" or "tpcb-like"
 	Clients int
+	// Variant takes one cost out of tpcb-like's transaction, so the rows
+	// side by side say where the time goes (docs/vm.md): "prepared" (-M
+	// prepared: no parse and plan per statement) or "async"
+	// (synchronous_commit=off: no wait for the WAL flush). "" is pgbench's
+	// default.
+	Variant string
 }
 
-func (c pgbenchCase) key() string { return fmt.Sprintf("%s/%d", c.Name, c.Clients) }
+func (c pgbenchCase) key() string {
+	if c.Variant != "" {
+		return fmt.Sprintf("%s/%d/%s", c.Name, c.Clients, c.Variant)
+	}
+	return fmt.Sprintf("%s/%d", c.Name, c.Clients)
+}
 
-var pgbenchCases = []pgbenchCase{{"select-only", 1}, {"select-only", 4}, {"tpcb-like", 1}, {"tpcb-like", 4}}
+// args are pgbench's options for the case, and env what it adds to the
+// environment (libpq passes PGOPTIONS to the server as session settings).
+func (c pgbenchCase) args(seconds int) (args, env []string) {
+	args = []string{"-n", "-c", strconv.Itoa(c.Clients), "-j", strconv.Itoa(c.Clients), "-T", strconv.Itoa(seconds)}
+	if c.Name == "select-only" {
+		args = append(args, "-S")
+	}
+	switch c.Variant {
+	case "prepared":
+		args = append(args, "-M", "prepared")
+	case "async":
+		env = append(env, "PGOPTIONS=-c synchronous_commit=off")
+	}
+	return args, env
+}
+
+var pgbenchCases = []pgbenchCase{
+	{"select-only", 1, ""}, {"select-only", 4, ""}, {"tpcb-like", 1, ""}, {"tpcb-like", 4, ""},
+	{"tpcb-like", 4, "prepared"}, {"tpcb-like", 4, "async"},
+}
 
 // compareResults are the side-by-side figures of issue #6.
 type compareResults struct {
@@ -501,14 +531,11 @@ func compareVM(ctx context.Context, cfg *Config, spec *querySpec, native *native
 				if t.conn == "" {
 					continue
 				}
-				a := []string{"-n", "-c", strconv.Itoa(c.Clients), "-j", strconv.Itoa(c.Clients), "-T", strconv.Itoa(cfg.PgbenchSeconds)}
-				if c.Name == "select-only" {
-					a = append(a, "-S")
-				}
+				a, env := c.args(cfg.PgbenchSeconds)
 				// pgbench -T waits for transactions in flight: a stalled
 				// connection would hold the whole bench, so cap each run.
 				pctx, cancel := context.WithTimeout(ctx, time.Duration(cfg.PgbenchSeconds+60)*time.Second)
-				out, err := cmdRun(pctx, tunnelEnv, "", pgbench, append(a, t.conn)...)
+				out, err := cmdRun(pctx, append(tunnelEnv[:len(tunnelEnv):len(tunnelEnv)], env...), "", pgbench, append(a, t.conn)...)
 				stalled := pctx.Err() != nil && ctx.Err() == nil
 				cancel()
 				if stalled {

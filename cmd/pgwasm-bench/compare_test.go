@@ -49,3 +49,27 @@ func TestQuerySpec(t *testing.T) {
 		}
 	}
 }
+
+func TestPgbenchCaseArgs(t *testing.T) {
+	for _, tc := range []struct {
+		c    pgbenchCase
+		key  string
+		args string
+		env  string
+	}{
+		{pgbenchCase{"select-only", 4, ""}, "select-only/4", "-n -c 4 -j 4 -T 10 -S", ""},
+		{pgbenchCase{"tpcb-like", 4, "prepared"}, "tpcb-like/4/prepared", "-n -c 4 -j 4 -T 10 -M prepared", ""},
+		{pgbenchCase{"tpcb-like", 4, "async"}, "tpcb-like/4/async", "-n -c 4 -j 4 -T 10", "PGOPTIONS=-c synchronous_commit=off"},
+	} {
+		args, env := tc.c.args(10)
+		if got := tc.c.key(); got != tc.key {
+			t.Errorf("key = %q, want %q", got, tc.key)
+		}
+		if got := strings.Join(args, " "); got != tc.args {
+			t.Errorf("%s: args = %q, want %q", tc.key, got, tc.args)
+		}
+		if got := strings.Join(env, " "); got != tc.env {
+			t.Errorf("%s: env = %q, want %q", tc.key, got, tc.env)
+		}
+	}
+}

@@ -203,16 +203,22 @@ func setupRuns(spec *querySpec) int {
 	return max(spec.SetupRuns, 1)
 }
 
+// variantLabel names a pgbenchCase's variant in the table.
+var variantLabel = map[string]string{
+	"prepared": ", `-M prepared`",
+	"async":    ", `synchronous_commit=off`",
+}
+
 func (r *report) writeCompareConcurrency(w io.Writer, score *scorecard) {
 	c := r.Cmp
 	fmt.Fprintf(w, "### 3. Concurrency: pgbench from the host\n\n")
-	fmt.Fprintf(w, "The host's pgbench 15, `-j` = clients, `-T %d`, scale 1: through the port tunnel with TLS (`sslmode=require`), password auth, the relay and the VM's network stack; natively over loopback TCP without TLS. Each run is capped at `-T` + 60 s: a stalled connection is reported, not waited for.\n\n", c.PgbenchSeconds)
+	fmt.Fprintf(w, "The host's pgbench 15, `-j` = clients, `-T %d`, scale 1: through the port tunnel with TLS (`sslmode=require`), password auth, the relay and the VM's network stack; natively over loopback TCP without TLS. Each run is capped at `-T` + 60 s: a stalled connection is reported, not waited for. The `-M prepared` and `synchronous_commit=off` rows each take one cost out of tpcb-like (parse and plan per statement; the wait for the WAL flush), so side by side with the plain row they say where a transaction's time goes (docs/vm.md).\n\n", c.PgbenchSeconds)
 	tb := newTable(w, "measure", "us (pgwasm)", "PGlite", "native", "native / us")
 	tb.row("`pgbench -i -s 1` through the tunnel", c.PgbenchInitVM.Summarize().Format(fmtMS), "not possible (no network listener)", "", "")
 	for _, pc := range pgbenchCases {
 		u, n := c.PgbenchVM[pc.key()].Summarize(), c.PgbenchNative[pc.key()].Summarize()
 		lu, ln := c.PgbenchVMLat[pc.key()].Summarize(), c.PgbenchNativeLat[pc.key()].Summarize()
-		what := fmt.Sprintf("pgbench %s, %d client(s), TPS (mean latency)", pc.Name, pc.Clients)
+		what := fmt.Sprintf("pgbench %s, %d client(s)%s, TPS (mean latency)", pc.Name, pc.Clients, variantLabel[pc.Variant])
 		cell := func(t, l Summary) string {
 			if !t.OK() {
 				return "not measured"
