@@ -52,11 +52,11 @@ func (r *clusterResults) write(w io.Writer) {
 	fmt.Fprintf(w, "Three `pgwasm serve` processes on 127.0.0.2-4 with the cluster settings of docs/deploy.md behind a real HAProxy (Debian's, `deploy/haproxy` template, `/readyz` checked every second, out after one failure). Sessions are simulated VMs (internal/simvm: their own TCP/IP stack behind a real websocket), not v86; behind the tunnel, the host's PostgreSQL.\n\n")
 	tb := newTable(w, "measure", "result", "notes")
 	b := r.Bench
-	tb.row("sessions per replica, 90 sessions created and attached through HAProxy: fewest / most",
+	tb.row("sessions per replica, 300 sessions created and attached through HAProxy: fewest / most",
 		b.Get(bSpread, "min-sessions/replica").Format(fmtCount)+" / "+b.Get(bSpread, "max-sessions/replica").Format(fmtCount),
-		"an even share is 30; as a share of it "+b.Get(bSpread, "min-share").Format(fmtFloat)+" / "+b.Get(bSpread, "max-share").Format(fmtFloat))
+		"an even share is 100; as a share of it "+b.Get(bSpread, "min-share").Format(fmtFloat)+" / "+b.Get(bSpread, "max-share").Format(fmtFloat))
 	for _, d := range []struct{ name, what, note string }{
-		{bReconnectKill, "replica killed (SIGKILL)", "no close code: the client retries every 250 ms and meets 503 until HAProxy's check fails (≤ 1 s); the page waits 3 s before its first retry, v86 alone up to 10 s"},
+		{bReconnectKill, "replica killed (SIGKILL)", "no close code: the client retries every 250 ms and meets 503 until HAProxy's check (every 1 s) takes the dead replica out; the page waits 3 s before its first retry, v86 alone 10 s"},
 		{bReconnectTerm, "replica drained (SIGTERM, --drain-delay 1s)", "close code 4503 after the drain delay, immediate reconnect; the manifests' 5 s delay adds 4 s"},
 	} {
 		tb.row("reconnect after a "+d.what+", 20 sessions: median / max from the signal to the websocket attached on another replica",

@@ -19,11 +19,11 @@ import (
 // (internal/simvm) for the sessions. HAProxy's checks here take a replica
 // out after one failure (the manifests: two).
 
-// BenchmarkClusterSpread: sessions created and attached through HAProxy,
+// BenchmarkClusterSpread: 300 sessions created and attached through HAProxy,
 // as pages do; how many each replica holds (min and max over the three,
 // and as a share of an even third).
 func BenchmarkClusterSpread(b *testing.B) {
-	const n = 90
+	const n = 300
 	for range b.N {
 		c := startCluster(b, 3, "1s", "1s")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
