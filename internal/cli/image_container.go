@@ -14,7 +14,7 @@ import (
 func newImageContainerCommand(e *env) *ffcli.Command {
 	fs := newFlagSet("container", e)
 	var opts container.Options
-	fs.StringVar(&opts.Binary, "binary", "", "static Linux pgwasm binary for the image (CGO_ENABLED=0; `make container` builds it)")
+	fs.StringVar(&opts.Binary, "binary", "", "static Linux pgwasm binary for the image (CGO_ENABLED=0; make container builds it)")
 	fs.StringVar(&opts.VMImage, "image", "build/image", "VM image directory to bake in at "+container.ImageDir+" (with its snapshot)")
 	out := fs.String("out", "build/container", "OCI image layout directory to write (an earlier layout there is replaced)")
 	ref := fs.String("ref", "pgwasm:latest", "name recorded in the layout's index (org.opencontainers.image.ref.name)")
