@@ -63,6 +63,13 @@ snapshot: image ## boot the image headless and save state-$(MEMORY).bin.zst (cac
 run: snapshot ## build what is missing, then serve the page on http://$(LISTEN)
 	$(PGWASM) serve --listen $(LISTEN) --image $(IMAGE)
 
+# The static binary (no C library in the image) goes into an OCI image
+# layout with the VM image baked in (docs/deploy.md, "The container image").
+.PHONY: container
+container: snapshot ## write the OCI image layout of pgwasm serve (static binary + VM image) into build/container; no container engine
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/pgwasm-static ./cmd/pgwasm
+	$(PGWASM) image container --binary $(BIN)/pgwasm-static --image $(IMAGE) --out $(BUILD)/container
+
 test: setup image ## run the whole suite: Go unit tests, the real VM, the browser app, the scenarios
 	$(MAKE) --no-print-directory test-go
 	$(MAKE) --no-print-directory test-vm

@@ -5,6 +5,7 @@
 //	PGWASM_IMAGE=build/image go run ./cmd/pgwasm-bench -out docs/BENCHMARKS.md
 //	go run ./cmd/pgwasm-bench -quick            # a short run to try it out
 //	go run ./cmd/pgwasm-bench -parts net        # only the relay benchmarks
+//	go run ./cmd/pgwasm-bench -parts cluster    # only the cluster (HAProxy) benchmarks
 //
 // The VM part boots and restores the real image headless (internal/vm); the
 // network part runs the repository's Go benchmarks with `go test -bench` and
@@ -64,6 +65,7 @@ type Config struct {
 	IdleSessions               int
 	Benchtime                  string
 	ConnectBenchtime           string
+	ClusterCount               int
 
 	Args string // the flags given, for the report
 }
@@ -90,11 +92,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		}
 		return nil
 	})
-	fs.Func("parts", "comma list of parts to run: vm, net, compare, idle (default all)", func(s string) error {
+	fs.Func("parts", "comma list of parts to run: vm, net, compare, idle, cluster (default all)", func(s string) error {
 		c.Parts = strings.Split(s, ",")
 		for _, p := range c.Parts {
-			if p != "vm" && p != "net" && p != "compare" && p != "idle" {
-				return fmt.Errorf("unknown part %q (want vm, net, compare or idle)", p)
+			if !slices.Contains([]string{"vm", "net", "compare", "idle", "cluster"}, p) {
+				return fmt.Errorf("unknown part %q (want vm, net, compare, idle or cluster)", p)
 			}
 		}
 		return nil
@@ -121,7 +123,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.IdleCount, "idle-count", 3, "go test -count for the idle-session benchmark")
 	fs.IntVar(&c.IdleSessions, "idle-sessions", 10000, "idle sessions to hold (the benchmark has 1000 and 10000)")
 	fs.StringVar(&c.Benchtime, "benchtime", "1s", "go test -benchtime for throughput, round trip and tunnel setup")
-	fs.StringVar(&c.ConnectBenchtime, "connect-benchtime", "30x", "go test -benchtime for the full pgx connection benchmark")
+	fs.StringVar(&c.ConnectBenchtime, "connect-benchtime", "30x", "go test -benchtime for the full pgx connection benchmarks (tunnel and cluster)")
+	fs.IntVar(&c.ClusterCount, "cluster-count", 1, "go test -count for the cluster spread and reconnect benchmarks (each run starts three replicas and HAProxy)")
 }
 
 // applyQuick lowers every run count the user did not set.
@@ -207,11 +210,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if cfg.part("idle") {
 		rep.Idle = measureIdle(ctx, &cfg, logger, &rep.Errors)
 	}
+	var cluster *clusterResults
+	if cfg.part("cluster") {
+		cluster = measureCluster(ctx, &cfg, logger, &rep.Errors)
+	}
 	rep.Env.Wall = time.Since(start).Round(time.Second).String()
 	rep.Env.LoadEnd = loadAvg()
 
 	var buf bytes.Buffer
 	rep.write(&buf)
+	if cluster != nil {
+		cluster.write(&buf)
+	}
 	if _, err := stdout.Write(buf.Bytes()); err != nil {
 		logger.Error("cannot write the report", "err", err)
 		return 1

@@ -1,244 +1,142 @@
 // Package kubernetes holds pgwasm's Kubernetes manifests (a kustomize
 // layout) and checks them. kubectl and a cluster cannot run here, so the
-// test decodes every manifest strictly (unknown fields fail) into the
-// subset of the Kubernetes API types the manifests use, and checks what the
-// cluster relies on: probes on /livez and /readyz, the drain timings,
-// non-root and read-only, the session secret from a Secret, port mode off,
-// selectors that match, and an haproxy.cfg that is the template rendered
-// for these names (and that HAProxy accepts).
+// test decodes every manifest strictly (unknown or duplicate fields fail)
+// into the Kubernetes API types (k8s.io/api), and checks what the cluster
+// relies on: probes on /livez and /readyz, the drain timings, non-root
+// and read-only, the session secret from a Secret, port mode off, the VM
+// image baked into the container image, selectors that match, and an
+// haproxy.cfg that is the template rendered for these names (and that
+// HAProxy accepts).
 package kubernetes
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"go.yaml.in/yaml/v3"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
 
 	"github.com/pgwasm/pgwasm/deploy/haproxy"
+	"github.com/pgwasm/pgwasm/internal/container"
 )
 
-// The subset of the Kubernetes API the manifests use, with the API's
-// field names: a misspelt or misplaced field fails to decode.
-type (
-	objectMeta struct {
-		Name        string            `yaml:"name"`
-		Labels      map[string]string `yaml:"labels"`
-		Annotations map[string]string `yaml:"annotations"`
-	}
-	labelSelector struct {
-		MatchLabels map[string]string `yaml:"matchLabels"`
-	}
-	envVar struct {
-		Name      string `yaml:"name"`
-		Value     string `yaml:"value"`
-		ValueFrom *struct {
-			SecretKeyRef *struct {
-				Name string `yaml:"name"`
-				Key  string `yaml:"key"`
-			} `yaml:"secretKeyRef"`
-		} `yaml:"valueFrom"`
-	}
-	probe struct {
-		HTTPGet *struct {
-			Path string `yaml:"path"`
-			Port string `yaml:"port"`
-		} `yaml:"httpGet"`
-		TCPSocket *struct {
-			Port string `yaml:"port"`
-		} `yaml:"tcpSocket"`
-		PeriodSeconds    int `yaml:"periodSeconds"`
-		FailureThreshold int `yaml:"failureThreshold"`
-	}
-	securityContext struct {
-		RunAsNonRoot             *bool  `yaml:"runAsNonRoot"`
-		RunAsUser                *int64 `yaml:"runAsUser"`
-		RunAsGroup               *int64 `yaml:"runAsGroup"`
-		FSGroup                  *int64 `yaml:"fsGroup"`
-		AllowPrivilegeEscalation *bool  `yaml:"allowPrivilegeEscalation"`
-		ReadOnlyRootFilesystem   *bool  `yaml:"readOnlyRootFilesystem"`
-		Capabilities             *struct {
-			Drop []string `yaml:"drop"`
-		} `yaml:"capabilities"`
-		SeccompProfile *struct {
-			Type string `yaml:"type"`
-		} `yaml:"seccompProfile"`
-	}
-	container struct {
-		Name  string   `yaml:"name"`
-		Image string   `yaml:"image"`
-		Args  []string `yaml:"args"`
-		Env   []envVar `yaml:"env"`
-		Ports []struct {
-			Name          string `yaml:"name"`
-			ContainerPort int    `yaml:"containerPort"`
-		} `yaml:"ports"`
-		LivenessProbe  *probe `yaml:"livenessProbe"`
-		ReadinessProbe *probe `yaml:"readinessProbe"`
-		Resources      struct {
-			Requests map[string]string `yaml:"requests"`
-			Limits   map[string]string `yaml:"limits"`
-		} `yaml:"resources"`
-		SecurityContext *securityContext `yaml:"securityContext"`
-		VolumeMounts    []struct {
-			Name      string `yaml:"name"`
-			MountPath string `yaml:"mountPath"`
-			ReadOnly  bool   `yaml:"readOnly"`
-		} `yaml:"volumeMounts"`
-	}
-	volume struct {
-		Name                  string `yaml:"name"`
-		PersistentVolumeClaim *struct {
-			ClaimName string `yaml:"claimName"`
-			ReadOnly  bool   `yaml:"readOnly"`
-		} `yaml:"persistentVolumeClaim"`
-		EmptyDir *struct {
-			SizeLimit string `yaml:"sizeLimit"`
-		} `yaml:"emptyDir"`
-		ConfigMap *struct {
-			Name string `yaml:"name"`
-		} `yaml:"configMap"`
-	}
-	podTemplate struct {
-		Metadata objectMeta `yaml:"metadata"`
-		Spec     struct {
-			TerminationGracePeriodSeconds *int64           `yaml:"terminationGracePeriodSeconds"`
-			AutomountServiceAccountToken  *bool            `yaml:"automountServiceAccountToken"`
-			SecurityContext               *securityContext `yaml:"securityContext"`
-			Containers                    []container      `yaml:"containers"`
-			Volumes                       []volume         `yaml:"volumes"`
-		} `yaml:"spec"`
-	}
-	servicePort struct {
-		Name       string `yaml:"name"`
-		Port       int    `yaml:"port"`
-		TargetPort string `yaml:"targetPort"`
-	}
-	object struct {
-		APIVersion string     `yaml:"apiVersion"`
-		Kind       string     `yaml:"kind"`
-		Metadata   objectMeta `yaml:"metadata"`
-		Spec       struct {
-			// StatefulSet, Deployment
-			ServiceName         string        `yaml:"serviceName"`
-			Replicas            *int          `yaml:"replicas"`
-			PodManagementPolicy string        `yaml:"podManagementPolicy"`
-			Selector            labelSelector `yaml:"selector"`
-			Template            *podTemplate  `yaml:"template"`
-			// Service (its selector is a plain map: see serviceSelector)
-			Type                     string        `yaml:"type"`
-			ClusterIP                string        `yaml:"clusterIP"`
-			PublishNotReadyAddresses bool          `yaml:"publishNotReadyAddresses"`
-			Ports                    []servicePort `yaml:"ports"`
-			// PodDisruptionBudget
-			MaxUnavailable *int `yaml:"maxUnavailable"`
-		} `yaml:"spec"`
-	}
-	kustomization struct {
-		APIVersion         string   `yaml:"apiVersion"`
-		Kind               string   `yaml:"kind"`
-		Namespace          string   `yaml:"namespace"`
-		Resources          []string `yaml:"resources"`
-		ConfigMapGenerator []struct {
-			Name  string   `yaml:"name"`
-			Files []string `yaml:"files"`
-		} `yaml:"configMapGenerator"`
-	}
-)
+// manifests are the objects of one file, by kind and name.
+type manifests struct {
+	statefulSets map[string]*appsv1.StatefulSet
+	deployments  map[string]*appsv1.Deployment
+	services     map[string]*corev1.Service
+	pdbs         map[string]*policyv1.PodDisruptionBudget
+}
 
-// decodeAll decodes every document of file strictly. A Service's selector
-// is a map, a workload's a LabelSelector: Services are decoded with it
-// moved aside.
-func decodeAll(t *testing.T, file string) []object {
+// decodeAll decodes every document of file strictly into its API type,
+// chosen by apiVersion and kind; a kind the manifests should not hold
+// fails.
+func decodeAll(t *testing.T, file string) manifests {
 	t.Helper()
 	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []object
-	dec := yaml.NewDecoder(bytes.NewReader(b))
+	m := manifests{
+		statefulSets: map[string]*appsv1.StatefulSet{},
+		deployments:  map[string]*appsv1.Deployment{},
+		services:     map[string]*corev1.Service{},
+		pdbs:         map[string]*policyv1.PodDisruptionBudget{},
+	}
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
 	for {
-		var node yaml.Node
-		if err := dec.Decode(&node); errors.Is(err, io.EOF) {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
 			break
 		} else if err != nil {
 			t.Fatalf("%s: %v", file, err)
 		}
-		var kind struct {
-			Kind string `yaml:"kind"`
+		var tm metav1.TypeMeta
+		if err := yaml.Unmarshal(doc, &tm); err != nil {
+			t.Fatalf("%s: %v", file, err)
 		}
-		node.Decode(&kind)
-		if kind.Kind == "Service" {
-			moveServiceSelector(&node)
+		var name string
+		switch tm.APIVersion + " " + tm.Kind {
+		case "apps/v1 StatefulSet":
+			name, err = decodeInto(doc, m.statefulSets)
+		case "apps/v1 Deployment":
+			name, err = decodeInto(doc, m.deployments)
+		case "v1 Service":
+			name, err = decodeInto(doc, m.services)
+		case "policy/v1 PodDisruptionBudget":
+			name, err = decodeInto(doc, m.pdbs)
+		case " ":
+			continue // an empty document
+		default:
+			err = fmt.Errorf("unexpected %s %s", tm.APIVersion, tm.Kind)
 		}
-		var o object
-		var buf bytes.Buffer
-		if err := yaml.NewEncoder(&buf).Encode(&node); err != nil {
-			t.Fatal(err)
-		}
-		d := yaml.NewDecoder(&buf)
-		d.KnownFields(true)
-		if err := d.Decode(&o); err != nil {
-			t.Fatalf("%s: %s %q: %v", file, kind.Kind, o.Metadata.Name, err)
-		}
-		out = append(out, o)
-	}
-	return out
-}
-
-// moveServiceSelector rewrites a Service's spec.selector {k: v} as
-// {matchLabels: {k: v}}, so it decodes into the one object type.
-func moveServiceSelector(doc *yaml.Node) {
-	root := doc.Content[0]
-	for i := 0; i+1 < len(root.Content); i += 2 {
-		if root.Content[i].Value != "spec" {
-			continue
-		}
-		spec := root.Content[i+1]
-		for j := 0; j+1 < len(spec.Content); j += 2 {
-			if spec.Content[j].Value == "selector" {
-				sel := spec.Content[j+1]
-				spec.Content[j+1] = &yaml.Node{Kind: yaml.MappingNode, Content: []*yaml.Node{
-					{Kind: yaml.ScalarNode, Value: "matchLabels"}, sel,
-				}}
-			}
+		if err != nil {
+			t.Fatalf("%s: %s %q: %v", file, tm.Kind, name, err)
 		}
 	}
+	return m
 }
 
-func find(objs []object, kind, name string) *object {
-	for i := range objs {
-		if objs[i].Kind == kind && objs[i].Metadata.Name == name {
-			return &objs[i]
-		}
+// decodeInto decodes doc strictly into a new T and files it under its name.
+func decodeInto[T any, PT interface {
+	*T
+	GetName() string
+}](doc []byte, into map[string]PT) (string, error) {
+	o := PT(new(T))
+	if err := yaml.UnmarshalStrict(doc, o); err != nil {
+		return "", err
 	}
-	return nil
+	into[o.GetName()] = o
+	return o.GetName(), nil
 }
 
-func env(c container) map[string]envVar {
-	m := map[string]envVar{}
+// kustomization is the part of kustomize's Kustomization the layout uses
+// (kustomize's own types are a large dependency for four fields); decoded
+// strictly as well.
+type kustomization struct {
+	APIVersion         string   `json:"apiVersion"`
+	Kind               string   `json:"kind"`
+	Namespace          string   `json:"namespace"`
+	Resources          []string `json:"resources"`
+	ConfigMapGenerator []struct {
+		Name  string   `json:"name"`
+		Files []string `json:"files"`
+	} `json:"configMapGenerator"`
+}
+
+func env(c corev1.Container) map[string]corev1.EnvVar {
+	m := map[string]corev1.EnvVar{}
 	for _, e := range c.Env {
 		m[e.Name] = e
 	}
 	return m
 }
 
-func matches(sel, labels map[string]string) bool {
-	if len(sel) == 0 {
+// selects reports whether sel, non-empty, selects a pod with these labels.
+func selects(sel map[string]string, podLabels map[string]string) bool {
+	return len(sel) > 0 && labels.SelectorFromSet(sel).Matches(labels.Set(podLabels))
+}
+
+func selectsPod(sel *metav1.LabelSelector, podLabels map[string]string) bool {
+	if sel == nil || len(sel.MatchExpressions) > 0 {
 		return false
 	}
-	for k, v := range sel {
-		if labels[k] != v {
-			return false
-		}
-	}
-	return true
+	return selects(sel.MatchLabels, podLabels)
 }
 
 func TestKustomization(t *testing.T) {
@@ -247,9 +145,7 @@ func TestKustomization(t *testing.T) {
 		t.Fatal(err)
 	}
 	var k kustomization
-	d := yaml.NewDecoder(bytes.NewReader(b))
-	d.KnownFields(true)
-	if err := d.Decode(&k); err != nil {
+	if err := yaml.UnmarshalStrict(b, &k); err != nil {
 		t.Fatal(err)
 	}
 	if k.Kind != "Kustomization" || k.Namespace != "pgwasm" {
@@ -266,26 +162,44 @@ func TestKustomization(t *testing.T) {
 	}
 }
 
+// TestStrictDecoding: the decoding this package relies on refuses a
+// misspelt field and a duplicate one.
+func TestStrictDecoding(t *testing.T) {
+	for _, doc := range []string{
+		"apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: x}\nspec: {maxUnavailabel: 1}\n",
+		"apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: x}\nspec: {maxUnavailable: 1, maxUnavailable: 2}\n",
+	} {
+		if _, err := decodeInto(([]byte)(doc), map[string]*policyv1.PodDisruptionBudget{}); err == nil {
+			t.Errorf("decoded without error:\n%s", doc)
+		}
+	}
+}
+
 func TestPgwasmManifest(t *testing.T) {
 	objs := decodeAll(t, "pgwasm.yaml")
-	ss := find(objs, "StatefulSet", "pgwasm")
-	if ss == nil || ss.APIVersion != "apps/v1" || ss.Spec.Template == nil {
-		t.Fatalf("no apps/v1 StatefulSet pgwasm with a template: %+v", objs)
+	ss := objs.statefulSets["pgwasm"]
+	if ss == nil {
+		t.Fatalf("no apps/v1 StatefulSet pgwasm: %+v", objs)
 	}
 	if ss.Spec.Replicas == nil || *ss.Spec.Replicas != 3 || ss.Spec.ServiceName != "pgwasm" {
 		t.Errorf("StatefulSet: replicas %v, serviceName %q; want 3 behind the headless Service pgwasm (haproxy.cfg names them)", ss.Spec.Replicas, ss.Spec.ServiceName)
 	}
-	pod := ss.Spec.Template
-	if !matches(ss.Spec.Selector.MatchLabels, pod.Metadata.Labels) {
-		t.Errorf("StatefulSet selector %v does not match the pod labels %v", ss.Spec.Selector.MatchLabels, pod.Metadata.Labels)
+	if ss.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
+		t.Errorf("podManagementPolicy %q, want Parallel", ss.Spec.PodManagementPolicy)
 	}
-	a := pod.Metadata.Annotations
+	pod := ss.Spec.Template
+	if !selectsPod(ss.Spec.Selector, pod.Labels) {
+		t.Errorf("StatefulSet selector %v does not match the pod labels %v", ss.Spec.Selector, pod.Labels)
+	}
+	a := pod.Annotations
 	if a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] != "8080" || a["prometheus.io/path"] != "/metrics" {
 		t.Errorf("Prometheus scrape annotations: %v", a)
 	}
+	// The pod runs as the container image's user.
+	imageUID, _ := strconv.ParseInt(strings.Split(container.User, ":")[0], 10, 64)
 	psc := pod.Spec.SecurityContext
-	if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot || psc.RunAsUser == nil || *psc.RunAsUser == 0 {
-		t.Errorf("pod must run as non-root: %+v", psc)
+	if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot || psc.RunAsUser == nil || *psc.RunAsUser == 0 || *psc.RunAsUser != imageUID {
+		t.Errorf("pod must run as non-root, as the image's user %d: %+v", imageUID, psc)
 	}
 	if len(pod.Spec.Containers) != 1 {
 		t.Fatalf("want one container, got %d", len(pod.Spec.Containers))
@@ -296,14 +210,21 @@ func TestPgwasmManifest(t *testing.T) {
 		sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
 		t.Errorf("container security context: %+v", sc)
 	}
-	if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/livez" {
-		t.Errorf("liveness probe: %+v", c.LivenessProbe)
+	if p := c.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/livez" || p.HTTPGet.Port.String() != "http" {
+		t.Errorf("liveness probe: %+v", p)
 	}
-	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
-		t.Errorf("readiness probe: %+v", c.ReadinessProbe)
+	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" || p.HTTPGet.Port.String() != "http" {
+		t.Errorf("readiness probe: %+v", p)
 	}
-	if c.Resources.Requests["cpu"] == "" || c.Resources.Limits["memory"] == "" {
+	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Errorf("resources: %+v", c.Resources)
+	}
+	ports := map[string]int32{}
+	for _, p := range c.Ports {
+		ports[p.Name] = p.ContainerPort
+	}
+	if ports["http"] != 8080 || ports["sni"] != 5433 {
+		t.Errorf("container ports %v, want http 8080 and sni 5433 (the image's exposed ports)", ports)
 	}
 	e := env(c)
 	want := map[string]string{
@@ -314,6 +235,8 @@ func TestPgwasmManifest(t *testing.T) {
 		"PGWASM_TUNNEL_MAX_CONNS_PER_SOURCE":      "0",
 		"PGWASM_TUNNEL_MAX_HANDSHAKES_PER_SOURCE": "0",
 		"PGWASM_TRUST_FORWARDED_FOR":              "true",
+		// The VM image is baked into the container image.
+		"PGWASM_IMAGE": container.ImageDir,
 	}
 	for k, v := range want {
 		if e[k].Value != v {
@@ -332,8 +255,8 @@ func TestPgwasmManifest(t *testing.T) {
 	mounted := map[string]bool{}
 	for _, m := range c.VolumeMounts {
 		mounted[m.Name] = true
-		if m.MountPath == e["PGWASM_IMAGE"].Value && !m.ReadOnly {
-			t.Errorf("the image volume should be read-only")
+		if m.MountPath == container.ImageDir || strings.HasPrefix(m.MountPath, container.ImageDir+"/") {
+			t.Errorf("volume %s mounted over the baked VM image at %s", m.Name, m.MountPath)
 		}
 	}
 	for _, v := range pod.Spec.Volumes {
@@ -342,23 +265,26 @@ func TestPgwasmManifest(t *testing.T) {
 		}
 	}
 
-	svc := find(objs, "Service", "pgwasm")
-	if svc == nil || svc.Spec.ClusterIP != "None" || !matches(svc.Spec.Selector.MatchLabels, pod.Metadata.Labels) {
-		t.Errorf("want a headless Service pgwasm selecting the pods: %+v", svc)
+	svc := objs.services["pgwasm"]
+	if svc == nil || svc.Spec.ClusterIP != corev1.ClusterIPNone || !svc.Spec.PublishNotReadyAddresses || !selects(svc.Spec.Selector, pod.Labels) {
+		t.Errorf("want a headless Service pgwasm selecting the pods, publishing not-ready ones: %+v", svc)
 	}
-	pdb := find(objs, "PodDisruptionBudget", "pgwasm")
-	if pdb == nil || pdb.APIVersion != "policy/v1" || pdb.Spec.MaxUnavailable == nil || !matches(pdb.Spec.Selector.MatchLabels, pod.Metadata.Labels) {
+	pdb := objs.pdbs["pgwasm"]
+	if pdb == nil || pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 || !selectsPod(pdb.Spec.Selector, pod.Labels) {
 		t.Errorf("PodDisruptionBudget: %+v", pdb)
 	}
 }
 
 func TestHAProxyManifest(t *testing.T) {
 	objs := decodeAll(t, "haproxy.yaml")
-	d := find(objs, "Deployment", "pgwasm-haproxy")
-	if d == nil || d.Spec.Template == nil || len(d.Spec.Template.Spec.Containers) != 1 {
-		t.Fatalf("no Deployment pgwasm-haproxy: %+v", objs)
+	d := objs.deployments["pgwasm-haproxy"]
+	if d == nil || len(d.Spec.Template.Spec.Containers) != 1 {
+		t.Fatalf("no Deployment pgwasm-haproxy with one container: %+v", objs)
 	}
 	pod := d.Spec.Template
+	if !selectsPod(d.Spec.Selector, pod.Labels) {
+		t.Errorf("Deployment selector %v does not match the pod labels %v", d.Spec.Selector, pod.Labels)
+	}
 	c := pod.Spec.Containers[0]
 	cm := ""
 	for _, v := range pod.Spec.Volumes {
@@ -375,11 +301,11 @@ func TestHAProxyManifest(t *testing.T) {
 	if sc := pod.Spec.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
 		t.Errorf("HAProxy must run as non-root")
 	}
-	svc := find(objs, "Service", "pgwasm-haproxy")
-	if svc == nil || !matches(svc.Spec.Selector.MatchLabels, pod.Metadata.Labels) || len(svc.Spec.Ports) != 2 {
+	svc := objs.services["pgwasm-haproxy"]
+	if svc == nil || !selects(svc.Spec.Selector, pod.Labels) || len(svc.Spec.Ports) != 2 {
 		t.Errorf("Service pgwasm-haproxy: %+v", svc)
 	}
-	if find(objs, "PodDisruptionBudget", "pgwasm-haproxy") == nil {
+	if objs.pdbs["pgwasm-haproxy"] == nil {
 		t.Error("no PodDisruptionBudget for HAProxy")
 	}
 }

@@ -127,13 +127,14 @@ func envOptions() []ff.Option { return []ff.Option{ff.WithEnvVarPrefix("PGWASM")
 func newImageCommand(e *env) *ffcli.Command {
 	return &ffcli.Command{
 		Name:       "image",
-		ShortUsage: "pgwasm image <build|snapshot> [flags]",
+		ShortUsage: "pgwasm image <build|snapshot|lock|container> [flags]",
 		ShortHelp:  "build the VM image and its snapshots",
 		FlagSet:    newFlagSet("image", e),
 		Subcommands: []*ffcli.Command{
 			newImageBuildCommand(e),
 			newImageSnapshotCommand(e),
 			newImageLockCommand(e),
+			newImageContainerCommand(e),
 		},
 		Exec: func(context.Context, []string) error { return flag.ErrHelp },
 	}

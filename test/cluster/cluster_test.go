@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -77,7 +78,7 @@ type replica struct {
 }
 
 type cluster struct {
-	t        *testing.T
+	t        testing.TB
 	replicas []*replica
 	httpURL  string // HAProxy's HTTP front
 	sniAddr  string // HAProxy's SNI front
@@ -102,7 +103,7 @@ func (b *syncBuffer) String() string {
 	return b.Buffer.String()
 }
 
-func freePort(t *testing.T, host string) int {
+func freePort(t testing.TB, host string) int {
 	t.Helper()
 	l, err := net.Listen("tcp", host+":0")
 	if err != nil {
@@ -114,7 +115,7 @@ func freePort(t *testing.T, host string) int {
 
 // startCluster starts n replicas with --drain-delay drain and HAProxy in
 // front, checking /readyz every check (e.g. "200ms").
-func startCluster(t *testing.T, n int, check, drain string) *cluster {
+func startCluster(t testing.TB, n int, check, drain string) *cluster {
 	t.Helper()
 	haproxyBin, err := exec.LookPath("haproxy")
 	if err != nil {
@@ -226,7 +227,7 @@ func tail(s string, n int) string {
 	return "…" + s[len(s)-n:]
 }
 
-func waitHTTP(t *testing.T, url string, want int, d time.Duration) {
+func waitHTTP(t testing.TB, url string, want int, d time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -303,6 +304,8 @@ type simVM struct {
 	mu     sync.Mutex
 	closes []error // websocket closes seen
 	moved  chan struct{}
+	// movedAt is when the last reconnect succeeded.
+	movedAt time.Time
 }
 
 func (c *cluster) startVM(ctx context.Context, s sessionInfo, pgAddr string) *simVM {
@@ -355,6 +358,9 @@ func (c *cluster) startVM(ctx context.Context, s sessionInfo, pgAddr string) *si
 				}
 				for ctx.Err() == nil {
 					if err := v.vm.Reconnect(ctx, s.RelayURL); err == nil {
+						v.mu.Lock()
+						v.movedAt = time.Now()
+						v.mu.Unlock()
 						v.moved <- struct{}{}
 						break
 					}
@@ -450,22 +456,10 @@ func (c *cluster) query(ctx context.Context, s sessionInfo, password, client, sq
 		out, err := exec.CommandContext(qctx, "psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql).CombinedOutput()
 		return strings.TrimSpace(string(out)), err
 	}
-	// pgx would send hostaddr as a run-time parameter.
-	u, err := url.Parse(conninfo)
+	cfg, err := pgxConfig(s, password, c.sniAddr)
 	if err != nil {
 		return "", err
 	}
-	q := u.Query()
-	q.Del("hostaddr")
-	q.Set("sslnegotiation", "direct")
-	u.RawQuery = q.Encode()
-	cfg, err := pgx.ParseConfig(u.String())
-	if err != nil {
-		return "", err
-	}
-	// pgx ignores hostaddr: dial HAProxy, name the session in SNI.
-	cfg.Host, cfg.Port = "127.0.0.1", uint16(s.Tunnel.SNI.Port)
-	cfg.TLSConfig.ServerName = s.Tunnel.SNI.Host
 	qctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	conn, err := pgx.ConnectConfig(qctx, cfg)
@@ -476,6 +470,37 @@ func (c *cluster) query(ctx context.Context, s sessionInfo, password, client, sq
 	var out string
 	err = conn.QueryRow(qctx, sql).Scan(&out)
 	return out, err
+}
+
+// pgxConfig connects pgx to session s through addr (HAProxy's SNI front or
+// a replica's SNI listener) with sslnegotiation=direct, naming the session
+// in SNI.
+func pgxConfig(s sessionInfo, password, addr string) (*pgx.ConnConfig, error) {
+	conninfo := strings.Replace(s.Tunnel.SNI.URL, ":PASSWORD@", ":"+password+"@", 1)
+	// pgx would send hostaddr as a run-time parameter.
+	u, err := url.Parse(conninfo)
+	if err != nil {
+		return nil, err
+	}
+	q := u.Query()
+	q.Del("hostaddr")
+	q.Set("sslnegotiation", "direct")
+	u.RawQuery = q.Encode()
+	cfg, err := pgx.ParseConfig(u.String())
+	if err != nil {
+		return nil, err
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Host, cfg.Port = host, uint16(p)
+	cfg.TLSConfig.ServerName = s.Tunnel.SNI.Host
+	return cfg, nil
 }
 
 // TestClusterDrain: sessions spread over three replicas; each session's
