@@ -18,6 +18,7 @@
 #include "postgres.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -42,7 +43,7 @@ static char *reseed_file = NULL;
 /* The counter, mapped read-only and shared with the agent's writes. */
 static const volatile uint32 *generation = NULL;
 
-/* The generation this process last reseeded for (inherited at fork). */
+/* The generation this process's random state is as fresh as. */
 static uint32 seen = 0;
 
 static ExecutorStart_hook_type prev_ExecutorStart = NULL;
@@ -139,6 +140,20 @@ pgwasm_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 }
 
 /*
+ * at_fork_child runs in every process the postmaster forks, before it draws
+ * any random state: OpenSSL reseeds after a fork and PostgreSQL seeds its
+ * generators at process start, all from the kernel as it is now, which the
+ * agent reseeded before it wrote the generation read here. Without this a
+ * backend would inherit the postmaster's generation from its start, and
+ * every new session after a restore would reseed again (4 ms in v86).
+ */
+static void
+at_fork_child(void)
+{
+	seen = *generation;
+}
+
+/*
  * map_counter maps the counter file, creating it when needed. A server that
  * cannot (the image build's own start, where /run/postgresql is not
  * PostgreSQL's) runs without reseeding and says so in its log.
@@ -182,6 +197,10 @@ map_counter(void)
 	}
 	generation = p;
 	seen = *generation;
+	if (pthread_atfork(NULL, NULL, at_fork_child) != 0)
+		ereport(WARNING,
+				(errmsg("pgwasm: could not register a fork handler"),
+				 errdetail("Every new session after a restore will reseed once more.")));
 }
 
 void
