@@ -4,7 +4,10 @@
 // linux/386.
 package guest
 
-import _ "embed"
+import (
+	"embed"
+	"io/fs"
+)
 
 // InitramfsInit is /init in the initramfs.
 //
@@ -39,9 +42,25 @@ var Memory []byte
 
 // ExtensionControl and ExtensionSQL are the pgwasm extension, which the image
 // build creates in every database of the cluster (pgwasm--1.0.sql says why).
+// Its C module, preloaded by the server, is ExtensionModule.
 //
 //go:embed pgwasm.control
 var ExtensionControl []byte
 
 //go:embed pgwasm--1.0.sql
 var ExtensionSQL []byte
+
+//go:embed pgwasm-ext
+var extensionModule embed.FS
+
+// ExtensionModule is the source of the pgwasm module (pgwasm-ext/pgwasm.c,
+// a PGXS Makefile), which reseeds the random generators of sessions saved
+// in a snapshot after a restore. The image build cross-compiles it with
+// internal/image/extbuild and preloads it (shared_preload_libraries).
+func ExtensionModule() fs.FS {
+	sub, err := fs.Sub(extensionModule, "pgwasm-ext")
+	if err != nil {
+		panic(err) // the directory is embedded above
+	}
+	return sub
+}

@@ -10,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"time"
+
+	"github.com/pgwasm/pgwasm/internal/image/pgconf"
 )
 
 // maxLine is the longest request line the agent accepts (docs/agent-protocol.md).
@@ -123,6 +125,9 @@ type system struct {
 	console    string
 	setWinsize func(tty string, rows, cols int) error
 	addEntropy func([]byte) error
+	// reseedFile is the pgwasm module's generation counter: add_entropy
+	// bumps it so that every PostgreSQL session reseeds ("" skips it).
+	reseedFile string
 	// pgData is PostgreSQL's data directory: net_up writes a new TLS key
 	// there ("" keeps the image's).
 	pgData  string
@@ -153,6 +158,7 @@ func newServer(cfg config, db database, log *slog.Logger) *server {
 			console:       cfg.Console,
 			setWinsize:    setWinsize,
 			addEntropy:    addEntropy,
+			reseedFile:    pgconf.ReseedFile,
 			pgData:        cfg.PGData,
 			meminfo:       "/proc/meminfo",
 		},
@@ -331,7 +337,7 @@ func (s *server) handle(ctx context.Context, req *request) response {
 		if err := s.sys.addEntropy(req.Entropy); err != nil {
 			return fail(err)
 		}
-		if err := s.reseedSession(ctx, req.Entropy); err != nil {
+		if err := reseedSessions(s.sys.reseedFile); err != nil {
 			return fail(err)
 		}
 		return response{OK: true}

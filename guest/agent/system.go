@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"runtime/debug"
 	"sort"
@@ -235,23 +237,38 @@ func (s *server) warmConsole(ctx context.Context) error {
 	return s.typeIntoConsole(ctx, "select 1 as one;\n", "the warm-up query")
 }
 
-// reseedSession gives the agent's own session (open since before the
-// snapshot) a random() seed from the host's entropy. Sessions opened after
-// add_entropy draw all their random state from the reseeded kernel; sessions
-// saved in the state keep OpenSSL's generator (gen_random_uuid) as it was at
-// the save: giving them new backends was tried and costs 1.5-2.5 s and
-// 15-27 MB of 9p fetches after every restore (docs/agent-protocol.md).
+// reseedSessions makes every PostgreSQL session reseed its random
+// generators (random() and OpenSSL's, behind gen_random_uuid) from the
+// kernel before its next statement: it adds one to the pgwasm module's
+// generation counter, which every backend reads from shared memory
+// (guest/pgwasm-ext/pgwasm.c). Sessions saved in the state, the agent's own
+// and the psql console's, would otherwise draw the same numbers after every
+// restore of one state; they keep their state, and the restore waits for
+// no query (docs/vm.md, "Random numbers after a restore").
 //
-// After a full boot PostgreSQL may still be starting: then there is no
-// saved session, and the agent's first one will start after the reseed.
-func (s *server) reseedSession(ctx context.Context, entropy []byte) error {
-	if !s.db.State(ctx).Ready {
+// The server creates the file when it starts: without it no server has
+// started, so there is no session to reseed, and the first ones will start
+// from the reseeded kernel.
+func reseedSessions(path string) error {
+	if path == "" {
 		return nil
 	}
-	// setseed takes a double in [-1, 1].
-	seed := float64(binary.BigEndian.Uint32(entropy))/float64(1<<31) - 1
-	if _, err := s.db.Query(ctx, "SELECT setseed($1::float8)", []*string{ptr(strconv.FormatFloat(seed, 'f', -1, 64))}); err != nil {
-		return fmt.Errorf("cannot reseed the session: %w", err)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("cannot reseed PostgreSQL's sessions: %w", err)
+	}
+	defer f.Close()
+	var b [4]byte
+	if _, err := f.ReadAt(b[:], 0); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("cannot reseed PostgreSQL's sessions: %w", err)
+	}
+	binary.NativeEndian.PutUint32(b[:], binary.NativeEndian.Uint32(b[:])+1)
+	// One aligned 4-byte write: a backend reads the old or the new value.
+	if _, err := f.WriteAt(b[:], 0); err != nil {
+		return fmt.Errorf("cannot reseed PostgreSQL's sessions: %w", err)
 	}
 	return nil
 }

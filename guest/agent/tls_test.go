@@ -27,14 +27,24 @@ import (
 func TestAddEntropyOp(t *testing.T) {
 	env := &testEnv{}
 	db := &fakeDB{}
-	a := startAgent(t, newTestServer(t, db, env))
+	srv := newTestServer(t, db, env)
+	srv.sys.reseedFile = filepath.Join(t.TempDir(), "pgwasm.reseed")
+	if err := os.WriteFile(srv.sys.reseedFile, []byte{0, 0, 0, 0}, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, srv)
 	host := bytes.Repeat([]byte{0xa5}, 32)
 	mustOK(t, a.call(map[string]any{"id": 1, "op": "add_entropy", "entropy": base64.StdEncoding.EncodeToString(host)}))
 	if len(env.entropy) != 1 || !bytes.Equal(env.entropy[0], host) {
 		t.Fatalf("entropy passed on = %x, want the 32 bytes sent", env.entropy)
 	}
-	if len(db.sqls) != 1 || !strings.HasPrefix(db.sqls[0], "SELECT setseed(") {
-		t.Errorf("statements = %q, want the session's setseed", db.sqls)
+	// The sessions reseed through the module's counter; the restore waits
+	// for no statement.
+	if len(db.sqls) != 0 {
+		t.Errorf("statements = %q, want none", db.sqls)
+	}
+	if got := readCounter(t, srv.sys.reseedFile); got != 1 {
+		t.Errorf("generation counter = %d after one add_entropy, want 1", got)
 	}
 	for i, bad := range []any{nil, base64.StdEncoding.EncodeToString(make([]byte, 8)), base64.StdEncoding.EncodeToString(make([]byte, 5000))} {
 		resp := a.call(map[string]any{"id": 2 + i, "op": "add_entropy", "entropy": bad})
@@ -47,6 +57,9 @@ func TestAddEntropyOp(t *testing.T) {
 	}
 	if len(env.entropy) != 1 {
 		t.Errorf("refused requests reached the kernel: %d calls", len(env.entropy))
+	}
+	if got := readCounter(t, srv.sys.reseedFile); got != 1 {
+		t.Errorf("generation counter = %d after refused requests, want 1", got)
 	}
 }
 

@@ -311,7 +311,8 @@ type inputs struct {
 }
 
 func resolveInputs(ctx context.Context, apt *deb.Apt, cfg Config) (*inputs, error) {
-	in := &inputs{}
+	// Every image has the pgwasm module: the server preloads it (pgconf).
+	in := &inputs{recipes: []extbuild.Recipe{extbuild.ModuleRecipe(guest.ExtensionModule())}}
 	names := append([]string{}, cfg.Packages...)
 	seen := map[string]bool{}
 	for _, n := range append(append([]string{}, cfg.Extensions...), cfg.ExtraPackages...) {

@@ -85,10 +85,12 @@ func build(ctx context.Context, cfg Config, r Recipe) (*Result, error) {
 		dir: filepath.Join(cache, "apt-src"), mirror: cfg.Apt.Mirror, suite: cfg.SourceSuite,
 		keyring: cfg.Apt.Keyring, maxAge: maxAge, log: log,
 	}
-	if err := src.update(ctx); err != nil {
-		return nil, err
+	var sp *sourcePkg
+	if r.Local != nil {
+		sp, err = localSource(r)
+	} else {
+		sp, err = src.find(ctx, r.Source)
 	}
-	sp, err := src.lookup(ctx, r.Source)
 	if err != nil {
 		return nil, err
 	}
@@ -109,8 +111,10 @@ func build(ctx context.Context, cfg Config, r Recipe) (*Result, error) {
 		return nil, fmt.Errorf("cannot download the sysroot packages: %w", err)
 	}
 	filesDir := filepath.Join(src.dir, "files")
-	if err := src.fetch(ctx, sp, filesDir); err != nil {
-		return nil, err
+	if r.Local == nil {
+		if err := src.fetch(ctx, sp, filesDir); err != nil {
+			return nil, err
+		}
 	}
 	sysDir, err := sysrootDir(ctx, cache, sys, log)
 	if err != nil {
@@ -132,7 +136,12 @@ func build(ctx context.Context, cfg Config, r Recipe) (*Result, error) {
 		os.Remove(filepath.Dir(work)) // only when no other build is using it
 	}()
 	srcDir := filepath.Join(work, "src")
-	if err := unpackSource(ctx, sp, filesDir, srcDir); err != nil {
+	if r.Local != nil {
+		err = copyLocal(r.Local, srcDir)
+	} else {
+		err = unpackSource(ctx, sp, filesDir, srcDir)
+	}
+	if err != nil {
 		return nil, err
 	}
 	res := &Result{Package: r.Package, Source: sp.Name, Version: sp.Version, Key: key, Sysroot: sys, Compiler: cc}

@@ -29,6 +29,10 @@
 //     compiler's version and Debian packages, so a rebuild with the same
 //     inputs is a cache hit.
 //
+// A recipe with a Local source tree (the project's own pgwasm module, from
+// guest/pgwasm-ext) skips step 1: the tree is copied as it is, and its
+// files' checksums stand for the source package's in the key.
+//
 // No i386 program runs on the build machine, and nothing needs root: every
 // program extbuild starts goes through hostexec, which refuses foreign ELF
 // files, and make's PATH holds host directories only. The i386 code that
@@ -49,6 +53,7 @@ package extbuild
 
 import (
 	"context"
+	"io/fs"
 	"log/slog"
 
 	"github.com/pgwasm/pgwasm/internal/image/deb"
@@ -74,7 +79,8 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Recipe says how to build one extension from its Debian source package.
+// Recipe says how to build one extension from its Debian source package,
+// or from a source tree of the project's own (Local).
 type Recipe struct {
 	// Package is the binary package Debian builds on 64-bit architectures,
 	// e.g. postgresql-17-pgvector: what a user asks for.
@@ -87,6 +93,12 @@ type Recipe struct {
 	BuildDepends []string
 	// MakeArgs are added to both make and make install.
 	MakeArgs []string
+	// Local, when set, is a source tree to build instead of a Debian
+	// source package: a PGXS Makefile and its sources, such as the
+	// project's own pgwasm module (guest/pgwasm-ext). Nothing is
+	// downloaded for it; its files' SHA256s take the source package's
+	// place in the cache key, and Source names it.
+	Local fs.FS `json:"-"`
 }
 
 // Lookup returns the recipe for a binary package name such as
@@ -107,6 +119,14 @@ func Lookup(pkg string) (Recipe, bool) {
 	return Recipe{}, false
 }
 
+// ModuleRecipe is the recipe of the project's own pgwasm module, from its
+// source tree (guest.ExtensionModule). libssl-dev brings the OpenSSL headers
+// and libcrypto.so to link with; the image's server links the same
+// libcrypto.so.3.
+func ModuleRecipe(src fs.FS) Recipe {
+	return Recipe{Package: "pgwasm", Source: "pgwasm", Local: src, BuildDepends: []string{"libssl-dev"}}
+}
+
 // Result is one built extension.
 type Result struct {
 	// Dir is a tree to copy into the image root as it is: e.g.
@@ -114,7 +134,8 @@ type Result struct {
 	// usr/share/postgresql/17/extension/vector*.
 	Dir string `json:"-"`
 	// Package and Source name what was built; Version is the source
-	// package's Debian version, e.g. 0.8.0-1.
+	// package's Debian version, e.g. 0.8.0-1, or for a Local tree
+	// "src-" and the start of its content hash.
 	Package string `json:"package"`
 	Source  string `json:"source"`
 	Version string `json:"version"`

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"testing/fstest"
 
 	"github.com/pgwasm/pgwasm/internal/image/deb"
 )
@@ -182,5 +183,52 @@ func TestInstallAndReadResult(t *testing.T) {
 	}
 	if _, err := readResult(out); err == nil {
 		t.Fatal("readResult accepted a result whose vector.so changed")
+	}
+}
+
+// A Local tree stands in for a source package: its files sorted with their
+// checksums, a version from their hash that any edit changes, and a copy
+// for make that holds the same files.
+func TestLocalSource(t *testing.T) {
+	tree := fstest.MapFS{
+		"pgwasm.c":    {Data: []byte("int x;\n")},
+		"Makefile":    {Data: []byte("MODULES = pgwasm\n")},
+		"sub/extra.h": {Data: []byte("#define Y 1\n")},
+	}
+	r := ModuleRecipe(tree)
+	sp, err := localSource(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range sp.Files {
+		names = append(names, f.Name)
+	}
+	if want := []string{"Makefile", "pgwasm.c", "sub/extra.h"}; !reflect.DeepEqual(names, want) || sp.Name != "pgwasm" {
+		t.Fatalf("localSource = %s %v, want pgwasm %v", sp.Name, names, want)
+	}
+	if !strings.HasPrefix(sp.Version, "src-") || len(sp.Version) != 16 {
+		t.Fatalf("version %q", sp.Version)
+	}
+	tree["pgwasm.c"] = &fstest.MapFile{Data: []byte("int y;\n")}
+	edited, err := localSource(ModuleRecipe(tree))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if edited.Version == sp.Version || edited.Files[1].SHA256 == sp.Files[1].SHA256 {
+		t.Fatalf("an edited file kept version %s", sp.Version)
+	}
+	dest := filepath.Join(t.TempDir(), "src")
+	if err := copyLocal(tree, dest); err != nil {
+		t.Fatal(err)
+	}
+	for name, f := range tree {
+		got, err := os.ReadFile(filepath.Join(dest, name))
+		if err != nil || string(got) != string(f.Data) {
+			t.Errorf("copy of %s = %q, %v; want %q", name, got, err, f.Data)
+		}
+	}
+	if _, err := localSource(ModuleRecipe(fstest.MapFS{})); err == nil {
+		t.Error("an empty tree: no error")
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgwasm/pgwasm/guest"
 	"github.com/pgwasm/pgwasm/internal/hostexec"
 	"github.com/pgwasm/pgwasm/internal/image/deb"
 	"github.com/pgwasm/pgwasm/internal/image/rootfs"
@@ -297,5 +298,49 @@ Datum tiny_len(PG_FUNCTION_ARGS) { return Int32GetDatum((int32) strlen(PG_GETARG
 		if _, serr := os.Stat(out); serr == nil {
 			t.Errorf("a failed build left %s", out)
 		}
+	}
+}
+
+// The project's own module (guest/pgwasm-ext) builds from its Local tree:
+// only pgwasm.so, for i386, linked with the image's libcrypto at a version
+// it defines, calling the OpenSSL function the reseed relies on; the same
+// tree again is a cache hit.
+func TestBuildModule(t *testing.T) {
+	cfg := newTestConfig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	r := ModuleRecipe(guest.ExtensionModule())
+	res, err := Build(ctx, cfg, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Files) != 1 || res.Files[0].Path != "usr/lib/postgresql/17/lib/pgwasm.so" || !strings.HasPrefix(res.Version, "src-") {
+		t.Fatalf("built %s %v, want only usr/lib/postgresql/17/lib/pgwasm.so", res.Version, res.Files)
+	}
+	so := filepath.Join(res.Dir, res.Files[0].Path)
+	f, err := elf.Open(so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syms, _ := f.ImportedSymbols()
+	f.Close()
+	imported := map[string]string{}
+	for _, s := range syms {
+		imported[s.Name] = s.Library + " " + s.Version
+	}
+	if got := imported["RAND_poll"]; got != "libcrypto.so.3 OPENSSL_3.0.0" {
+		t.Errorf("RAND_poll imported as %q, want libcrypto.so.3 OPENSSL_3.0.0", got)
+	}
+	for _, name := range []string{"setseed", "pg_strong_random", "standard_ExecutorStart", "standard_ProcessUtility"} {
+		if _, ok := imported[name]; !ok {
+			t.Errorf("pgwasm.so does not import %s from the server", name)
+		}
+	}
+	again, err := Build(ctx, cfg, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.CacheHit || again.Key != res.Key {
+		t.Fatalf("second Build: cache hit %v, key %s; want a hit with key %s", again.CacheHit, again.Key, res.Key)
 	}
 }

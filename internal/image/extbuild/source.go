@@ -3,12 +3,16 @@ package extbuild
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -97,6 +101,15 @@ func (s *srcApt) update(ctx context.Context) error {
 		return fmt.Errorf("cannot fetch the source index: %s", rootfs.Tail(out, 5))
 	}
 	return os.WriteFile(stamp, nil, 0o644)
+}
+
+// find brings the Sources index up to date and looks the source package up
+// in it.
+func (s *srcApt) find(ctx context.Context, name string) (*sourcePkg, error) {
+	if err := s.update(ctx); err != nil {
+		return nil, err
+	}
+	return s.lookup(ctx, name)
 }
 
 // lookup reads a source package's newest version and file checksums from the
@@ -255,6 +268,66 @@ func unpackSource(ctx context.Context, p *sourcePkg, dir, dest string) error {
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("cannot unpack source package %s: %w: %s", dsc, err, rootfs.Tail(out, 5))
+	}
+	return nil
+}
+
+// localSource describes a recipe's Local tree as a source package: every
+// regular file with its size and SHA256, sorted by path, and a version made
+// from their hash, so any change to the tree is a new cache key.
+func localSource(r Recipe) (*sourcePkg, error) {
+	p := &sourcePkg{Name: r.Source}
+	err := fs.WalkDir(r.Local, ".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return fmt.Errorf("%s is not a regular file", path)
+		}
+		b, err := fs.ReadFile(r.Local, path)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(b)
+		p.Files = append(p.Files, sourceFile{Name: path, Size: int64(len(b)), SHA256: hex.EncodeToString(sum[:])})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the source tree of %s: %w", r.Source, err)
+	}
+	if len(p.Files) == 0 {
+		return nil, fmt.Errorf("the source tree of %s is empty", r.Source)
+	}
+	sort.Slice(p.Files, func(i, j int) bool { return p.Files[i].Name < p.Files[j].Name })
+	h := sha256.New()
+	for _, f := range p.Files {
+		fmt.Fprintf(h, "%s %s\n", f.SHA256, f.Name)
+	}
+	p.Version = "src-" + hex.EncodeToString(h.Sum(nil))[:12]
+	return p, nil
+}
+
+// copyLocal writes a Local tree into dest, which must not exist.
+func copyLocal(fsys fs.FS, dest string) error {
+	if err := os.Mkdir(dest, 0o755); err != nil {
+		return fmt.Errorf("cannot create the source directory: %w", err)
+	}
+	err := fs.WalkDir(fsys, ".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || path == "." {
+			return err
+		}
+		to := filepath.Join(dest, filepath.FromSlash(path))
+		if d.IsDir() {
+			return os.Mkdir(to, 0o755)
+		}
+		b, err := fs.ReadFile(fsys, path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(to, b, 0o644)
+	})
+	if err != nil {
+		return fmt.Errorf("cannot copy the source tree: %w", err)
 	}
 	return nil
 }

@@ -68,8 +68,16 @@ func Settings() []Setting {
 		{"log_min_messages", "warning", "keep the log and its writes small"},
 		{"log_connections", "on", "network logins through the tunnel are worth seeing"},
 		{"track_io_timing", "off", "clock reads are slow in the emulator"},
+		{"shared_preload_libraries", "'pgwasm'", "the pgwasm module (guest/pgwasm-ext) reseeds the random generators of sessions saved in a snapshot after each restore; it must be mapped before the server forks"},
+		{"pgwasm.reseed_file", "'" + ReseedFile + "'", "the counter the guest agent bumps after add_entropy; on a tmpfs, so the server and the agent share its page"},
 	}
 }
+
+// ReseedFile holds the pgwasm module's generation counter (a native-endian
+// uint32): the server maps it at start, and the guest agent adds one after
+// every add_entropy, upon which every session reseeds before its next
+// statement. /run/postgresql is a tmpfs owned by postgres (guest/init).
+const ReseedFile = "/run/postgresql/pgwasm.reseed"
 
 // ConfFile renders the settings as a file included from postgresql.conf.
 func ConfFile() string {
