@@ -252,6 +252,11 @@ function connectRelay(a) {
 // session from its token. v86 alone would wait up to reconnect_interval
 // (10 s). If the first attempts fail (the balancer has not noticed yet),
 // retry every 250 ms for DRAIN_RETRY_MS, then v86's own retries take over.
+// An open websocket that drops without a close code (its replica was
+// killed, or the network broke) is treated the same way, but from the
+// 250 ms retry on: v86's immediate reconnect can still reach the dead
+// replica before the balancer notices, and its next try would come 10 s
+// later (issue #14: the VM is back within 15 s of a SIGKILL).
 const DRAIN_CLOSE_CODE = 4503;
 const DRAIN_RETRY_MS = 15000;
 
@@ -267,6 +272,10 @@ function watchDrain(a) {
         if (ev && ev.code === DRAIN_CLOSE_CODE) {
             log("relay: server draining (4503): reconnecting at once");
             retryUntil = now + DRAIN_RETRY_MS;
+        } else if (ev && ev.target && ev.target.pgwasmWasOpen && ev.target === this.socket) {
+            // Only the current socket: change_proxy closes the old one on purpose.
+            log(`relay: websocket dropped (code ${ev.code}): retrying every 250 ms`);
+            retryUntil = now + DRAIN_RETRY_MS;
         }
         if (!this.destroyed && now < retryUntil) {
             setTimeout(() => {
@@ -281,6 +290,7 @@ function watchDrain(a) {
     const onOpen = a.handle_open;
     a.handle_open = function (...args) {
         retryUntil = 0;
+        if (this.socket) this.socket.pgwasmWasOpen = true;
         return onOpen.apply(this, args);
     };
     if (a.socket) {
