@@ -4,16 +4,8 @@
 // v86 copies one write into one receive buffer the guest driver has posted
 // (Linux posts a page each, 16 per port) and silently drops a write when no
 // buffer is posted, or cuts what does not fit. So each chunk is sized to the
-// buffer it goes into.
-//
-// And Linux's virtio_console keeps one buffer it is reading from and, on
-// every interrupt, replaces it with the next used one (in_intr): a buffer
-// filled while the guest is still reading an earlier one costs the rest of
-// that one, which is never posted again, until no buffer is left and the
-// writer waits forever (a 1 MB request hung that way). So the writer fills
-// buffers only when the guest has given all of them back, all at once: the
-// guest does not run while this loop does, so it sees them in one
-// interrupt and reads them in order.
+// buffer it goes into and goes in only while one is free; the rest waits
+// until the guest has read some.
 //
 // emulator is a function returning the current V86 instance.
 export function virtioConsoleWriter(emulator, port) {
@@ -22,7 +14,6 @@ export function virtioConsoleWriter(emulator, port) {
     const queue = [];
     let offset = 0;
     let pumping = false;
-    let posted = 0; // the most buffers the guest has had posted at once
 
     function device() {
         const emu = emulator();
@@ -39,9 +30,7 @@ export function virtioConsoleWriter(emulator, port) {
             return;
         }
         const q = dev.virtio.queues[queueID];
-        const free = q.is_configured() ? q.count_requests() : 0;
-        posted = Math.max(posted, free);
-        while (queue.length > 0 && free === posted && q.has_request()) {
+        while (queue.length > 0 && q.is_configured() && q.has_request()) {
             const chain = q.pop_request();
             const head = queue[0];
             const end = Math.min(head.length, offset + chain.length_writable);
