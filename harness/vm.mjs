@@ -175,6 +175,17 @@ function onAgentLine(channel, line) {
         for (const w of agent.waiters.splice(0)) w();
         return;
     }
+    if (msg.id === 0 && msg.ok === false) {
+        // The agent could not read the request's id (a line over its 1 MiB
+        // limit, or not JSON). It answers in order, so this is the answer
+        // to the oldest request waiting on this channel.
+        for (const [id, p] of agent.pending) {
+            if (p.channel !== channel) continue;
+            agent.pending.delete(id);
+            p.resolve(msg);
+            return;
+        }
+    }
     const pending = agent.pending.get(msg.id);
     if (!pending) {
         log("agent: unexpected message", { channel, line: line.slice(0, 200) });
@@ -201,6 +212,7 @@ function agentRequest(req, timeoutMs, channel = agent.channel) {
             reject(new Error(`agent: no answer to ${req.op} on ${channel} within ${timeoutMs} ms`));
         }, timeoutMs);
         agent.pending.set(id, {
+            channel,
             resolve(msg) {
                 clearTimeout(timer);
                 msg.id = req.id;

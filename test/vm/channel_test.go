@@ -95,6 +95,15 @@ func TestAgentChannels(t *testing.T) {
 	if *res.Rows[0][0] != hex.EncodeToString(sum[:]) || *res.Rows[0][1] != fmt.Sprint(in.Len()) {
 		t.Errorf("guest saw md5 %s length %s, sent %x length %d", *res.Rows[0][0], *res.Rows[0][1], sum, in.Len())
 	}
+
+	// Over the line limit: a clear error at once, and the next request works.
+	_, err = v.Query(ctx, "select length($1)", strings.Repeat("z", 1100000))
+	if err == nil || !strings.Contains(err.Error(), "longer than") {
+		t.Errorf("1.1 MB request: %v, want the agent's line limit", err)
+	}
+	if got := selectOn(ctx, t, v, vm.ChannelVirtioConsole, "after a refused request"); got != "booted virtio-console" {
+		t.Errorf("after a refused request: %q", got)
+	}
 }
 
 // selectOn runs one query on an agent channel and returns its value.
