@@ -268,12 +268,13 @@ const mbQuery = "select repeat('x', 100) from generate_series(1, 10000)"
 // others.
 type channelResult struct {
 	Channel   string
+	Ping      Sample // ms for the agent's ping: the channel and the agent, without PostgreSQL
 	SelectOne Sample // ms for `select 1`
 	MB        Sample // ms for mbQuery's result
 }
 
-// measureChannels times `select 1` (selects times) and mbQuery (mbRuns
-// times) on every agent channel the VM's image offers, in turns, so load
+// measureChannels times ping and `select 1` (selects times each) and
+// mbQuery (mbRuns times) on every agent channel the VM's image offers, in turns, so load
 // on the host hits every channel alike.
 func measureChannels(ctx context.Context, v *vm.VM, selects, mbRuns int) ([]channelResult, error) {
 	var out []channelResult
@@ -281,23 +282,31 @@ func measureChannels(ctx context.Context, v *vm.VM, selects, mbRuns int) ([]chan
 		out = append(out, channelResult{Channel: ch})
 	}
 	timed := func(ch, sql string) (float64, error) {
+		req := map[string]any{"op": "query", "sql": sql}
+		if sql == "" {
+			req = map[string]any{"op": "ping"}
+		}
 		t := time.Now()
-		raw, err := v.RequestOn(ctx, ch, map[string]any{"op": "query", "sql": sql})
+		raw, err := v.RequestOn(ctx, ch, req)
 		d := ms(time.Since(t))
 		if err != nil {
-			return 0, fmt.Errorf("%s on %s: %w", sql, ch, err)
+			return 0, fmt.Errorf("%v on %s: %w", req, ch, err)
 		}
 		// The answer must be whole for the time to count.
 		var res vm.Result
 		if err := json.Unmarshal(raw, &res); err != nil {
-			return 0, fmt.Errorf("%s on %s: %w", sql, ch, err)
+			return 0, fmt.Errorf("%v on %s: %w", req, ch, err)
 		}
 		return d, nil
 	}
 	for range selects {
 		for i := range out {
-			d, err := timed(out[i].Channel, "select 1")
+			d, err := timed(out[i].Channel, "")
 			if err != nil {
+				return out, err
+			}
+			out[i].Ping = append(out[i].Ping, d)
+			if d, err = timed(out[i].Channel, "select 1"); err != nil {
 				return out, err
 			}
 			out[i].SelectOne = append(out[i].SelectOne, d)

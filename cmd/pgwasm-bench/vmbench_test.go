@@ -36,9 +36,9 @@ func TestMeasureChannels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("| channel | `select 1`, median (min-max, n) | 1 MB result (%s) |", mbQuery)
-	t.Logf("|---|---|---|")
+	t.Logf("| channel | ping | `select 1` | 1 MB result (%s) |", mbQuery)
+	t.Logf("|---|---|---|---|")
 	for _, r := range res {
-		t.Logf("| %s | %s | %s |", r.Channel, r.SelectOne.Summarize().Format(fmtMSFine), r.MB.Summarize().Format(fmtMS))
+		t.Logf("| %s | %s | %s | %s |", r.Channel, r.Ping.Summarize().Format(fmtMSFine), r.SelectOne.Summarize().Format(fmtMSFine), r.MB.Summarize().Format(fmtMS))
 	}
 }
