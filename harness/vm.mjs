@@ -5,8 +5,11 @@
 //
 // Commands ({"id":N,"cmd":...}); every response is {"id":N,"ok":bool,...}:
 //   start      boot the image, or restore a state file; answers once the CPU runs
-//   wait_agent wait until the guest agent on ttyS1 answers
+//              (virtio_console: give v86 that device; agent_channel: "serial"
+//              or "virtio-console", where agent requests go by default)
+//   wait_agent wait until the guest agent answers on the default channel
 //   agent      pass one request object to the guest agent, return its response
+//              (channel: another channel than the default)
 //   console    write to ttyS0 and/or read its output until a pattern appears
 //   save_state write the raw (uncompressed) v86 state to a path
 //   set_relay  move the NIC to another relay URL and open its websocket
@@ -22,6 +25,7 @@ import fs from "node:fs";
 import readline from "node:readline";
 import { V86 } from "v86";
 import { serialWriter } from "./serial.mjs";
+import { virtioConsoleWriter } from "./virtio-console.mjs";
 
 // Anything v86 prints must not corrupt the protocol on stdout.
 console.log = (...args) => console.error(...args);
@@ -46,11 +50,6 @@ const state = {
     blob: { files: 0, bytes: 0, raw_bytes: 0 },
     consoleText: "",        // last CONSOLE_TAIL characters of ttyS0
     consoleWaiters: new Set(),
-    agentReady: false,
-    agentVersion: "",
-    agentWaiters: [],
-    agentPending: new Map(), // agent request id -> {resolve}
-    agentNextID: 1,
     uploads: new Map(),     // path -> {buf, received}: write_file chunks so far
 };
 
@@ -96,90 +95,154 @@ function consoleCommand(cmd) {
             resolve({ output: out });
         }
         state.consoleWaiters.add(w);
-        if (cmd.write) serialWrite[0](new TextEncoder().encode(cmd.write));
+        if (cmd.write) consoleWrite(new TextEncoder().encode(cmd.write));
         if (!pattern) finish();
     });
 }
 
-// ---- ttyS1: the guest agent (docs/agent-protocol.md) ----
+// ---- the guest agent (docs/agent-protocol.md, "Channels") ----
 
-// The agent's bytes arrive one event each; collect them in a growing buffer
-// (results can be megabytes) and decode a whole line at a time.
-let agentBuf = new Uint8Array(64 * 1024);
-let agentLen = 0;
+// The agent answers on two channels: ttyS1 ("serial", a byte per interrupt)
+// and virtio-console port 1 ("virtio-console", /dev/hvc1 in the guest, a
+// page per interrupt) when the image offers it and v86 has the device.
+// Requests go to agent.channel (start's agent_channel) unless an agent
+// command names another.
+const VIRTIO_AGENT_PORT = 1;
 
-function onAgentByte(byte) {
-    if (byte !== 0x0a) {
-        if (agentLen === agentBuf.length) {
-            const bigger = new Uint8Array(agentBuf.length * 2);
-            bigger.set(agentBuf);
-            agentBuf = bigger;
+const agent = {
+    channel: "serial",
+    ready: false,          // the default channel's agent has answered
+    version: "",
+    waiters: [],
+    pending: new Map(),    // request id -> {resolve}; ids are ours, so unique on every channel
+    nextID: 1,
+    write: {
+        serial: serialWriter(() => state.emulator, 1),
+        "virtio-console": virtioConsoleWriter(() => state.emulator, VIRTIO_AGENT_PORT),
+    },
+};
+
+// lineCollector gathers a channel's output in a growing buffer (results can
+// be megabytes) and calls onLine with each whole line, decoded.
+function lineCollector(onLine) {
+    let buf = new Uint8Array(64 * 1024);
+    let len = 0;
+    function append(bytes) {
+        if (len + bytes.length > buf.length) {
+            let size = buf.length * 2;
+            while (size < len + bytes.length) size *= 2;
+            const bigger = new Uint8Array(size);
+            bigger.set(buf.subarray(0, len));
+            buf = bigger;
         }
-        agentBuf[agentLen++] = byte;
-        return;
+        buf.set(bytes, len);
+        len += bytes.length;
     }
-    const line = Buffer.from(agentBuf.buffer, 0, agentLen).toString("utf8").replace(/\r$/, "");
-    agentLen = 0;
+    return bytes => {
+        let from = 0;
+        for (;;) {
+            const nl = bytes.indexOf(0x0a, from);
+            if (nl < 0) {
+                append(bytes.subarray(from));
+                return;
+            }
+            append(bytes.subarray(from, nl));
+            const line = Buffer.from(buf.buffer, 0, len).toString("utf8").replace(/\r$/, "");
+            len = 0;
+            from = nl + 1;
+            onLine(line);
+        }
+    };
+}
+
+function onAgentLine(channel, line) {
     if (!line.trim()) return;
     let msg;
     try {
         msg = JSON.parse(line);
     } catch {
-        log("agent: not JSON", { line: line.slice(0, 200) });
+        log("agent: not JSON", { channel, line: line.slice(0, 200) });
         return;
     }
     if (msg.event === "ready") {
+        // Every channel announces itself when the agent opens it; only the
+        // default channel's announcement makes the agent ready for us.
+        if (channel !== agent.channel) return;
         mark("agent_ready");
-        state.agentReady = true;
-        state.agentVersion = msg.version || "";
-        send({ event: "agent_ready", version: state.agentVersion, t_ms: since() });
-        for (const w of state.agentWaiters.splice(0)) w();
+        agent.ready = true;
+        agent.version = msg.version || "";
+        send({ event: "agent_ready", version: agent.version, channel, t_ms: since() });
+        for (const w of agent.waiters.splice(0)) w();
         return;
     }
-    const pending = state.agentPending.get(msg.id);
+    if (msg.id === 0 && msg.ok === false) {
+        // The agent could not read the request's id (a line over its 1 MiB
+        // limit, or not JSON). It answers in order, so this is the answer
+        // to the oldest request waiting on this channel.
+        for (const [id, p] of agent.pending) {
+            if (p.channel !== channel) continue;
+            agent.pending.delete(id);
+            p.resolve(msg);
+            return;
+        }
+    }
+    const pending = agent.pending.get(msg.id);
     if (!pending) {
-        log("agent: unexpected message", { line: line.slice(0, 200) });
+        log("agent: unexpected message", { channel, line: line.slice(0, 200) });
         return;
     }
-    state.agentPending.delete(msg.id);
+    agent.pending.delete(msg.id);
     pending.resolve(msg);
 }
 
+const serialAgentBytes = lineCollector(line => onAgentLine("serial", line));
+const virtioAgentBytes = lineCollector(line => onAgentLine("virtio-console", line));
+const oneByte = new Uint8Array(1);
+
 // agentRequest sends one request with our own id (so ids from the Go side can
 // never clash with the harness's pings) and resolves with the agent's response.
-function agentRequest(req, timeoutMs) {
-    const id = state.agentNextID++;
+function agentRequest(req, timeoutMs, channel = agent.channel) {
+    const write = agent.write[channel];
+    if (!write) return Promise.reject(new Error(`agent: unknown channel ${JSON.stringify(channel)} (serial or virtio-console)`));
+    const id = agent.nextID++;
     const line = JSON.stringify({ ...req, id }) + "\n";
     return new Promise((resolve, reject) => {
         const timer = setTimeout(() => {
-            state.agentPending.delete(id);
-            reject(new Error(`agent: no answer to ${req.op} within ${timeoutMs} ms`));
+            agent.pending.delete(id);
+            reject(new Error(`agent: no answer to ${req.op} on ${channel} within ${timeoutMs} ms`));
         }, timeoutMs);
-        state.agentPending.set(id, {
+        agent.pending.set(id, {
+            channel,
             resolve(msg) {
                 clearTimeout(timer);
                 msg.id = req.id;
                 resolve(msg);
             },
         });
-        serialWrite[1](new TextEncoder().encode(line));
+        try {
+            write(Buffer.from(line, "utf8"));
+        } catch (err) {
+            clearTimeout(timer);
+            agent.pending.delete(id);
+            reject(err);
+        }
     });
 }
 
-// Writers for ttyS0 (console) and ttyS1 (agent): chunked, see serial.mjs.
-const serialWrite = [0, 1].map(port => serialWriter(() => state.emulator, port));
+// Writer for ttyS0 (console): chunked, see serial.mjs.
+const consoleWrite = serialWriter(() => state.emulator, 0);
 
-// waitAgent resolves when the agent has announced itself. After a restore the
-// agent announced itself long ago (before the save), so ask it with a ping,
-// which also makes it announce again.
+// waitAgent resolves when the agent has announced itself on the default
+// channel. After a restore the agent announced itself long ago (before the
+// save), so ask it with a ping, which also makes it announce again.
 async function waitAgent(timeoutMs) {
     const deadline = Date.now() + timeoutMs;
-    if (state.agentReady) return;
-    const announced = new Promise(resolve => state.agentWaiters.push(resolve));
+    if (agent.ready) return;
+    const announced = new Promise(resolve => agent.waiters.push(resolve));
     if (!state.restored) {
         let timer;
         const timeout = new Promise((_, reject) => {
-            timer = setTimeout(() => reject(new Error(`agent did not announce itself within ${timeoutMs} ms`)), timeoutMs);
+            timer = setTimeout(() => reject(new Error(`agent did not announce itself on ${agent.channel} within ${timeoutMs} ms`)), timeoutMs);
         });
         try {
             await Promise.race([announced, timeout]);
@@ -188,13 +251,13 @@ async function waitAgent(timeoutMs) {
         }
         return;
     }
-    while (!state.agentReady) {
+    while (!agent.ready) {
         const left = deadline - Date.now();
-        if (left <= 0) throw new Error(`agent did not answer a ping within ${timeoutMs} ms`);
+        if (left <= 0) throw new Error(`agent did not answer a ping on ${agent.channel} within ${timeoutMs} ms`);
         try {
             await agentRequest({ op: "ping" }, Math.min(2000, left));
             mark("agent_ready");
-            state.agentReady = true;
+            agent.ready = true;
         } catch {
             // The ping may be lost while the guest resumes; try again.
         }
@@ -507,6 +570,9 @@ async function start(cmd) {
         disable_mouse: true,
         disable_speaker: true,
         uart1: true,
+        // The agent's fast channel; a state restores only into a machine
+        // with the same devices, so the image's manifest decides.
+        virtio_console: !!cmd.virtio_console,
         net_device: { type: cmd.net_device, ...(cmd.relay_url ? { relay_url: cmd.relay_url } : {}) },
         // Keep the NIC's MAC across restores so the guest's network survives.
         preserve_mac_from_state_image: true,
@@ -519,12 +585,20 @@ async function start(cmd) {
         options.initrd = { url: cmd.initrd };
         options.cmdline = cmd.cmdline;
     }
+    const channel = cmd.agent_channel || "serial";
+    if (!agent.write[channel]) throw new Error(`agent_channel must be serial or virtio-console, not ${JSON.stringify(channel)}`);
+    if (channel === "virtio-console" && !cmd.virtio_console) throw new Error("agent_channel virtio-console needs virtio_console: true");
+    agent.channel = channel;
     const stateBuf = cmd.state_path ? fs.readFileSync(cmd.state_path) : null;
 
     const emulator = new V86(options);
     state.emulator = emulator;
     emulator.add_listener("serial0-output-byte", onConsoleByte);
-    emulator.add_listener("serial1-output-byte", onAgentByte);
+    emulator.add_listener("serial1-output-byte", byte => {
+        oneByte[0] = byte;
+        serialAgentBytes(oneByte);
+    });
+    if (cmd.virtio_console) emulator.add_listener(`virtio-console${VIRTIO_AGENT_PORT}-output-bytes`, virtioAgentBytes);
     await new Promise(resolve => emulator.add_listener("emulator-loaded", resolve));
     mark("emulator_loaded");
     countBlobs(emulator, cmd.blob_dir);
@@ -605,9 +679,9 @@ const handlers = {
     start,
     wait_agent: async cmd => {
         await waitAgent(cmd.timeout_ms || 60000);
-        return { version: state.agentVersion, timings: state.timings };
+        return { version: agent.version, channel: agent.channel, timings: state.timings };
     },
-    agent: async cmd => ({ response: await agentRequest(cmd.request, cmd.timeout_ms || 60000) }),
+    agent: async cmd => ({ response: await agentRequest(cmd.request, cmd.timeout_ms || 60000, cmd.channel || agent.channel) }),
     console: consoleCommand,
     save_state: saveState,
     set_relay: setRelay,

@@ -60,7 +60,10 @@ type vmResults struct {
 	FullBootBlob  Sample
 	FullBootFiles Sample
 
-	AgentRTT       Sample // ms for `select 1` in an open VM session
+	AgentRTT     Sample // ms for `select 1` in an open VM session, on the default agent channel
+	AgentChannel string // the default agent channel (the image's first choice)
+	// Channels compares the agent's channels in one VM (issue #11).
+	Channels       []channelResult
 	VMQuery        Sample // ms for countQuery in the VM
 	NativeQuery    Sample // ms for countQuery on the host
 	VMVersion      string
@@ -197,6 +200,11 @@ func queryComparison(ctx context.Context, cfg *Config, v *vm.VM, r *vmResults, l
 	if res, err := v.Query(ctx, "select version()"); err == nil && len(res.Rows) == 1 && res.Rows[0][0] != nil {
 		r.VMVersion = shortVersion(*res.Rows[0][0])
 	}
+	r.AgentChannel = v.AgentChannel()
+	var err error
+	if r.Channels, err = measureChannels(ctx, v, cfg.QueryRuns+2, 3); err != nil {
+		fail("agent channels", err)
+	}
 	for range cfg.QueryRuns + 2 {
 		t := time.Now()
 		if _, err := v.Query(ctx, "select 1"); err != nil {
@@ -251,6 +259,69 @@ func queryComparison(ctx context.Context, cfg *Config, v *vm.VM, r *vmResults, l
 		}
 		r.NativeQuery = append(r.NativeQuery, ms(time.Since(t)))
 	}
+}
+
+// mbQuery returns about 1 MB of rows: 10,000 of 100 bytes.
+const mbQuery = "select repeat('x', 100) from generate_series(1, 10000)"
+
+// channelResult is one agent channel's cost, measured in the same VM as the
+// others.
+type channelResult struct {
+	Channel   string
+	Ping      Sample // ms for the agent's ping: the channel and the agent, without PostgreSQL
+	SelectOne Sample // ms for `select 1`
+	MB        Sample // ms for mbQuery's result
+}
+
+// measureChannels times ping and `select 1` (selects times each) and
+// mbQuery (mbRuns times) on every agent channel the VM's image offers, in turns, so load
+// on the host hits every channel alike.
+func measureChannels(ctx context.Context, v *vm.VM, selects, mbRuns int) ([]channelResult, error) {
+	var out []channelResult
+	for _, ch := range v.Image().AgentChannels() {
+		out = append(out, channelResult{Channel: ch})
+	}
+	timed := func(ch, sql string) (float64, error) {
+		req := map[string]any{"op": "query", "sql": sql}
+		if sql == "" {
+			req = map[string]any{"op": "ping"}
+		}
+		t := time.Now()
+		raw, err := v.RequestOn(ctx, ch, req)
+		d := ms(time.Since(t))
+		if err != nil {
+			return 0, fmt.Errorf("%v on %s: %w", req, ch, err)
+		}
+		// The answer must be whole for the time to count.
+		var res vm.Result
+		if err := json.Unmarshal(raw, &res); err != nil {
+			return 0, fmt.Errorf("%v on %s: %w", req, ch, err)
+		}
+		return d, nil
+	}
+	for range selects {
+		for i := range out {
+			d, err := timed(out[i].Channel, "")
+			if err != nil {
+				return out, err
+			}
+			out[i].Ping = append(out[i].Ping, d)
+			if d, err = timed(out[i].Channel, "select 1"); err != nil {
+				return out, err
+			}
+			out[i].SelectOne = append(out[i].SelectOne, d)
+		}
+	}
+	for range mbRuns {
+		for i := range out {
+			d, err := timed(out[i].Channel, mbQuery)
+			if err != nil {
+				return out, err
+			}
+			out[i].MB = append(out[i].MB, d)
+		}
+	}
+	return out, nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -1,14 +1,12 @@
 // Command agent is the pgwasm guest agent. It runs inside the VM as root,
 // speaks the line-delimited JSON protocol of docs/agent-protocol.md on a
-// serial port and keeps one PostgreSQL connection open, because each new
-// psql process costs seconds inside the emulator.
+// serial port and a virtio-console port, and keeps one PostgreSQL connection
+// open, because each new psql process costs seconds inside the emulator.
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -24,8 +22,9 @@ const protocolVersion = "1"
 
 // config holds every setting of the agent; the defaults match the guest image.
 type config struct {
-	Serial  string
-	Verbose bool
+	Serial        string
+	VirtioConsole string
+	Verbose       bool
 
 	PG pgConfig
 
@@ -41,6 +40,7 @@ type config struct {
 
 func (c *config) registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Serial, "serial", "/dev/ttyS1", "serial device that carries the protocol")
+	fs.StringVar(&c.VirtioConsole, "virtio-console", "", "virtio-console port that carries the protocol too, e.g. /dev/hvc1 (empty: none)")
 	fs.BoolVar(&c.Verbose, "v", false, "log every request")
 
 	fs.StringVar(&c.PG.SocketDir, "pg-socket-dir", "/var/run/postgresql", "directory of the PostgreSQL Unix socket")
@@ -89,37 +89,19 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	defer db.Close()
 	srv := newServer(cfg, db, log)
 
-	// The serial line should never end, but if the device goes away (or a read
-	// fails) the agent reopens it instead of leaving the page without a channel.
-	for {
-		err := serveSerial(ctx, cfg.Serial, srv)
-		if ctx.Err() != nil {
-			log.Info("agent stopping")
-			return 0
-		}
-		log.Error("serial channel failed; reopening", "device", cfg.Serial, "err", err)
-		select {
-		case <-ctx.Done():
-			return 0
-		case <-time.After(time.Second):
-		}
+	paths := []string{cfg.Serial}
+	if cfg.VirtioConsole != "" {
+		paths = append(paths, cfg.VirtioConsole)
 	}
-}
-
-func serveSerial(ctx context.Context, device string, srv *server) error {
-	f, err := openSerial(device)
-	if err != nil {
-		return err
+	sb := newSwitchboard(log, func() any { return srv.ready() }, paths...)
+	sb.start(ctx)
+	// The loop ends only with ctx: the switchboard reopens failed channels.
+	if err := srv.serve(ctx, sb.reader(ctx)); err != nil && ctx.Err() == nil {
+		log.Error("agent failed", "err", err)
+		return 1
 	}
-	defer f.Close()
-	// Closing the device is the only way to interrupt a blocked read.
-	stop := context.AfterFunc(ctx, func() { f.Close() })
-	defer stop()
-	err = srv.serve(ctx, f)
-	if err == nil {
-		err = errors.New("serial device reported end of file")
-	}
-	return fmt.Errorf("cannot serve %s: %w", device, err)
+	log.Info("agent stopping")
+	return 0
 }
 
 func agentVersion() string {

@@ -30,6 +30,7 @@ type vmRunConfig struct {
 	harness  string
 	node     string
 	relay    string
+	channel  string
 	timeout  time.Duration
 }
 
@@ -45,6 +46,7 @@ func (c *vmRunConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.harness, "harness", "", "directory of the Node harness (vm.mjs); found automatically when empty")
 	fs.StringVar(&c.node, "node", "node", "Node.js executable")
 	fs.StringVar(&c.relay, "relay", "", "v86 network relay URL (ws://...) for the VM's NIC; none when empty")
+	fs.StringVar(&c.channel, "agent-channel", "", "channel to the guest agent: virtio-console or serial (default: the image's first choice)")
 	fs.DurationVar(&c.timeout, "timeout", 0, "limit for the start until PostgreSQL answers (default 1m restore, 5m full boot)")
 }
 
@@ -82,6 +84,7 @@ func runVM(ctx context.Context, e *env, cfg *vmRunConfig) error {
 		HarnessDir:   cfg.harness,
 		Node:         cfg.node,
 		RelayURL:     cfg.relay,
+		AgentChannel: cfg.channel,
 		ReadyTimeout: cfg.timeout,
 		Logger:       e.logger,
 	})

@@ -34,15 +34,21 @@ const (
 	sourceDateEpoch = 1735689600
 )
 
-// initramfsModules are what the 9p root and the NICs need, in probe order;
-// dependencies are added from the modules' own modinfo.
-var initramfsModules = []string{"virtio_pci", "9pnet_virtio", "9p", "ne2k-pci", "virtio_net"}
+// initramfsModules are what the 9p root, the NICs and the agent's
+// virtio-console channel need, in probe order; dependencies are added from
+// the modules' own modinfo.
+var initramfsModules = []string{"virtio_pci", "9pnet_virtio", "9p", "ne2k-pci", "virtio_net", "virtio_console"}
+
+// agentChannels are the channels the guest agent answers on, the host's
+// first choice first (docs/agent-protocol.md, "Channels"); the manifest
+// lists them so a host knows whether to give v86 the virtio-console device.
+var agentChannels = []string{"virtio-console", "serial"}
 
 func guestHash() [32]byte {
 	h := sha256.New()
 	etc, _ := json.Marshal(etcFiles()) // map keys marshal sorted
 	for _, b := range [][]byte{guest.InitramfsInit, guest.Init, guest.UdhcpcScript, guest.BuildStep, guest.ExtensionControl, guest.ExtensionSQL, []byte(pgconf.ConfFile()), []byte(pgconf.HBA()),
-		[]byte(strings.Join(pgconf.InitdbArgs(), " ")), []byte(strings.Join(initramfsModules, " ")), etc, []byte(psqlRC)} {
+		[]byte(strings.Join(pgconf.InitdbArgs(), " ")), []byte(strings.Join(initramfsModules, " ")), []byte(strings.Join(agentChannels, " ")), etc, []byte(psqlRC)} {
 		s := sha256.Sum256(b)
 		h.Write(s[:])
 	}
@@ -111,8 +117,9 @@ func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, s
 	m := &Manifest{
 		Version: 1, Builder: BuilderVersion, Cmdline: cfg.Cmdline, NetDevice: cfg.NetDevice,
 		PostgresVersion: pgVersion, Packages: in.root, KernelPackage: in.kernel,
-		Extensions:   extensionInfo(in.exts),
-		Reproducible: "kernel, initrd, bios, vgabios, every 9p blob except the PostgreSQL cluster files under " + pgData,
+		Extensions:    extensionInfo(in.exts),
+		AgentChannels: agentChannels,
+		Reproducible:  "kernel, initrd, bios, vgabios, every 9p blob except the PostgreSQL cluster files under " + pgData,
 	}
 	if err := buildKernel(ctx, in.kernel, root, filepath.Join(cfg.CacheDir, "kernel"), staged, m); err != nil {
 		return nil, err

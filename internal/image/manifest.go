@@ -28,6 +28,12 @@ type Manifest struct {
 	NetDevice       string   `json:"net_device"`
 	PostgresVersion string   `json:"postgres_version"`
 	Modules         []string `json:"modules"`
+	// AgentChannels are the channels the guest agent answers on, the
+	// host's first choice first: "virtio-console" (v86 needs the
+	// virtio_console device, which a state then depends on) and "serial"
+	// (ttyS1). Images from before it answer on serial only
+	// (docs/agent-protocol.md, "Channels").
+	AgentChannels []string `json:"agent_channels,omitempty"`
 
 	Kernel  File   `json:"kernel"`
 	Initrd  File   `json:"initrd"`

@@ -19,6 +19,9 @@ type BootFiles struct {
 	FSJSON, BlobDir string // the 9p tree: fs.json and its blob directory
 	Cmdline         string // kernel command line
 	NetDevice       string // v86 NIC type; "" means ne2k
+	// VirtioConsole gives v86 the virtio-console device (the agent's fast
+	// channel); a state saved with it restores only with it.
+	VirtioConsole bool
 }
 
 // BootOptions says what Boot runs.
@@ -68,7 +71,7 @@ func Boot(ctx context.Context, opts BootOptions) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := v.startEmulator(ctx, harnessDir, files, "", ""); err != nil {
+	if err := v.startEmulator(ctx, harnessDir, files, "", "", ChannelSerial); err != nil {
 		closeCtx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer c()
 		_ = v.h.close(closeCtx)
@@ -109,20 +112,22 @@ func nodeName(node string) string {
 }
 
 // startEmulator sends the harness's start: a full boot of files, or a
-// restore of statePath over them.
-func (v *VM) startEmulator(ctx context.Context, harnessDir string, files BootFiles, statePath, relayURL string) error {
+// restore of statePath over them, with agent requests going to channel.
+func (v *VM) startEmulator(ctx context.Context, harnessDir string, files BootFiles, statePath, relayURL, channel string) error {
 	fields := map[string]any{
-		"wasm_path":     filepath.Join(harnessDir, "node_modules", "v86", "build", "v86.wasm"),
-		"bios":          files.BIOS,
-		"vga_bios":      files.VGABIOS,
-		"bzimage":       files.Kernel,
-		"initrd":        files.Initrd,
-		"cmdline":       files.Cmdline,
-		"fs_json":       files.FSJSON,
-		"blob_dir":      files.BlobDir,
-		"memory_mb":     v.memoryMB,
-		"vga_memory_mb": VGAMemoryMB,
-		"net_device":    files.NetDevice,
+		"wasm_path":      filepath.Join(harnessDir, "node_modules", "v86", "build", "v86.wasm"),
+		"bios":           files.BIOS,
+		"vga_bios":       files.VGABIOS,
+		"bzimage":        files.Kernel,
+		"initrd":         files.Initrd,
+		"cmdline":        files.Cmdline,
+		"fs_json":        files.FSJSON,
+		"blob_dir":       files.BlobDir,
+		"memory_mb":      v.memoryMB,
+		"vga_memory_mb":  VGAMemoryMB,
+		"net_device":     files.NetDevice,
+		"virtio_console": files.VirtioConsole,
+		"agent_channel":  channel,
 	}
 	if statePath != "" {
 		fields["state_path"] = statePath

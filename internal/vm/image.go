@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 )
 
@@ -38,6 +39,25 @@ type manifest struct {
 	FS              fsRef   `json:"fs"`
 	NetDevice       string  `json:"net_device"`
 	PostgresVersion string  `json:"postgres_version"`
+	// AgentChannels are the agent's channels, the first choice first;
+	// images from before the field answer on serial only.
+	AgentChannels []string `json:"agent_channels"`
+}
+
+// Agent channels (docs/agent-protocol.md, "Channels").
+const (
+	ChannelSerial        = "serial"         // ttyS1
+	ChannelVirtioConsole = "virtio-console" // virtio-console port 1, /dev/hvc1
+)
+
+// AgentChannels are the channels the image's agent answers on, the first
+// choice first.
+func (img *Image) AgentChannels() []string { return img.manifest.AgentChannels }
+
+// virtioConsole says whether the image's VM has v86's virtio-console
+// device: its states hold the device, so every restore must have it too.
+func (img *Image) virtioConsole() bool {
+	return slices.Contains(img.manifest.AgentChannels, ChannelVirtioConsole)
 }
 
 // Image is a built VM image directory (pgwasm image build), checked complete.
@@ -62,6 +82,7 @@ func (img *Image) bootFiles() BootFiles {
 		BIOS: img.path(m.BIOS.File), VGABIOS: img.path(m.VGABIOS.File),
 		FSJSON: img.path(m.FS.File), BlobDir: img.path(m.FS.BlobDir),
 		Cmdline: m.Cmdline, NetDevice: m.NetDevice,
+		VirtioConsole: img.virtioConsole(),
 	}
 }
 
@@ -98,6 +119,9 @@ func LoadImage(dir string) (*Image, error) {
 	}
 	if m.NetDevice == "" {
 		m.NetDevice = "ne2k"
+	}
+	if len(m.AgentChannels) == 0 {
+		m.AgentChannels = []string{ChannelSerial}
 	}
 	for _, f := range []struct{ what, name string }{
 		{"kernel", m.Kernel.File},

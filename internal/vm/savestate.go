@@ -72,15 +72,16 @@ func (v *VM) saveState(ctx context.Context, path string, level int, thorough boo
 		return nil, err
 	}
 	meta := &StateMeta{
-		ImageKey:    v.img.Key(),
-		MemoryMB:    v.memoryMB,
-		VGAMemoryMB: VGAMemoryMB,
-		NetDevice:   v.img.manifest.NetDevice,
-		V86Version:  v.v86,
-		File:        filepath.Base(abs),
-		Size:        size,
-		SHA256:      sum,
-		RawSize:     rawInfo.Size(),
+		ImageKey:      v.img.Key(),
+		MemoryMB:      v.memoryMB,
+		VGAMemoryMB:   VGAMemoryMB,
+		NetDevice:     v.img.manifest.NetDevice,
+		VirtioConsole: v.img.virtioConsole(),
+		V86Version:    v.v86,
+		File:          filepath.Base(abs),
+		Size:          size,
+		SHA256:        sum,
+		RawSize:       rawInfo.Size(),
 	}
 	data, err := json.MarshalIndent(meta, "", "  ")
 	if err != nil {

@@ -29,11 +29,14 @@ type StateMeta struct {
 	MemoryMB    int    `json:"memory_mb"`
 	VGAMemoryMB int    `json:"vga_memory_mb"`
 	NetDevice   string `json:"net_device"`
-	V86Version  string `json:"v86_version"`
-	File        string `json:"file"`
-	Size        int64  `json:"size"`
-	SHA256      string `json:"sha256"`
-	RawSize     int64  `json:"raw_size"`
+	// VirtioConsole: the machine had v86's virtio-console device (the
+	// agent's fast channel).
+	VirtioConsole bool   `json:"virtio_console,omitempty"`
+	V86Version    string `json:"v86_version"`
+	File          string `json:"file"`
+	Size          int64  `json:"size"`
+	SHA256        string `json:"sha256"`
+	RawSize       int64  `json:"raw_size"`
 }
 
 // MetaPath is the metadata file of a state file.
@@ -67,9 +70,9 @@ func checkMeta(m *StateMeta, img *Image, memoryMB int, v86Version string) error 
 	case m.MemoryMB != memoryMB:
 		return fmt.Errorf("state was saved with %d MB of memory, not %d MB: use --memory %d or take a snapshot (pgwasm image snapshot --memory %d)",
 			m.MemoryMB, memoryMB, m.MemoryMB, memoryMB)
-	case m.VGAMemoryMB != VGAMemoryMB || m.NetDevice != img.manifest.NetDevice:
-		return fmt.Errorf("state was saved with other devices (VGA %d MB, NIC %s; now VGA %d MB, NIC %s): take a new snapshot",
-			m.VGAMemoryMB, m.NetDevice, VGAMemoryMB, img.manifest.NetDevice)
+	case m.VGAMemoryMB != VGAMemoryMB || m.NetDevice != img.manifest.NetDevice || m.VirtioConsole != img.virtioConsole():
+		return fmt.Errorf("state was saved with other devices (VGA %d MB, NIC %s, virtio-console %v; now VGA %d MB, NIC %s, virtio-console %v): take a new snapshot",
+			m.VGAMemoryMB, m.NetDevice, m.VirtioConsole, VGAMemoryMB, img.manifest.NetDevice, img.virtioConsole())
 	case m.V86Version != v86Version:
 		return fmt.Errorf("state was saved by v86 %s, the harness has v86 %s: take a new snapshot", m.V86Version, v86Version)
 	}

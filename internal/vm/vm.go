@@ -1,6 +1,7 @@
 // Package vm runs the pgwasm VM headless: v86 in a Node process
 // (harness/vm.mjs) driven over a JSON line protocol, with SQL going through
-// the guest agent on the VM's second serial port (docs/agent-protocol.md).
+// the guest agent on its fastest channel the image offers: virtio-console,
+// or the VM's second serial port (docs/agent-protocol.md).
 //
 //	v, err := vm.Start(ctx, vm.Options{ImageDir: "build/image", Memory: 128})
 //	if err != nil { ... }
@@ -25,6 +26,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -53,6 +55,9 @@ type Options struct {
 	HarnessDir string // directory of vm.mjs; found automatically when empty
 	Node       string // node executable; "node" from PATH when empty
 	RelayURL   string // v86 network relay (ws://...), optional
+	// AgentChannel is where agent requests go: ChannelVirtioConsole or
+	// ChannelSerial; empty means the image's first choice.
+	AgentChannel string
 	// ReadyTimeout bounds the start until PostgreSQL answers; 0 means 60 s
 	// for a restore and 5 min for a full boot.
 	ReadyTimeout time.Duration
@@ -61,7 +66,8 @@ type Options struct {
 
 // Timings are the phases of a start, in milliseconds since Start was called.
 type Timings struct {
-	Mode            string           `json:"mode"` // "restore" or "full_boot"
+	Mode            string           `json:"mode"`          // "restore" or "full_boot"
+	AgentChannel    string           `json:"agent_channel"` // where agent requests go
 	EmulatorStarted int64            `json:"emulator_started_ms"`
 	AgentReady      int64            `json:"agent_ready_ms"`
 	PostgresReady   int64            `json:"postgres_ready_ms"`
@@ -142,6 +148,7 @@ type VM struct {
 	memoryMB int
 	v86      string
 	t0       time.Time
+	channel  string // the agent channel requests go to
 
 	mu      sync.Mutex
 	timings Timings
@@ -172,8 +179,17 @@ func Start(ctx context.Context, opts Options) (*VM, error) {
 		return nil, err
 	}
 
-	v := &VM{img: img, logger: logger, memoryMB: mem, v86: v86ver, t0: t0}
+	channel := opts.AgentChannel
+	if channel == "" {
+		channel = img.AgentChannels()[0]
+	}
+	if !slices.Contains(img.AgentChannels(), channel) {
+		return nil, fmt.Errorf("the agent in image %s answers on %s, not %s", img.Dir, strings.Join(img.AgentChannels(), " and "), channel)
+	}
+
+	v := &VM{img: img, logger: logger, memoryMB: mem, v86: v86ver, t0: t0, channel: channel}
 	v.timings.Mode = "restore"
+	v.timings.AgentChannel = channel
 	if statePath == "" {
 		v.timings.Mode = "full_boot"
 	}
@@ -255,7 +271,7 @@ func (v *VM) onEvent(name string, _ map[string]json.RawMessage) {
 
 // boot starts the emulator and waits for the agent and PostgreSQL.
 func (v *VM) boot(ctx context.Context, harnessDir string, files BootFiles, statePath, relayURL string) error {
-	if err := v.startEmulator(ctx, harnessDir, files, statePath, relayURL); err != nil {
+	if err := v.startEmulator(ctx, harnessDir, files, statePath, relayURL, v.channel); err != nil {
 		return err
 	}
 
@@ -334,8 +350,14 @@ func harnessTimeout(ctx context.Context, def time.Duration) int64 {
 // is set here) and returns the whole response. A response with ok=false is an
 // *SQLError when it carries a SQLSTATE, an *AgentError otherwise.
 func (v *VM) Request(ctx context.Context, req map[string]any) (json.RawMessage, error) {
+	return v.RequestOn(ctx, v.channel, req)
+}
+
+// RequestOn is Request on a given agent channel (ChannelSerial or
+// ChannelVirtioConsole): to compare them, or to check the one a page uses.
+func (v *VM) RequestOn(ctx context.Context, channel string, req map[string]any) (json.RawMessage, error) {
 	timeoutMS := harnessTimeout(ctx, 10*time.Minute)
-	msg, err := v.h.call(ctx, "agent", map[string]any{"request": req, "timeout_ms": timeoutMS})
+	msg, err := v.h.call(ctx, "agent", map[string]any{"request": req, "timeout_ms": timeoutMS, "channel": channel})
 	if err != nil {
 		return nil, err
 	}
@@ -454,6 +476,9 @@ func (v *VM) Timings() Timings {
 	t := v.timings
 	return t
 }
+
+// AgentChannel is the agent channel Request uses.
+func (v *VM) AgentChannel() string { return v.channel }
 
 // MemoryMB is the VM's memory size.
 func (v *VM) MemoryMB() int { return v.memoryMB }

@@ -103,6 +103,9 @@ func TestCheckMeta(t *testing.T) {
 		{"other memory", func(m *StateMeta) { m.MemoryMB = 256 }, "256 MB of memory, not 128 MB"},
 		{"other vga", func(m *StateMeta) { m.VGAMemoryMB = 8 }, "other devices"},
 		{"other nic", func(m *StateMeta) { m.NetDevice = "virtio" }, "other devices"},
+		// The image (no agent_channels) answers on serial only: a state
+		// saved with the virtio-console device is not its own.
+		{"other console", func(m *StateMeta) { m.VirtioConsole = true }, "virtio-console true"},
 		{"other v86", func(m *StateMeta) { m.V86Version = "2" }, "v86 2"},
 	}
 	for _, tt := range tests {

@@ -76,6 +76,9 @@ export interface Manifest {
   cmdline: string;
   net_device: string;
   postgres_version?: string;
+  // The guest agent's channels (docs/agent-protocol.md, "Channels"); with
+  // "virtio-console" the image's states hold that v86 device.
+  agent_channels?: string[];
   [k: string]: unknown;
 }
 
@@ -462,6 +465,9 @@ export class PgWasm extends EventTarget {
       disable_mouse: true,
       disable_speaker: true,
       uart1: true,
+      // The page still talks to the agent on ttyS1, but a state saved with
+      // the virtio-console device restores only into a machine with it.
+      virtio_console: (this.manifest.agent_channels || []).includes("virtio-console"),
       net_device: { type: this.manifest.net_device || "ne2k" },
       preserve_mac_from_state_image: true,
       filesystem: boot ? { basefs: img("9p/fs.json"), baseurl: img("9p/blobs/") } : { baseurl: img("9p/blobs/") },
