@@ -238,8 +238,17 @@ func (r *report) writeVM(w io.Writer) {
 	tb = newTable(w, "query", "VM", "host native", "VM / native")
 	vq, nq := v.VMQuery.Summarize(), v.NativeQuery.Summarize()
 	tb.row("count(*) of 1,000,000 rows", vq.Format(fmtSeconds), nq.Format(fmtMS), fmtRatio(Ratio(vq, nq)))
-	tb.row("`select 1` round trip (VM: agent over serial)", v.AgentRTT.Summarize().Format(fmtMS), "", "")
+	tb.row(fmt.Sprintf("`select 1` round trip (VM: agent over %s)", v.AgentChannel), v.AgentRTT.Summarize().Format(fmtMS), "", "")
 	fmt.Fprintln(w)
+	if len(v.Channels) > 0 {
+		fmt.Fprintf(w, "### The agent's channels (issue #11)\n\n")
+		fmt.Fprintf(w, "One VM, every channel its image offers, taken in turns: `ping` (the channel and the agent, without PostgreSQL), `select 1`, and a result of about 1 MB (`%s`).\n\n", mbQuery)
+		tb = newTable(w, "channel", "ping", "`select 1`", "1 MB result")
+		for _, c := range v.Channels {
+			tb.row(c.Channel, c.Ping.Summarize().Format(fmtMSFine), c.SelectOne.Summarize().Format(fmtMSFine), c.MB.Summarize().Format(fmtMS))
+		}
+		fmt.Fprintln(w)
+	}
 }
 
 func (r *report) writeNet(w io.Writer) {
