@@ -29,20 +29,12 @@ type clusterResults struct {
 // real replicas and a real HAProxy, simulated VMs, the host's PostgreSQL
 // behind the tunnel.
 func measureCluster(ctx context.Context, cfg *Config, logger *slog.Logger, errs *[]string) *clusterResults {
-	r := &clusterResults{Bench: BenchResults{}}
+	r := &clusterResults{}
 	runs := []goBench{
 		{Pkg: "./test/cluster/", Bench: "^BenchmarkCluster(Spread|Reconnect)$", Benchtime: "1x", Count: cfg.ClusterCount, Timeout: 10 * time.Minute},
 		{Pkg: "./test/cluster/", Bench: "^BenchmarkClusterConnect$", Benchtime: cfg.ConnectBenchtime, Count: cfg.Count, Timeout: 10 * time.Minute},
 	}
-	for _, g := range runs {
-		r.Commands = append(r.Commands, g.String())
-		res, err := g.run(ctx, cfg.Go, logger)
-		r.Bench.merge(res)
-		if err != nil {
-			logger.Error("go benchmark failed", "err", err)
-			*errs = append(*errs, err.Error())
-		}
-	}
+	r.Bench, r.Commands = runGoBenches(ctx, runs, cfg.Go, logger, errs)
 	return r
 }
 

@@ -126,6 +126,23 @@ func (g goBench) run(ctx context.Context, goCmd string, logger *slog.Logger) (Be
 	return res, nil
 }
 
+// runGoBenches runs each benchmark in turn and merges the results; a
+// failing run is logged and added to errs, and the rest still run.
+func runGoBenches(ctx context.Context, runs []goBench, goCmd string, logger *slog.Logger, errs *[]string) (BenchResults, []string) {
+	all := BenchResults{}
+	var commands []string
+	for _, g := range runs {
+		commands = append(commands, g.String())
+		res, err := g.run(ctx, goCmd, logger)
+		all.merge(res)
+		if err != nil {
+			logger.Error("go benchmark failed", "err", err)
+			*errs = append(*errs, err.Error())
+		}
+	}
+	return all, commands
+}
+
 func tail(s string, n int) string {
 	if len(s) <= n {
 		return s

@@ -36,7 +36,7 @@ func (r *netResults) idleName() string { return fmt.Sprintf("%s%d", bIdlePrefix,
 
 // measureNet runs the relay and tunnel benchmarks with `go test -bench`.
 func measureNet(ctx context.Context, cfg *Config, logger *slog.Logger, errs *[]string) *netResults {
-	r := &netResults{Bench: BenchResults{}, IdleSessions: cfg.IdleSessions}
+	r := &netResults{IdleSessions: cfg.IdleSessions}
 	runs := []goBench{
 		{Pkg: "./internal/relay/", Bench: "^BenchmarkTCPThroughput$", Benchtime: cfg.Benchtime, Count: cfg.Count, Timeout: 10 * time.Minute},
 		// 40 transfers of 1 MB a run: a stall shows in the slowest.
@@ -46,15 +46,7 @@ func measureNet(ctx context.Context, cfg *Config, logger *slog.Logger, errs *[]s
 		{Pkg: "./internal/tunnel/", Bench: "^BenchmarkSetup$", Benchtime: cfg.Benchtime, Count: cfg.Count, Timeout: 10 * time.Minute},
 		{Pkg: "./test/relay/", Bench: "^BenchmarkConnect$", Benchtime: cfg.ConnectBenchtime, Count: cfg.Count, Timeout: 10 * time.Minute},
 	}
-	for _, g := range runs {
-		r.Commands = append(r.Commands, g.String())
-		res, err := g.run(ctx, cfg.Go, logger)
-		r.Bench.merge(res)
-		if err != nil {
-			logger.Error("go benchmark failed", "err", err)
-			*errs = append(*errs, err.Error())
-		}
-	}
+	r.Bench, r.Commands = runGoBenches(ctx, runs, cfg.Go, logger, errs)
 	return r
 }
 
