@@ -31,7 +31,10 @@ func newTestApt(t *testing.T) *Apt {
 	}
 }
 
-func TestResolveRealArchive(t *testing.T) {
+// resolveRealArchive updates a test apt from the real archive and resolves
+// psql's closure: where the real-archive tests start.
+func resolveRealArchive(t *testing.T) (*Apt, []Package) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("downloads package lists")
 	}
@@ -44,6 +47,12 @@ func TestResolveRealArchive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return a, pkgs
+}
+
+func TestResolveRealArchive(t *testing.T) {
+	a, pkgs := resolveRealArchive(t)
+	ctx := context.Background()
 	names := map[string]Package{}
 	for _, p := range pkgs {
 		names[p.Name] = p
@@ -58,7 +67,7 @@ func TestResolveRealArchive(t *testing.T) {
 			t.Fatalf("package %+v: want i386/all with a sha256", p)
 		}
 	}
-	_, err = a.Resolve(ctx, []string{"no-such-package-pgwasm"}, true)
+	_, err := a.Resolve(ctx, []string{"no-such-package-pgwasm"}, true)
 	if !errors.Is(err, ErrUnknownPackage) {
 		t.Fatalf("Resolve(unknown) = %v, want ErrUnknownPackage", err)
 	}

@@ -115,18 +115,8 @@ func TestLockCheck(t *testing.T) {
 // archive does not have fails the resolution with the package, the locked
 // version and the offered one, and the current versions resolve.
 func TestLockRealArchive(t *testing.T) {
-	if testing.Short() {
-		t.Skip("downloads package lists")
-	}
-	a := newTestApt(t)
+	a, pkgs := resolveRealArchive(t)
 	ctx := context.Background()
-	if err := a.Update(ctx); err != nil {
-		t.Fatal(err)
-	}
-	pkgs, err := a.Resolve(ctx, []string{"postgresql-client-17"}, true)
-	if err != nil {
-		t.Fatal(err)
-	}
 	good, err := NewLock(pkgs)
 	if err != nil {
 		t.Fatal(err)
