@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pgwasm/pgwasm/internal/testkit"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
@@ -636,25 +636,13 @@ type serveSession struct {
 	} `json:"tunnel"`
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 func startServe(ctx context.Context, cfg *Config, logger *slog.Logger) (*serveProc, error) {
-	httpPort, err := freePort()
+	// One range: the HTTP port, the SNI port and 8 tunnel ports.
+	httpPort, err := testkit.FindRange("127.0.0.1", 10)
 	if err != nil {
-		return nil, fmt.Errorf("no free port: %w", err)
+		return nil, fmt.Errorf("no free ports for pgwasm serve: %w", err)
 	}
-	sniPort, err := freePort()
-	if err != nil {
-		return nil, fmt.Errorf("no free port: %w", err)
-	}
-	first := 20000 + int(time.Now().UnixNano()%30000)
+	sniPort, first := httpPort+1, httpPort+2
 	f, err := os.CreateTemp("", "pgwasm-bench-serve-*.log")
 	if err != nil {
 		return nil, err

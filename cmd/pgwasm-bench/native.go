@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pgwasm/pgwasm/internal/testkit"
 )
 
 // nativePG is the host's own PostgreSQL, started in a temporary directory as
@@ -39,7 +40,7 @@ func startNativePG(ctx context.Context, binDir string, logger *slog.Logger) (*na
 	if err != nil {
 		return nil, fmt.Errorf("cannot create the native PostgreSQL directory: %w", err)
 	}
-	port, err := freePort()
+	port, err := testkit.FindRange("127.0.0.1", 1)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("no free port for the native PostgreSQL: %w", err)

@@ -2,13 +2,14 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
 	"testing"
+
+	"github.com/pgwasm/pgwasm/internal/testkit"
 )
 
 // testPG is a throwaway PostgreSQL server owned by the postgres user, with
@@ -57,7 +58,7 @@ func startPG(t *testing.T) *testPG {
 	if err := os.Chown(root, uid, gid); err != nil {
 		t.Fatal(err)
 	}
-	pg := &testPG{bin: bin, dir: filepath.Join(root, "data"), sockDir: root, port: freePort(t)}
+	pg := &testPG{bin: bin, dir: filepath.Join(root, "data"), sockDir: root, port: testkit.FreePort(t, "127.0.0.1")}
 	pg.runAsPostgres(t, "initdb", "-D", pg.dir, "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
 	conf := fmt.Sprintf("listen_addresses = '127.0.0.1'\nport = %d\nunix_socket_directories = '%s'\nfsync = off\n", pg.port, pg.sockDir)
 	f, err := os.OpenFile(filepath.Join(pg.dir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
@@ -111,16 +112,6 @@ func (pg *testPG) config() pgConfig {
 		Wait:           10e9,
 		MaxResultBytes: 1 << 20,
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func pgCtlStart(pg *testPG) *exec.Cmd {

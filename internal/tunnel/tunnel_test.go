@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	mathrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -22,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/pgwasm/pgwasm/internal/testkit"
 	"github.com/pgwasm/pgwasm/internal/tunnel/pgtest"
 )
 
@@ -87,7 +87,8 @@ func newFixture(t testing.TB, mutate func(*Config)) *fixture {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.PortBind = netip.MustParseAddr("127.0.0.1")
-	cfg.PortFirst, cfg.PortLast = freeRange(t, 4)
+	first, last := testkit.FreeRange(t, "127.0.0.1", 4)
+	cfg.PortFirst, cfg.PortLast = uint16(first), uint16(last)
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -113,30 +114,6 @@ func newFixture(t testing.TB, mutate func(*Config)) *fixture {
 		tun.Close()
 	})
 	return f
-}
-
-// freeRange finds n consecutive free loopback ports. A race with other
-// processes only makes Attach skip a port.
-func freeRange(t testing.TB, n int) (uint16, uint16) {
-	// Below the kernel's ephemeral range (32768 and up by default), so
-	// outgoing connections of concurrent tests do not take ports of it.
-	for range 200 {
-		first := 20000 + mathrand.IntN(12000)
-		ok := true
-		for p := first; ok && p < first+n; p++ {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-			if err != nil {
-				ok = false
-				break
-			}
-			l.Close()
-		}
-		if ok {
-			return uint16(first), uint16(first + n - 1)
-		}
-	}
-	t.Fatal("no free port range")
-	return 0, 0
 }
 
 func psql(t *testing.T, conninfo, password, query string) (string, string, error) {

@@ -36,6 +36,7 @@ import (
 
 	"github.com/pgwasm/pgwasm/deploy/haproxy"
 	"github.com/pgwasm/pgwasm/internal/simvm"
+	"github.com/pgwasm/pgwasm/internal/testkit"
 	"github.com/pgwasm/pgwasm/internal/tunnel/pgtest"
 )
 
@@ -103,16 +104,6 @@ func (b *syncBuffer) String() string {
 	return b.Buffer.String()
 }
 
-func freePort(t testing.TB, host string) int {
-	t.Helper()
-	l, err := net.Listen("tcp", host+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // startCluster starts n replicas with --drain-delay drain and HAProxy in
 // front, checking /readyz every check (e.g. "200ms").
 func startCluster(t testing.TB, n int, check, drain string) *cluster {
@@ -125,7 +116,8 @@ func startCluster(t testing.TB, n int, check, drain string) *cluster {
 	secret := make([]byte, 24)
 	rand.Read(secret)
 	c := &cluster{t: t}
-	haHTTP, haSNI := freePort(t, "127.0.0.1"), freePort(t, "127.0.0.1")
+	haPorts := testkit.FreePorts(t, "127.0.0.1", 2)
+	haHTTP, haSNI := haPorts[0], haPorts[1]
 	c.httpURL = fmt.Sprintf("http://127.0.0.1:%d", haHTTP)
 	c.sniAddr = fmt.Sprintf("127.0.0.1:%d", haSNI)
 	imageDir := filepath.Join(dir, "image")
@@ -133,7 +125,8 @@ func startCluster(t testing.TB, n int, check, drain string) *cluster {
 	var servers []haproxy.Server
 	for i := range n {
 		host := fmt.Sprintf("127.0.0.%d", i+2)
-		hp, sp := freePort(t, host), freePort(t, host)
+		ports := testkit.FreePorts(t, host, 2)
+		hp, sp := ports[0], ports[1]
 		r := &replica{
 			name:     fmt.Sprintf("pgwasm-%d", i),
 			httpAddr: fmt.Sprintf("%s:%d", host, hp),

@@ -20,18 +20,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/pgwasm/pgwasm/internal/testkit"
 	"github.com/pgwasm/pgwasm/internal/tunnel/pgtest"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
@@ -65,49 +64,6 @@ func randomHex(t *testing.T, n int) string {
 	return hex.EncodeToString(b)
 }
 
-// freePorts returns n free loopback TCP ports.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports
-}
-
-// freeRange finds n consecutive free loopback ports.
-func freeRange(t *testing.T, n int) (int, int) {
-	t.Helper()
-	for try := 0; try < 50; try++ {
-		first := 20000 + int(randUint(t)%30000)
-		ok := true
-		for p := first; p < first+n && ok; p++ {
-			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-			if err != nil {
-				ok = false
-				break
-			}
-			l.Close()
-		}
-		if ok {
-			return first, first + n - 1
-		}
-	}
-	t.Fatal("no free port range")
-	return 0, 0
-}
-
 func randUint(t *testing.T) uint32 {
 	var b [4]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -135,8 +91,8 @@ type server struct {
 func startServer(t *testing.T, egressPorts ...int) *server {
 	t.Helper()
 	image, bin := paths(t)
-	ports := freePorts(t, 2)
-	first, last := freeRange(t, 8)
+	ports := testkit.FreePorts(t, "127.0.0.1", 2)
+	first, last := testkit.FreeRange(t, "127.0.0.1", 8)
 	s := &server{t: t, bin: bin, httpURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), sniPort: ports[1],
 		logPath: filepath.Join(t.TempDir(), "serve.log")}
 	s.args = []string{"serve",

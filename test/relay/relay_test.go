@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -30,6 +29,7 @@ import (
 	"github.com/pgwasm/pgwasm/internal/relay"
 	"github.com/pgwasm/pgwasm/internal/server"
 	"github.com/pgwasm/pgwasm/internal/simvm"
+	"github.com/pgwasm/pgwasm/internal/testkit"
 	"github.com/pgwasm/pgwasm/internal/tunnel"
 	"github.com/pgwasm/pgwasm/internal/tunnel/pgtest"
 )
@@ -46,12 +46,12 @@ type stack struct {
 // newStack wires the parts the way `pgwasm serve` does.
 func newStack(tb testing.TB) *stack {
 	tb.Helper()
-	first, last := freeRange(tb, 8)
+	first, last := testkit.FreeRange(tb, "127.0.0.1", 8)
 	s := &stack{}
 	s.http = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		(*s.handler.Load()).ServeHTTP(w, r)
 	}))
-	s.start(tb, []byte("test-relay-session-secret"), first, last, "127.0.0.1:0")
+	s.start(tb, []byte("test-relay-session-secret"), uint16(first), uint16(last), "127.0.0.1:0")
 	tb.Cleanup(func() {
 		s.stop()
 		s.http.Close()
@@ -107,28 +107,6 @@ func (s *stack) start(tb testing.TB, secret []byte, first, last uint16, sniAddr 
 		mgr.Close()
 		tun.Close()
 	}
-}
-
-func freeRange(t testing.TB, n int) (uint16, uint16) {
-	// Below the kernel's ephemeral range (32768 and up by default), so
-	// outgoing connections of concurrent tests do not take ports of it.
-	for range 200 {
-		first := 20000 + mathrand.IntN(12000)
-		ok := true
-		for p := first; ok && p < first+n; p++ {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-			if err != nil {
-				ok = false
-				break
-			}
-			l.Close()
-		}
-		if ok {
-			return uint16(first), uint16(first + n - 1)
-		}
-	}
-	t.Fatal("no free port range")
-	return 0, 0
 }
 
 type sessionInfo struct {

@@ -17,21 +17,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgwasm/pgwasm/internal/testkit"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
 // hostAlias is the VM-side address of the relay host's loopback.
 const hostAlias = "10.0.2.3"
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // serve is a `pgwasm serve` process on loopback ports.
 type serve struct {
@@ -44,7 +35,7 @@ type serve struct {
 func startServe(t *testing.T, egressPort int, extra ...string) *serve {
 	t.Helper()
 	image, bin := env(t)
-	s := &serve{url: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), log: filepath.Join(t.TempDir(), "serve.log")}
+	s := &serve{url: fmt.Sprintf("http://127.0.0.1:%d", testkit.FreePort(t, "127.0.0.1")), log: filepath.Join(t.TempDir(), "serve.log")}
 	f, err := os.Create(s.log)
 	if err != nil {
 		t.Fatal(err)

@@ -6,12 +6,13 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pgwasm/pgwasm/internal/testkit"
 )
 
 func TestConfFileHasEverySettingOnce(t *testing.T) {
@@ -75,7 +76,7 @@ func TestRealServerAcceptsConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
+	port := testkit.FreePort(t, "127.0.0.1")
 	// The pgwasm module is built for the image's i386 server only; the VM
 	// tests load it (TestSavedSessionsRandom).
 	conf := ConfFile() + fmt.Sprintf("port = %d\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\nshared_preload_libraries = ''\n", port, dir)
@@ -141,16 +142,6 @@ func psql(t *testing.T, conn, sql string) string {
 		t.Fatalf("psql %q: %v: %s", sql, err, out)
 	}
 	return strings.TrimSpace(string(out))
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func runAsErr(args ...string) error {

@@ -22,6 +22,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/pgwasm/pgwasm/internal/testkit"
 )
 
 // BinDir holds the host's PostgreSQL server binaries.
@@ -71,7 +73,7 @@ func Start(tb testing.TB) *Server {
 	run(tb, "initdb", "-D", data, "-U", "postgres", "--pwfile", pwfile,
 		"--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C")
 
-	s.Port = freePort(tb)
+	s.Port = testkit.FreePort(tb, "127.0.0.1")
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port))
 	conf := fmt.Sprintf(`listen_addresses = '127.0.0.1'
 port = %d
@@ -128,17 +130,6 @@ func randomHex(tb testing.TB, n int) string {
 		tb.Fatal(err)
 	}
 	return hex.EncodeToString(b)
-}
-
-// freePort asks the kernel for a free loopback port. Another process could
-// take it before PostgreSQL binds; pg_ctl then fails loudly.
-func freePort(tb testing.TB) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func selfSigned(tb testing.TB) (certPEM, keyPEM []byte) {
