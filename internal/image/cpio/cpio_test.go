@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"errors"
-	"flag"
 	"io"
 	"math/rand"
 	"os"
@@ -15,27 +14,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgwasm/pgwasm/internal/testkit"
 	ucpio "github.com/u-root/u-root/pkg/cpio"
 )
 
-var usedGolden = map[string]bool{}
+var golden = testkit.NewGolden("testdata")
 
 // TestMain fails the run when a golden file in testdata is used by no test,
 // so renamed or deleted tests do not leave stale snapshots behind.
-func TestMain(m *testing.M) {
-	flag.Parse()
-	code := m.Run()
-	if code == 0 && flag.Lookup("test.run").Value.String() == "" {
-		files, _ := filepath.Glob(filepath.Join("testdata", "*.golden"))
-		for _, f := range files {
-			if !usedGolden[filepath.Base(f)] {
-				os.Stderr.WriteString("unused golden file: " + f + "\n")
-				code = 1
-			}
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(golden.Run(m)) }
 
 // readBack decodes an archive with u-root's reader and turns its records
 // back into entries, checking the header fields Write promises to fix.
@@ -161,29 +148,7 @@ func TestGolden(t *testing.T) {
 	if err := Write(&buf, sample(), Options{MTime: 1234567890}); err != nil {
 		t.Fatalf("Write: %v", err)
 	}
-	checkGolden(t, "initramfs.cpio.golden", buf.Bytes())
-}
-
-func checkGolden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	usedGolden[name] = true
-	file := filepath.Join("testdata", name)
-	if os.Getenv("UPDATE_SNAPSHOTS") == "1" {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(file, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatalf("%v (run with UPDATE_SNAPSHOTS=1 to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("output differs from %s (run with UPDATE_SNAPSHOTS=1 to accept):\n got %q\nwant %q", file, got, want)
-	}
+	golden.Check(t, "initramfs.cpio.golden", buf.Bytes())
 }
 
 func TestDeterministic(t *testing.T) {

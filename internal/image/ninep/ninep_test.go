@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"math/rand"
 	"os"
@@ -22,47 +21,13 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/pgwasm/pgwasm/internal/image/rootfs"
+	"github.com/pgwasm/pgwasm/internal/testkit"
 )
 
-var usedGolden = map[string]bool{}
+var golden = testkit.NewGolden("testdata")
 
 // TestMain fails the run when a golden file in testdata is used by no test.
-func TestMain(m *testing.M) {
-	flag.Parse()
-	code := m.Run()
-	if code == 0 && flag.Lookup("test.run").Value.String() == "" {
-		files, _ := filepath.Glob(filepath.Join("testdata", "*.golden"))
-		for _, f := range files {
-			if !usedGolden[filepath.Base(f)] {
-				os.Stderr.WriteString("unused golden file: " + f + "\n")
-				code = 1
-			}
-		}
-	}
-	os.Exit(code)
-}
-
-func checkGolden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	usedGolden[name] = true
-	file := filepath.Join("testdata", name)
-	if os.Getenv("UPDATE_SNAPSHOTS") == "1" {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(file, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatalf("%v (run with UPDATE_SNAPSHOTS=1 to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("output differs from %s (run with UPDATE_SNAPSHOTS=1 to accept):\n got %s\nwant %s", file, got, want)
-	}
-}
+func TestMain(m *testing.M) { os.Exit(golden.Run(m)) }
 
 // buildTree makes a small root tree covering every case Write handles. It is
 // built at test time because Git keeps no owners, modes or special files.
@@ -146,13 +111,15 @@ func writeTree(t *testing.T, root string, opts Options) (string, Stats) {
 }
 
 func TestGolden(t *testing.T) {
+	// Claimed first: buildTree skips the test without root.
+	golden.Claim("tree.fs.json.golden", "tree.stats.golden")
 	root := buildTree(t)
 	out, stats := writeTree(t, root, Options{MTime: 1700000000, Exclude: excludeDocs})
 	index, err := os.ReadFile(filepath.Join(out, IndexName))
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkGolden(t, "tree.fs.json.golden", index)
+	golden.Check(t, "tree.fs.json.golden", index)
 
 	var summary bytes.Buffer
 	skipped := stats.Skipped
@@ -164,7 +131,7 @@ func TestGolden(t *testing.T) {
 	for _, name := range blobNames(t, out) {
 		fmt.Fprintln(&summary, name)
 	}
-	checkGolden(t, "tree.stats.golden", summary.Bytes())
+	golden.Check(t, "tree.stats.golden", summary.Bytes())
 
 	var parsed struct {
 		Fsroot  []any `json:"fsroot"`
