@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pgwasm/pgwasm/internal/server"
 	"github.com/pgwasm/pgwasm/internal/testkit"
+	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
@@ -626,16 +628,6 @@ type serveProc struct {
 	log     *os.File
 }
 
-type serveSession struct {
-	ID       string `json:"id"`
-	RelayURL string `json:"relay_url"`
-	Tunnel   struct {
-		Port *struct {
-			Port int `json:"port"`
-		} `json:"port"`
-	} `json:"tunnel"`
-}
-
 func startServe(ctx context.Context, cfg *Config, logger *slog.Logger) (*serveProc, error) {
 	// One range: the HTTP port, the SNI port and 8 tunnel ports.
 	httpPort, err := testkit.FindRange("127.0.0.1", 10)
@@ -678,21 +670,15 @@ func startServe(ctx context.Context, cfg *Config, logger *slog.Logger) (*servePr
 	}
 }
 
-func (s *serveProc) createSession(ctx context.Context) (*serveSession, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.httpURL+"/api/sessions", nil)
-	resp, err := http.DefaultClient.Do(req)
+func (s *serveProc) createSession(ctx context.Context) (*server.SessionInfo, error) {
+	se, err := servetest.CreateSession(ctx, s.httpURL)
 	if err != nil {
-		return nil, fmt.Errorf("POST /api/sessions: %w", err)
+		return nil, err
 	}
-	defer resp.Body.Close()
-	var se serveSession
-	if err := json.NewDecoder(resp.Body).Decode(&se); err != nil {
-		return nil, fmt.Errorf("POST /api/sessions: %s: %w", resp.Status, err)
+	if se.Tunnel == nil || se.Tunnel.Port == nil {
+		return nil, fmt.Errorf("POST /api/sessions: no port tunnel in %+v", se)
 	}
-	if se.RelayURL == "" || se.Tunnel.Port == nil {
-		return nil, fmt.Errorf("POST /api/sessions: %s: no relay URL or port tunnel", resp.Status)
-	}
-	return &se, nil
+	return se, nil
 }
 
 func (s *serveProc) stop(logger *slog.Logger) {

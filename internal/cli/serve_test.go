@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"io"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/peterbourgon/ff/v3"
+	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
 )
 
 func parseServe(t *testing.T, args []string, env map[string]string) (*serveConfig, error) {
@@ -169,22 +169,14 @@ func TestServeRunsAndStops(t *testing.T) {
 		t.Fatalf("healthz = %v, %v", resp, err)
 	}
 	resp.Body.Close()
-	resp, err = http.Post("http://"+a[0]+"/api/sessions", "", nil)
+	got, err := servetest.CreateSession(ctx, "http://"+a[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got struct {
-		RelayURL string `json:"relay_url"`
-		Tunnel   struct {
-			Port struct{ Port int } `json:"port"`
-			SNI  struct{ Port int } `json:"sni"`
-		} `json:"tunnel"`
-	}
-	json.NewDecoder(resp.Body).Decode(&got)
-	resp.Body.Close()
 	_, sniPort, _ := net.SplitHostPort(a[1])
-	if resp.StatusCode != 201 || !strings.HasPrefix(got.RelayURL, "ws://"+a[0]+"/relay/") || got.Tunnel.Port.Port != port || itoa(got.Tunnel.SNI.Port) != sniPort {
-		t.Fatalf("POST /api/sessions = %d %+v", resp.StatusCode, got)
+	if !strings.HasPrefix(got.RelayURL, "ws://"+a[0]+"/relay/") || got.Tunnel == nil || got.Tunnel.Port == nil || got.Tunnel.SNI == nil ||
+		int(got.Tunnel.Port.Port) != port || itoa(int(got.Tunnel.SNI.Port)) != sniPort {
+		t.Fatalf("POST /api/sessions = %+v", got)
 	}
 	cancel()
 	select {
@@ -245,15 +237,10 @@ func TestServeDrain(t *testing.T) {
 	if got := status("GET", "/readyz"); got != 200 {
 		t.Fatalf("readyz before the drain = %d", got)
 	}
-	resp, err := http.Post(base+"/api/sessions", "", nil)
+	sess, err := servetest.CreateSession(context.Background(), base)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sess struct {
-		RelayURL string `json:"relay_url"`
-	}
-	json.NewDecoder(resp.Body).Decode(&sess)
-	resp.Body.Close()
 	wsctx, wscancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer wscancel()
 	ws, _, err := websocket.Dial(wsctx, sess.RelayURL, nil)

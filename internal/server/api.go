@@ -18,23 +18,26 @@ import (
 	"github.com/pgwasm/pgwasm/internal/tunnel"
 )
 
-// sessionJSON is the API's view of a session.
-type sessionJSON struct {
+// SessionInfo is the API's view of a session (POST /api/sessions, GET
+// /api/sessions/{id}); exported so that tests and the bench decode the same
+// type the server writes.
+type SessionInfo struct {
 	ID        string      `json:"id"`
 	Token     string      `json:"token,omitempty"`
 	RelayURL  string      `json:"relay_url"`
 	ExpiresAt *time.Time  `json:"expires_at,omitempty"`
-	Tunnel    *tunnelJSON `json:"tunnel,omitempty"`
+	Tunnel    *TunnelInfo `json:"tunnel,omitempty"`
 }
 
-type tunnelJSON struct {
-	Port      *endpointJSON `json:"port,omitempty"`
-	PortError string        `json:"port_error,omitempty"`
-	SNI       *endpointJSON `json:"sni,omitempty"`
+// TunnelInfo lists a session's ways in from outside.
+type TunnelInfo struct {
+	Port      *Endpoint `json:"port,omitempty"`
+	PortError string    `json:"port_error,omitempty"`
+	SNI       *Endpoint `json:"sni,omitempty"`
 }
 
-// endpointJSON is one way in. URL holds PasswordPlaceholder for the password.
-type endpointJSON struct {
+// Endpoint is one way in. URL holds PasswordPlaceholder for the password.
+type Endpoint struct {
 	Host string `json:"host"`
 	Port uint16 `json:"port"`
 	URL  string `json:"url"`
@@ -232,7 +235,7 @@ func (s *Server) base(r *http.Request) *url.URL {
 	return u
 }
 
-func (s *Server) describe(r *http.Request, sess Session, withToken bool) sessionJSON {
+func (s *Server) describe(r *http.Request, sess Session, withToken bool) SessionInfo {
 	base := s.base(r)
 	relay := *base
 	relay.Scheme = "ws"
@@ -248,7 +251,7 @@ func (s *Server) describe(r *http.Request, sess Session, withToken bool) session
 		q.Set(relayPortParam, strconv.Itoa(int(tp.port)))
 	}
 	relay.RawQuery = q.Encode()
-	out := sessionJSON{ID: sess.ID(), RelayURL: relay.String()}
+	out := SessionInfo{ID: sess.ID(), RelayURL: relay.String()}
 	if withToken {
 		out.Token = sess.Token()
 	}
@@ -264,9 +267,9 @@ func (s *Server) describe(r *http.Request, sess Session, withToken bool) session
 	if host == "" {
 		host = base.Hostname()
 	}
-	tj := &tunnelJSON{}
+	tj := &TunnelInfo{}
 	if ok && tp.port != 0 {
-		tj.Port = &endpointJSON{Host: host, Port: tp.port, URL: pgURL(host, tp.port, nil)}
+		tj.Port = &Endpoint{Host: host, Port: tp.port, URL: pgURL(host, tp.port, nil)}
 	} else if ok {
 		tj.PortError = tp.err
 	}
@@ -278,7 +281,7 @@ func (s *Server) describe(r *http.Request, sess Session, withToken bool) session
 		if _, err := netip.ParseAddr(host); err == nil {
 			q.Set("hostaddr", host)
 		}
-		tj.SNI = &endpointJSON{Host: name, Port: s.cfg.SNIPort, URL: pgURL(name, s.cfg.SNIPort, q)}
+		tj.SNI = &Endpoint{Host: name, Port: s.cfg.SNIPort, URL: pgURL(name, s.cfg.SNIPort, q)}
 	}
 	if tj.Port != nil || tj.SNI != nil || tj.PortError != "" {
 		out.Tunnel = tj

@@ -102,15 +102,15 @@ func TestRebinding(t *testing.T) {
 		t.Cleanup(func() { resp.Body.Close() })
 		return resp
 	}
-	create := func(host string) (*http.Response, sessionJSON) {
+	create := func(host string) (*http.Response, SessionInfo) {
 		resp := do("POST", "/api/sessions", host, map[string]string{"Origin": "http://" + host})
-		var s sessionJSON
+		var s SessionInfo
 		if resp.StatusCode == http.StatusCreated {
 			json.NewDecoder(resp.Body).Decode(&s)
 		}
 		return resp, s
 	}
-	upgrade := func(host string, s sessionJSON) int {
+	upgrade := func(host string, s SessionInfo) int {
 		resp := do("GET", "/relay/"+s.ID+"?token="+url.QueryEscape(s.Token), host, map[string]string{
 			"Origin": "http://" + host, "Connection": "Upgrade", "Upgrade": "websocket",
 			"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",

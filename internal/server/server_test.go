@@ -151,7 +151,7 @@ func TestSessionAPI(t *testing.T) {
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("POST = %d %s", resp.StatusCode, body)
 	}
-	var got sessionJSON
+	var got SessionInfo
 	if err := json.Unmarshal([]byte(body), &got); err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +254,7 @@ func TestPublicURLAndForwardedFor(t *testing.T) {
 	if resp.StatusCode != 201 {
 		t.Fatalf("POST = %d %s", resp.StatusCode, body)
 	}
-	var got sessionJSON
+	var got SessionInfo
 	json.Unmarshal([]byte(body), &got)
 	if want := fmt.Sprintf("wss://db.example.com/pg/relay/s1?port=%d&token=tok1", got.Tunnel.Port.Port); got.RelayURL != want {
 		t.Errorf("relay_url = %q, want %q", got.RelayURL, want)

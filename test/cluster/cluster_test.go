@@ -14,7 +14,6 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -35,8 +34,10 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgwasm/pgwasm/deploy/haproxy"
+	"github.com/pgwasm/pgwasm/internal/server"
 	"github.com/pgwasm/pgwasm/internal/simvm"
 	"github.com/pgwasm/pgwasm/internal/testkit"
+	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
 	"github.com/pgwasm/pgwasm/internal/tunnel/pgtest"
 )
 
@@ -238,36 +239,13 @@ func waitHTTP(t testing.TB, url string, want int, d time.Duration) {
 	}
 }
 
-type sessionInfo struct {
-	ID       string `json:"id"`
-	Token    string `json:"token"`
-	RelayURL string `json:"relay_url"`
-	Tunnel   struct {
-		SNI struct {
-			Host string `json:"host"`
-			Port int    `json:"port"`
-			URL  string `json:"url"`
-		} `json:"sni"`
-	} `json:"tunnel"`
-}
-
 // createSession posts to HAProxy, as a page does.
-func (c *cluster) createSession() (sessionInfo, error) {
-	var info sessionInfo
-	resp, err := http.Post(c.httpURL+"/api/sessions", "application/json", nil)
-	if err != nil {
-		return info, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		b, _ := io.ReadAll(resp.Body)
-		return info, fmt.Errorf("POST /api/sessions = %d %s", resp.StatusCode, b)
-	}
-	return info, json.NewDecoder(resp.Body).Decode(&info)
+func (c *cluster) createSession() (*server.SessionInfo, error) {
+	return servetest.CreateSession(context.Background(), c.httpURL)
 }
 
 // holders asks every replica directly which ones hold session s.
-func (c *cluster) holders(s sessionInfo) []string {
+func (c *cluster) holders(s *server.SessionInfo) []string {
 	var out []string
 	for _, r := range c.replicas {
 		select {
@@ -292,7 +270,7 @@ func (c *cluster) holders(s sessionInfo) []string {
 // vm is a simulated VM of one session, reconnecting as the page does: at
 // once on 4503 "draining", then every 250 ms.
 type simVM struct {
-	s      sessionInfo
+	s      *server.SessionInfo
 	vm     *simvm.VM
 	mu     sync.Mutex
 	closes []error // websocket closes seen
@@ -301,7 +279,7 @@ type simVM struct {
 	movedAt time.Time
 }
 
-func (c *cluster) startVM(ctx context.Context, s sessionInfo, pgAddr string) *simVM {
+func (c *cluster) startVM(ctx context.Context, s *server.SessionInfo, pgAddr string) *simVM {
 	t := c.t
 	t.Helper()
 	v := &simVM{s: s, moved: make(chan struct{}, 1)}
@@ -441,7 +419,7 @@ func (v *simVM) closeErrors() []error {
 // query runs a query through HAProxy's SNI front: with host psql (libpq
 // 15: SSLRequest first, which HAProxy's Lua action answers) or with pgx and
 // sslnegotiation=direct (ClientHello at byte 0).
-func (c *cluster) query(ctx context.Context, s sessionInfo, password, client, sql string) (string, error) {
+func (c *cluster) query(ctx context.Context, s *server.SessionInfo, password, client, sql string) (string, error) {
 	conninfo := strings.Replace(s.Tunnel.SNI.URL, ":PASSWORD@", ":"+password+"@", 1)
 	if client == "psql" {
 		qctx, cancel := context.WithTimeout(ctx, 20*time.Second)
@@ -468,7 +446,7 @@ func (c *cluster) query(ctx context.Context, s sessionInfo, password, client, sq
 // pgxConfig connects pgx to session s through addr (HAProxy's SNI front or
 // a replica's SNI listener) with sslnegotiation=direct, naming the session
 // in SNI.
-func pgxConfig(s sessionInfo, password, addr string) (*pgx.ConnConfig, error) {
+func pgxConfig(s *server.SessionInfo, password, addr string) (*pgx.ConnConfig, error) {
 	conninfo := strings.Replace(s.Tunnel.SNI.URL, ":PASSWORD@", ":"+password+"@", 1)
 	// pgx would send hostaddr as a run-time parameter.
 	u, err := url.Parse(conninfo)

@@ -18,7 +18,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -30,7 +29,9 @@ import (
 	"testing"
 	"time"
 
+	pgserver "github.com/pgwasm/pgwasm/internal/server"
 	"github.com/pgwasm/pgwasm/internal/testkit"
+	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
 	"github.com/pgwasm/pgwasm/internal/tunnel/pgtest"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
@@ -190,46 +191,20 @@ func (s *server) logText() string {
 	return string(b)
 }
 
-// session is what POST /api/sessions returns.
-type session struct {
-	ID       string `json:"id"`
-	Token    string `json:"token"`
-	RelayURL string `json:"relay_url"`
-	Tunnel   struct {
-		Port *struct {
-			Host string `json:"host"`
-			Port int    `json:"port"`
-		} `json:"port"`
-		SNI *struct {
-			Host string `json:"host"`
-			Port int    `json:"port"`
-		} `json:"sni"`
-	} `json:"tunnel"`
-}
-
-func (s *server) createSession(t *testing.T) *session {
+func (s *server) createSession(t *testing.T) *pgserver.SessionInfo {
 	t.Helper()
-	resp, err := http.Post(s.httpURL+"/api/sessions", "application/json", nil)
+	se, err := servetest.CreateSession(context.Background(), s.httpURL)
 	if err != nil {
-		t.Fatalf("POST /api/sessions: %v", err)
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
-		t.Fatalf("POST /api/sessions: %s: %s", resp.Status, body)
+	if se.Tunnel == nil || se.Tunnel.Port == nil || se.Tunnel.SNI == nil {
+		t.Fatalf("POST /api/sessions: no port or SNI tunnel in %+v", se)
 	}
-	var se session
-	if err := json.Unmarshal(body, &se); err != nil {
-		t.Fatalf("POST /api/sessions: %v: %s", err, body)
-	}
-	if se.ID == "" || se.RelayURL == "" || se.Tunnel.Port == nil || se.Tunnel.SNI == nil {
-		t.Fatalf("POST /api/sessions: incomplete answer %s", body)
-	}
-	return &se
+	return se
 }
 
 // sessionStatus returns the HTTP status of GET /api/sessions/{id}.
-func (s *server) sessionStatus(t *testing.T, se *session) int {
+func (s *server) sessionStatus(t *testing.T, se *pgserver.SessionInfo) int {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, s.httpURL+"/api/sessions/"+se.ID, nil)
 	req.Header.Set("Authorization", "Bearer "+se.Token)
@@ -352,14 +327,14 @@ func short(s string) string {
 }
 
 // portConn is a libpq connection string to the VM through the port tunnel.
-func (g *guest) portConn(se *session, extra string) string {
+func (g *guest) portConn(se *pgserver.SessionInfo, extra string) string {
 	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=%s dbname=postgres sslmode=require connect_timeout=30 %s",
 		se.Tunnel.Port.Port, g.password, extra)
 }
 
 // sniConn goes through the SNI tunnel: libpq sends SNI for the host name and
 // connects to hostaddr, so nothing is resolved.
-func (g *guest) sniConn(se *session, extra string) string {
+func (g *guest) sniConn(se *pgserver.SessionInfo, extra string) string {
 	return fmt.Sprintf("host=%s hostaddr=127.0.0.1 port=%d user=postgres password=%s dbname=postgres sslmode=require connect_timeout=30 %s",
 		se.Tunnel.SNI.Host, se.Tunnel.SNI.Port, g.password, extra)
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/pgwasm/pgwasm/internal/server"
 	"github.com/pgwasm/pgwasm/internal/simvm"
 	"github.com/pgwasm/pgwasm/internal/testkit"
+	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
 	"github.com/pgwasm/pgwasm/internal/tunnel"
 	"github.com/pgwasm/pgwasm/internal/tunnel/pgtest"
 )
@@ -109,41 +110,20 @@ func (s *stack) start(tb testing.TB, secret []byte, first, last uint16, sniAddr 
 	}
 }
 
-type sessionInfo struct {
-	ID       string `json:"id"`
-	Token    string `json:"token"`
-	RelayURL string `json:"relay_url"`
-	Tunnel   struct {
-		Port struct {
-			Port uint16 `json:"port"`
-			URL  string `json:"url"`
-		} `json:"port"`
-		SNI struct {
-			Host string `json:"host"`
-			URL  string `json:"url"`
-		} `json:"sni"`
-	} `json:"tunnel"`
-}
-
 // vmWithPostgres creates a session, attaches a simulated VM to it and makes
 // port 5432 in the VM reach pgAddr on the host.
-func (s *stack) vmWithPostgres(tb testing.TB, ctx context.Context, pgAddr string) sessionInfo {
+func (s *stack) vmWithPostgres(tb testing.TB, ctx context.Context, pgAddr string) *server.SessionInfo {
 	tb.Helper()
 	info, _ := s.vmWithPostgresVM(tb, ctx, pgAddr)
 	return info
 }
 
 // vmWithPostgresVM is vmWithPostgres that also returns the VM.
-func (s *stack) vmWithPostgresVM(tb testing.TB, ctx context.Context, pgAddr string) (sessionInfo, *simvm.VM) {
+func (s *stack) vmWithPostgresVM(tb testing.TB, ctx context.Context, pgAddr string) (*server.SessionInfo, *simvm.VM) {
 	tb.Helper()
-	resp, err := http.Post(s.http.URL+"/api/sessions", "application/json", nil)
+	info, err := servetest.CreateSession(ctx, s.http.URL)
 	if err != nil {
 		tb.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var info sessionInfo
-	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil || resp.StatusCode != http.StatusCreated {
-		tb.Fatalf("POST /api/sessions = %d, %v", resp.StatusCode, err)
 	}
 	vm, err := simvm.Dial(ctx, info.RelayURL)
 	if err != nil {
@@ -248,7 +228,7 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("direct tls with pgx", func(t *testing.T) {
 		for _, v := range []struct {
-			info sessionInfo
+			info *server.SessionInfo
 			pg   *pgtest.Server
 		}{{a, pgA}, {b, pgB}} {
 			// pgx ignores hostaddr, and *.pg.localhost must not go to a
@@ -363,7 +343,7 @@ func TestRestartRestoresSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var again sessionInfo
+	var again *server.SessionInfo
 	err = json.NewDecoder(resp.Body).Decode(&again)
 	resp.Body.Close()
 	if err != nil || resp.StatusCode != http.StatusOK || again.Tunnel.Port.Port != info.Tunnel.Port.Port || again.RelayURL != info.RelayURL {

@@ -3,9 +3,7 @@ package vm_test
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -17,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgwasm/pgwasm/internal/server"
 	"github.com/pgwasm/pgwasm/internal/testkit"
+	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
@@ -78,28 +78,16 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-type relaySession struct {
-	ID       string `json:"id"`
-	Token    string `json:"token"`
-	RelayURL string `json:"relay_url"`
-}
-
-func (s *serve) session(t *testing.T) *relaySession {
+func (s *serve) session(t *testing.T) *server.SessionInfo {
 	t.Helper()
-	resp, err := http.Post(s.url+"/api/sessions", "application/json", nil)
+	se, err := servetest.CreateSession(context.Background(), s.url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	var se relaySession
-	if resp.StatusCode/100 != 2 || json.Unmarshal(body, &se) != nil || se.RelayURL == "" {
-		t.Fatalf("POST /api/sessions: %s: %s", resp.Status, body)
-	}
-	return &se
+	return se
 }
 
-func (s *serve) deleteSession(t *testing.T, se *relaySession) {
+func (s *serve) deleteSession(t *testing.T, se *server.SessionInfo) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodDelete, s.url+"/api/sessions/"+se.ID, nil)
 	req.Header.Set("Authorization", "Bearer "+se.Token)
