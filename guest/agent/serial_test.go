@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 	"golang.org/x/sys/unix"
 )
 
@@ -114,13 +115,13 @@ func TestSerialRawMode(t *testing.T) {
 // TestRun starts the whole agent as main does, on a pty standing in for
 // ttyS1, against a real PostgreSQL.
 func TestRun(t *testing.T) {
-	pg := startPG(t)
+	pg := pgtest.Start(t)
 	master, slave := openPTY(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var logs strings.Builder
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"-serial", slave, "-pg-socket-dir", pg.sockDir, "-pg-port", fmt.Sprint(pg.port), "-v"}, &lockedWriter{w: &logs})
+		done <- run(ctx, []string{"-serial", slave, "-pg-socket-dir", pg.Dir, "-pg-port", fmt.Sprint(pg.Port), "-v"}, &lockedWriter{w: &logs})
 	}()
 	r := bufio.NewReader(master)
 	master.SetReadDeadline(time.Now().Add(30 * time.Second))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 )
 
 func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -39,8 +41,8 @@ func jsonOf(t *testing.T, v any) string {
 }
 
 func TestSQL(t *testing.T) {
-	pg := startPG(t)
-	a, _ := agentFor(t, pg.config())
+	pg := pgtest.Start(t)
+	a, _ := agentFor(t, agentConfig(pg))
 
 	mustOK(t, a.call(map[string]any{"id": 1, "op": "exec", "sql": "CREATE TYPE mood AS ENUM ('sad', 'happy'); CREATE TABLE u (a int PRIMARY KEY)"}))
 
@@ -172,8 +174,8 @@ func oidOf(t *testing.T, a *agentConn, typ string) string {
 }
 
 func TestSetPassword(t *testing.T) {
-	pg := startPG(t)
-	a, _ := agentFor(t, pg.config())
+	pg := pgtest.Start(t)
+	a, _ := agentFor(t, agentConfig(pg))
 
 	tests := []struct {
 		user, password string
@@ -216,7 +218,7 @@ func TestSetPassword(t *testing.T) {
 		}
 	})
 
-	log, err := os.ReadFile(filepath.Join(pg.sockDir, "server.log"))
+	log, err := os.ReadFile(pg.LogFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,12 +229,12 @@ func TestSetPassword(t *testing.T) {
 	}
 }
 
-func loginTCP(pg *testPG, user, password string) error {
+func loginTCP(pg *pgtest.Server, user, password string) error {
 	cfg, err := pgconn.ParseConfig("host=127.0.0.1 dbname=postgres sslmode=disable")
 	if err != nil {
 		return err
 	}
-	cfg.Port = uint16(pg.port)
+	cfg.Port = uint16(pg.Port)
 	cfg.User = user
 	cfg.Password = password
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -245,8 +247,8 @@ func loginTCP(pg *testPG, user, password string) error {
 }
 
 func TestStatusAndReconnect(t *testing.T) {
-	pg := startPG(t)
-	cfg := pg.config()
+	pg := pgtest.Start(t)
+	cfg := agentConfig(pg)
 	cfg.Wait = 2 * time.Second
 	a, _ := agentFor(t, cfg)
 
@@ -262,10 +264,10 @@ func TestStatusAndReconnect(t *testing.T) {
 	}
 
 	// A server restart must not need anything from the host.
-	pg.runAsPostgres(t, "pg_ctl", "-D", pg.dir, "-m", "fast", "-w", "restart", "-l", filepath.Join(pg.sockDir, "server.log"))
+	pg.Run(t, "pg_ctl", "-D", pg.Data, "-m", "fast", "-w", "restart", "-l", pg.LogFile)
 	mustOK(t, a.call(map[string]any{"id": 2, "op": "query", "sql": "SELECT 1"}))
 
-	pg.stop(t)
+	pg.Stop(t)
 	resp = mustOK(t, a.call(map[string]any{"id": 3, "op": "status"}))
 	if resp["postgres"] != "starting" || resp["postgres_error"] == nil {
 		t.Errorf("status with the server down = %v, want starting and an error", resp)
@@ -279,7 +281,7 @@ func TestStatusAndReconnect(t *testing.T) {
 		t.Errorf("query with the server down took %s, want about the 2 s wait", d)
 	}
 
-	pg.start(t)
+	pg.Start(t)
 	resp = mustOK(t, a.call(map[string]any{"id": 5, "op": "query", "sql": "SELECT 2 AS two"}))
 	if got := jsonOf(t, resp["rows"]); got != `[["2"]]` {
 		t.Errorf("rows after reconnect = %s", got)
@@ -291,24 +293,31 @@ func TestStatusAndReconnect(t *testing.T) {
 }
 
 func TestQueryWaitsForStartingServer(t *testing.T) {
-	pg := startPG(t)
-	pg.stop(t)
-	cfg := pg.config()
+	pg := pgtest.Start(t)
+	pg.Stop(t)
+	cfg := agentConfig(pg)
 	cfg.Wait = 30 * time.Second
 	a, _ := agentFor(t, cfg)
 
+	started := make(chan error, 1)
 	go func() {
 		time.Sleep(time.Second)
-		cmd := pgCtlStart(pg)
-		cmd.Run()
+		out, err := pg.Command("pg_ctl", "-D", pg.Data, "-l", pg.LogFile, "-w", "start").CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("pg_ctl start: %w: %s", err, out)
+		}
+		started <- err
 	}()
 	resp := a.call(map[string]any{"id": 1, "op": "query", "sql": "SELECT 1"})
+	if err := <-started; err != nil {
+		t.Fatal(err)
+	}
 	mustOK(t, resp)
 }
 
 func TestPrepareSnapshot(t *testing.T) {
-	pg := startPG(t)
-	db := newPGClient(pg.config(), discardLog())
+	pg := pgtest.Start(t)
+	db := newPGClient(agentConfig(pg), discardLog())
 	t.Cleanup(db.Close)
 
 	tests := []struct {

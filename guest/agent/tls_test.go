@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/pgwasm/pgwasm/internal/image/pgconf"
+	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 )
 
 func TestAddEntropyOp(t *testing.T) {
@@ -81,29 +82,36 @@ func TestAddEntropyKernel(t *testing.T) {
 // net_up replaces the image's TLS key: a real PostgreSQL serves the image's
 // certificate before and the agent's new one after, on a new connection.
 func TestNetUpRotatesTLS(t *testing.T) {
-	pg := startPG(t)
+	pg := pgtest.Start(t)
 	imageCert, imageKey, err := pgconf.Cert([]byte("the published image"), []string{"localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := os.Stat(pg.dir)
+	st, err := os.Stat(pg.Data)
 	if err != nil {
 		t.Fatal(err)
 	}
 	owner := st.Sys().(*syscall.Stat_t)
 	for name, data := range map[string][]byte{"server.crt": imageCert, "server.key": imageKey} {
-		if err := writeOwned(filepath.Join(pg.dir, name), data, 0o600, int(owner.Uid), int(owner.Gid)); err != nil {
+		if err := writeOwned(filepath.Join(pg.Data, name), data, 0o600, int(owner.Uid), int(owner.Gid)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	f, err := os.OpenFile(filepath.Join(pg.dir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	// As in the image: the key pair in the data directory, where the agent
+	// writes the new one (pgtest's own pair is elsewhere).
+	f, err := os.OpenFile(filepath.Join(pg.Data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.WriteString("ssl = on\n")
-	f.Close()
+	_, err = f.WriteString("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 
-	db := newPGClient(pg.config(), discardLog())
+	db := newPGClient(agentConfig(pg), discardLog())
 	t.Cleanup(db.Close)
 	env := &testEnv{onRun: func(context.Context, []string, string, ...string) ([]byte, error) {
 		return nil, nil // udhcpc: no lease, so net_up ends in an error after the rotation
@@ -111,7 +119,7 @@ func TestNetUpRotatesTLS(t *testing.T) {
 	srv := newTestServer(t, db, env)
 	a := startAgent(t, srv)
 	mustOK(t, a.call(map[string]any{"id": 1, "op": "exec", "sql": "SELECT pg_reload_conf()"}))
-	if got, want := waitCert(t, pg.port, fingerprint(t, imageCert)), fingerprint(t, imageCert); got != want {
+	if got, want := waitCert(t, pg.Port, fingerprint(t, imageCert)), fingerprint(t, imageCert); got != want {
 		t.Fatalf("before net_up the server sends %s, want the image's %s", got, want)
 	}
 
@@ -119,17 +127,17 @@ func TestNetUpRotatesTLS(t *testing.T) {
 	env.onRun = func(context.Context, []string, string, ...string) ([]byte, error) {
 		return nil, os.WriteFile(filepath.Join(env.dir, "run", "network"), []byte("ip=10.0.2.15\nmask=24\n"), 0o644)
 	}
-	srv.sys.pgData = pg.dir
+	srv.sys.pgData = pg.Data
 	resp := mustOK(t, a.call(map[string]any{"id": 2, "op": "net_up"}))
 	net1, _ := resp["network"].(map[string]any)
 	fp, _ := net1["tls_cert_sha256"].(string)
 	if len(fp) != 64 || fp == fingerprint(t, imageCert) {
 		t.Fatalf("net_up fingerprint = %q, want a new certificate's", fp)
 	}
-	if got := waitCert(t, pg.port, fp); got != fp {
+	if got := waitCert(t, pg.Port, fp); got != fp {
 		t.Fatalf("after net_up the server sends %s, want %s", got, fp)
 	}
-	if st, err := os.Stat(filepath.Join(pg.dir, "server.key")); err != nil || st.Mode().Perm() != 0o600 {
+	if st, err := os.Stat(filepath.Join(pg.Data, "server.key")); err != nil || st.Mode().Perm() != 0o600 {
 		t.Errorf("server.key: %v, mode %v; want 0600", err, st.Mode().Perm())
 	}
 

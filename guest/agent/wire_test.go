@@ -4,6 +4,8 @@ import (
 	"context"
 	"strconv"
 	"testing"
+
+	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 )
 
 func TestRowsAffected(t *testing.T) {
@@ -20,8 +22,8 @@ func TestRowsAffected(t *testing.T) {
 // TestBuiltinTypes checks the agent's table of built-in type OIDs against
 // the pg_type of a real server.
 func TestBuiltinTypes(t *testing.T) {
-	pg := startPG(t)
-	db := newPGClient(pg.config(), discardLog())
+	pg := pgtest.Start(t)
+	db := newPGClient(agentConfig(pg), discardLog())
 	t.Cleanup(db.Close)
 	for oid, name := range builtinTypes {
 		res, err := db.Query(context.Background(), "SELECT typname::text FROM pg_type WHERE oid = $1", []*string{ptr(strconv.Itoa(int(oid)))})
@@ -38,8 +40,8 @@ func TestBuiltinTypes(t *testing.T) {
 // must succeed (a failure would only be a note, and warm nothing) and leave
 // nothing behind.
 func TestWarmSQL(t *testing.T) {
-	pg := startPG(t)
-	db := newPGClient(pg.config(), discardLog())
+	pg := pgtest.Start(t)
+	db := newPGClient(agentConfig(pg), discardLog())
 	t.Cleanup(db.Close)
 	env := &testEnv{}
 	srv := newTestServer(t, db, env)

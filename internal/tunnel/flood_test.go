@@ -16,7 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/pgwasm/pgwasm/internal/tunnel/pgtest"
+	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 )
 
 // The flood tests use a second loopback address as the attacker's source:

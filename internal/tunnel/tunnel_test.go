@@ -22,7 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pgwasm/pgwasm/internal/testkit"
-	"github.com/pgwasm/pgwasm/internal/tunnel/pgtest"
+	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 )
 
 // loopSession stands in for a relay session: DialGuest reaches "the VM's

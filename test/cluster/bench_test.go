@@ -10,7 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgwasm/pgwasm/internal/tunnel/pgtest"
+	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 )
 
 // The cluster benchmarks (issue #14; cmd/pgwasm-bench's cluster part runs

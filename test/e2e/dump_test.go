@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 )
 
 // shopSQL makes the host database: three tables (105,000 rows), indexes, a
@@ -117,7 +119,7 @@ func TestDumps(t *testing.T) {
 		t.Fatalf("host database: %s", want)
 	}
 	t.Logf("host database: %s", want)
-	pgDump := filepath.Join("/usr/lib/postgresql/15/bin", "pg_dump")
+	pgDump := filepath.Join(pgtest.BinDir(), "pg_dump")
 	run(ctx, t, pgDump, "-d", shop, "-f", filepath.Join(dir, "host.sql"))
 	run(ctx, t, pgDump, "-d", shop, "-Fc", "-f", filepath.Join(dir, "host.dump"))
 	for _, f := range []string{"host.sql", "host.dump"} {

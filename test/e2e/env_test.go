@@ -31,8 +31,8 @@ import (
 
 	pgserver "github.com/pgwasm/pgwasm/internal/server"
 	"github.com/pgwasm/pgwasm/internal/testkit"
+	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
-	"github.com/pgwasm/pgwasm/internal/tunnel/pgtest"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
@@ -372,12 +372,7 @@ func startHostPG(ctx context.Context, t *testing.T) *hostPG {
 	s := pgtest.Start(t)
 	h := &hostPG{s}
 	mustPsql(ctx, t, h.conn("postgres"), "-c", "alter system set wal_level = logical")
-	cmd := exec.CommandContext(ctx, "runuser", "-u", "postgres", "--", filepath.Join(pgtest.BinDir, "pg_ctl"),
-		"-D", filepath.Join(s.Dir, "data"), "-l", filepath.Join(s.Dir, "log"), "-w", "-t", "60", "restart")
-	cmd.Dir = "/"
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("pg_ctl restart: %v: %s", err, out)
-	}
+	s.Run(t, "pg_ctl", "-D", s.Data, "-l", s.LogFile, "-w", "-t", "60", "restart")
 	if got := mustPsql(ctx, t, h.conn("postgres"), "-c", "show wal_level"); got != "logical" {
 		t.Fatalf("host wal_level = %q, want logical", got)
 	}

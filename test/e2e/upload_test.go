@@ -9,11 +9,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 )
 
 // sink is a host TCP server the VM uploads to: it reads exactly want bytes
@@ -225,7 +228,7 @@ func TestUploads(t *testing.T) {
 
 	if os.Getenv("PGWASM_UPLOAD_PGBENCH") != "" {
 		conn := g.portConn(se, "")
-		pgbench := "/usr/lib/postgresql/15/bin/pgbench"
+		pgbench := filepath.Join(pgtest.BinDir(), "pgbench")
 		run(ctx, t, pgbench, "-i", "-s", "1", "-q", conn)
 		before := txErrors()
 		out := run(ctx, t, pgbench, "-c", "4", "-T", "60", "-P", "10", conn)

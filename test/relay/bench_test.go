@@ -9,7 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgwasm/pgwasm/internal/tunnel/pgtest"
+	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 )
 
 // BenchmarkConnect measures a full pgx connection (TCP, TLS, SCRAM, first

@@ -30,9 +30,9 @@ import (
 	"github.com/pgwasm/pgwasm/internal/server"
 	"github.com/pgwasm/pgwasm/internal/simvm"
 	"github.com/pgwasm/pgwasm/internal/testkit"
+	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
 	"github.com/pgwasm/pgwasm/internal/tunnel"
-	"github.com/pgwasm/pgwasm/internal/tunnel/pgtest"
 )
 
 type stack struct {

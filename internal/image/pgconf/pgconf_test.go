@@ -68,7 +68,9 @@ func TestRealServerAcceptsConfig(t *testing.T) {
 	bin := hostPGBin(t)
 	dir := t.TempDir()
 	// t.TempDir's parent is private to root; the server runs as postgres.
-	os.Chmod(filepath.Dir(dir), 0o755)
+	if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	data := filepath.Join(dir, "data")
 	chownPostgres(t, dir)
 	runAs(t, append([]string{filepath.Join(bin, "initdb"), "-D", data, "--no-sync"}, InitdbArgs()...)...)
@@ -87,9 +89,17 @@ func TestRealServerAcceptsConfig(t *testing.T) {
 		}
 		chownPostgres(t, p)
 	}
-	f, _ := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	f.WriteString("include = 'pgwasm.conf'\n")
-	f.Close()
+	f, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteString("include = 'pgwasm.conf'\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatalf("cannot include pgwasm.conf: %v", err)
+	}
 	if err := runAsErr(filepath.Join(bin, "pg_ctl"), "-D", data, "-l", filepath.Join(dir, "log"), "-w", "start"); err != nil {
 		log, _ := os.ReadFile(filepath.Join(dir, "log"))
 		t.Fatalf("server did not start: %v\n%s", err, log)

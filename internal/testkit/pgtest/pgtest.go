@@ -26,23 +26,39 @@ import (
 	"github.com/pgwasm/pgwasm/internal/testkit"
 )
 
-// BinDir holds the host's PostgreSQL server binaries.
-const BinDir = "/usr/lib/postgresql/15/bin"
+// BinDir is where the host's PostgreSQL server binaries are: $PGWASM_PG_BIN,
+// or Debian 12's PostgreSQL 15 (scripts/setup.sh installs it).
+func BinDir() string {
+	if d := os.Getenv("PGWASM_PG_BIN"); d != "" {
+		return d
+	}
+	return "/usr/lib/postgresql/15/bin"
+}
 
-// Server is a running PostgreSQL.
+// Server is a running PostgreSQL: the postgres superuser logs in without a
+// password on the Unix socket in Dir and with Password (SCRAM, TLS offered)
+// on Addr.
 type Server struct {
 	Addr     string // 127.0.0.1:port
 	Port     int
 	Password string // of user postgres
-	Dir      string
+	Dir      string // the socket, the log, the TLS files; Data below it
+	Data     string
+	LogFile  string
+	bin      string
 }
 
 // Start runs a server until the test ends. It skips the test when the
-// binaries or the postgres user are missing.
+// binaries, the postgres user or root (to run the server as postgres) are
+// missing.
 func Start(tb testing.TB) *Server {
 	tb.Helper()
-	if _, err := os.Stat(filepath.Join(BinDir, "initdb")); err != nil {
-		tb.Skipf("no PostgreSQL server binaries: %v", err)
+	bin := BinDir()
+	if _, err := os.Stat(filepath.Join(bin, "initdb")); err != nil {
+		tb.Skipf("no PostgreSQL server binaries in %s (set PGWASM_PG_BIN): %v", bin, err)
+	}
+	if os.Geteuid() != 0 {
+		tb.Skip("needs root to run PostgreSQL as the postgres user")
 	}
 	u, err := user.Lookup("postgres")
 	if err != nil {
@@ -57,7 +73,7 @@ func Start(tb testing.TB) *Server {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { os.RemoveAll(dir) })
-	s := &Server{Dir: dir, Password: randomHex(tb, 12)}
+	s := &Server{Dir: dir, Data: filepath.Join(dir, "data"), LogFile: filepath.Join(dir, "log"), Password: randomHex(tb, 12), bin: bin}
 
 	pwfile := filepath.Join(dir, "pw")
 	writeFile(tb, pwfile, []byte(s.Password+"\n"), 0o600)
@@ -69,8 +85,7 @@ func Start(tb testing.TB) *Server {
 			tb.Fatal(err)
 		}
 	}
-	data := filepath.Join(dir, "data")
-	run(tb, "initdb", "-D", data, "-U", "postgres", "--pwfile", pwfile,
+	s.Run(tb, "initdb", "-D", s.Data, "-U", "postgres", "--pwfile", pwfile,
 		"--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C")
 
 	s.Port = testkit.FreePort(tb, "127.0.0.1")
@@ -84,37 +99,57 @@ ssl_key_file = '%s/server.key'
 fsync = off
 max_connections = 50
 `, s.Port, dir, dir, dir)
-	f, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	f, err := os.OpenFile(filepath.Join(s.Data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if _, err := f.WriteString(conf); err != nil {
-		tb.Fatal(err)
+	_, err = f.WriteString(conf)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	f.Close()
-	run(tb, "pg_ctl", "-D", data, "-l", filepath.Join(dir, "log"), "-w", "-t", "60", "start")
-	tb.Cleanup(func() {
-		cmd := exec.Command("runuser", "-u", "postgres", "--", filepath.Join(BinDir, "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			tb.Logf("pg_ctl stop: %v: %s", err, out)
-		}
-	})
+	if err != nil {
+		tb.Fatalf("cannot write postgresql.conf: %v", err)
+	}
+	s.Start(tb)
+	tb.Cleanup(func() { s.Stop(tb) })
 	return s
+}
+
+// Start starts the server again after Stop.
+func (s *Server) Start(tb testing.TB) {
+	tb.Helper()
+	s.Run(tb, "pg_ctl", "-D", s.Data, "-l", s.LogFile, "-w", "-t", "60", "start")
+}
+
+// Stop stops the server at once (immediate mode); a server already stopped
+// is fine.
+func (s *Server) Stop(tb testing.TB) {
+	tb.Helper()
+	if out, err := s.Command("pg_ctl", "-D", s.Data, "-m", "immediate", "-w", "stop").CombinedOutput(); err != nil {
+		tb.Logf("pg_ctl stop: %v: %s", err, out)
+	}
+}
+
+// Command is one of the server's programs, run as the postgres user.
+func (s *Server) Command(prog string, args ...string) *exec.Cmd {
+	cmd := exec.Command("runuser", append([]string{"-u", "postgres", "--", filepath.Join(s.bin, prog)}, args...)...)
+	cmd.Dir = "/"
+	return cmd
+}
+
+// Run runs one of the server's programs as the postgres user and fails the
+// test if it fails.
+func (s *Server) Run(tb testing.TB, prog string, args ...string) {
+	tb.Helper()
+	if out, err := s.Command(prog, args...).CombinedOutput(); err != nil {
+		tb.Fatalf("%s: %v\n%s", prog, err, out)
+	}
 }
 
 // Log returns the server log, for failure messages.
 func (s *Server) Log() string {
-	b, _ := os.ReadFile(filepath.Join(s.Dir, "log"))
+	b, _ := os.ReadFile(s.LogFile)
 	return string(b)
-}
-
-func run(tb testing.TB, name string, args ...string) {
-	tb.Helper()
-	cmd := exec.Command("runuser", append([]string{"-u", "postgres", "--", filepath.Join(BinDir, name)}, args...)...)
-	cmd.Dir = "/"
-	if out, err := cmd.CombinedOutput(); err != nil {
-		tb.Fatalf("%s: %v\n%s", name, err, out)
-	}
 }
 
 func writeFile(tb testing.TB, name string, b []byte, mode os.FileMode) {
