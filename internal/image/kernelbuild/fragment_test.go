@@ -60,7 +60,7 @@ func TestRepositoryFragment(t *testing.T) {
 	}
 	// What the boot cannot do without; a fragment edit that loses one
 	// fails here rather than in a VM that never mounts its root.
-	for _, n := range []string{"CONFIG_9P_FS", "CONFIG_NET_9P_VIRTIO", "CONFIG_VIRTIO_PCI", "CONFIG_SERIAL_8250_CONSOLE", "CONFIG_BLK_DEV_INITRD", "CONFIG_DEVTMPFS", "CONFIG_DEVPORT", "CONFIG_NE2K_PCI", "CONFIG_VIRTIO_CONSOLE", "CONFIG_SYSVIPC"} {
+	for _, n := range []string{"CONFIG_9P_FS", "CONFIG_NET_9P_VIRTIO", "CONFIG_VIRTIO_PCI", "CONFIG_SERIAL_8250_CONSOLE", "CONFIG_BLK_DEV_INITRD", "CONFIG_DEVTMPFS", "CONFIG_DEVPORT", "CONFIG_NE2K_PCI", "CONFIG_VIRTIO_CONSOLE", "CONFIG_SYSVIPC", "CONFIG_COMPAT_32BIT_TIME"} {
 		if !names[n] {
 			t.Errorf("guest/kernel/pgwasm.config does not set %s", n)
 		}
