@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 # Debian packages: dpkg-deb and apt-get unpack and resolve the image's packages;
 # postgresql gives the tests a real server and psql; zstd compresses states in
 # shell tools; nodejs/npm run v86 headless; chromium runs the browser tests.
-packages=(apt dpkg dpkg-dev binutils util-linux gcc-i686-linux-gnu make postgresql postgresql-client zstd nodejs npm ca-certificates chromium haproxy)
+# flex, bison and bc build the guest kernel from source (`image build --kernel
+# source`: kconfig's parser and the timer constants); xz-utils unpacks its
+# source tarball.
+packages=(apt dpkg dpkg-dev binutils util-linux gcc-i686-linux-gnu make postgresql postgresql-client zstd nodejs npm ca-certificates chromium haproxy flex bison bc xz-utils)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -26,7 +26,8 @@ func (c *imageBuildConfig) registerFlags(e *env) *flag.FlagSet {
 	fs.StringVar(&c.AgentPath, "agent", "build/bin/pgwasm-agent", "the guest agent binary (linux/386)")
 	fs.StringVar(&c.extra, "extra-packages", "", "comma-separated Debian packages to add, with their dependencies")
 	fs.StringVar(&c.Mirror, "mirror", "", "Debian archive URI (default: read from the host's apt sources)")
-	fs.StringVar(&c.Cmdline, "cmdline", c.Cmdline, "kernel command line")
+	fs.StringVar(&c.Kernel, "kernel", c.Kernel, "the kernel: debian (Debian's linux-image-686 with modules) or source (built from linux-source-6.1 with guest/kernel/pgwasm.config)")
+	fs.StringVar(&c.Cmdline, "cmdline", "", "kernel command line (default: the chosen kernel's, docs/image.md)")
 	fs.StringVar(&c.NetDevice, "net-device", c.NetDevice, "v86 NIC the image is made for: ne2k or virtio")
 	fs.StringVar(&c.HarnessDir, "harness", "", "directory of the Node harness (vm.mjs) that boots the VM to run initdb; found automatically when empty")
 	fs.BoolVar(&c.Force, "force", false, "rebuild even when the inputs are unchanged")
@@ -39,13 +40,16 @@ func newImageBuildCommand(e *env) *ffcli.Command {
 	fs := c.registerFlags(e)
 	return &ffcli.Command{
 		Name:       "build",
-		ShortUsage: "pgwasm image build [--out build/image] [--extra-packages a,b]",
+		ShortUsage: "pgwasm image build [--out build/image] [--kernel debian|source] [--extra-packages a,b]",
 		ShortHelp:  "build the VM image from Debian i386 packages (a cache hit when inputs are unchanged)",
 		FlagSet:    fs,
 		Options:    envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
 			if len(args) > 0 {
 				return fmt.Errorf("unexpected arguments: %s", strings.Join(args, " "))
+			}
+			if c.Kernel != image.KernelDebian && c.Kernel != image.KernelSource {
+				return fmt.Errorf("--kernel must be %s or %s, not %q", image.KernelDebian, image.KernelSource, c.Kernel)
 			}
 			if c.NetDevice != "ne2k" && c.NetDevice != "virtio" {
 				return fmt.Errorf("--net-device must be ne2k or virtio, not %q", c.NetDevice)

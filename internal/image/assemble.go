@@ -116,12 +116,12 @@ func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, s
 
 	m := &Manifest{
 		Version: 1, Builder: BuilderVersion, Cmdline: cfg.Cmdline, NetDevice: cfg.NetDevice,
-		PostgresVersion: pgVersion, Packages: in.root, KernelPackage: in.kernel,
+		PostgresVersion: pgVersion, Packages: in.root, KernelPackage: imageKernel(in),
 		Extensions:    extensionInfo(in.exts),
 		AgentChannels: agentChannels,
 		Reproducible:  "kernel, initrd, bios, vgabios, every 9p blob except the PostgreSQL cluster files under " + pgData,
 	}
-	if err := buildKernel(ctx, in.kernel, root, filepath.Join(cfg.CacheDir, "kernel"), staged, m); err != nil {
+	if err := buildKernel(ctx, in, root, filepath.Join(cfg.CacheDir, "kernel"), staged, m); err != nil {
 		return nil, err
 	}
 	if err := copyBIOS(ctx, in.bios, work, staged, m); err != nil {
@@ -322,26 +322,24 @@ func postgresVersion(pkgs []deb.Package) (string, error) {
 }
 
 // buildKernel copies the kernel and writes the initramfs: busybox, the
-// initramfs init, and the modules the 9p root and the NICs need. The kernel
-// package stays unpacked under cacheDir (the kmod tests read its modules).
-func buildKernel(ctx context.Context, kpkg deb.Package, root, cacheDir, staged string, m *Manifest) error {
-	kdir, err := kernelTree(ctx, kpkg, cacheDir)
-	if err != nil {
-		return err
+// initramfs init, and the modules the 9p root and the NICs need. Our kernel
+// (in.kernelBuild) has those built in, so its initramfs has no modules and
+// an empty modules.order: guest/initramfs-init is the same for both.
+func buildKernel(ctx context.Context, in *inputs, root, cacheDir, staged string, m *Manifest) error {
+	bzImage := ""
+	var modules []cpio.Entry
+	if kb := in.kernelBuild; kb != nil {
+		bzImage = kb.BzImage
+		// The init reads the list in a redirection, which must open.
+		modules = []cpio.Entry{cpio.File("lib/modules/modules.order", 0o644, nil)}
+		m.KernelBuild = &KernelBuild{Key: kb.Key, ConfigSHA256: kb.ConfigSHA256, Compiler: kb.Compiler.Ident, HostCompiler: kb.HostCompiler}
+	} else {
+		var err error
+		if bzImage, modules, err = debianKernel(ctx, in.kernel, cacheDir, m); err != nil {
+			return err
+		}
 	}
-	vmlinuz, _ := filepath.Glob(filepath.Join(kdir, "boot", "vmlinuz-*"))
-	mods, _ := filepath.Glob(filepath.Join(kdir, "lib", "modules", "*"))
-	if len(mods) == 0 {
-		mods, _ = filepath.Glob(filepath.Join(kdir, "usr", "lib", "modules", "*"))
-	}
-	if len(vmlinuz) != 1 || len(mods) != 1 {
-		return fmt.Errorf("kernel package %s: want one vmlinuz and one modules directory, found %d and %d", kpkg.Name, len(vmlinuz), len(mods))
-	}
-	if err := copyFile(vmlinuz[0], filepath.Join(staged, "bzImage")); err != nil {
-		return err
-	}
-	modules, err := kmod.Resolve(mods[0], initramfsModules)
-	if err != nil {
+	if err := copyFile(bzImage, filepath.Join(staged, "bzImage")); err != nil {
 		return err
 	}
 	busybox, err := os.ReadFile(filepath.Join(root, "usr/bin/busybox"))
@@ -354,18 +352,7 @@ func buildKernel(ctx context.Context, kpkg deb.Package, root, cacheDir, staged s
 		cpio.File("bin/busybox", 0o755, busybox), cpio.Symlink("bin/sh", "busybox"),
 		cpio.File("init", 0o755, guest.InitramfsInit),
 	}
-	var order []string
-	for _, mod := range modules {
-		data, err := os.ReadFile(filepath.Join(mods[0], mod.Path))
-		if err != nil {
-			return err
-		}
-		name := mod.Name + ".ko"
-		entries = append(entries, cpio.File("lib/modules/"+name, 0o644, data))
-		order = append(order, name)
-		m.Modules = append(m.Modules, mod.Name)
-	}
-	entries = append(entries, cpio.File("lib/modules/modules.order", 0o644, []byte(strings.Join(order, "\n")+"\n")))
+	entries = append(entries, modules...)
 	var buf bytes.Buffer
 	if err := cpio.Write(&buf, entries, cpio.Options{MTime: sourceDateEpoch, Gzip: true}); err != nil {
 		return fmt.Errorf("cannot write the initramfs: %w", err)
@@ -378,6 +365,42 @@ func buildKernel(ctx context.Context, kpkg deb.Package, root, cacheDir, staged s
 	}
 	m.Initrd, err = describe(staged, "initrd.img")
 	return err
+}
+
+// debianKernel returns the Debian kernel package's vmlinuz and the
+// initramfs entries of the modules the initramfs loads, with their
+// modules.order (our kernel's initramfs has an empty one).
+func debianKernel(ctx context.Context, kpkg deb.Package, cacheDir string, m *Manifest) (string, []cpio.Entry, error) {
+	kdir, err := kernelTree(ctx, kpkg, cacheDir)
+	if err != nil {
+		return "", nil, err
+	}
+	vmlinuz, _ := filepath.Glob(filepath.Join(kdir, "boot", "vmlinuz-*"))
+	mods, _ := filepath.Glob(filepath.Join(kdir, "lib", "modules", "*"))
+	if len(mods) == 0 {
+		mods, _ = filepath.Glob(filepath.Join(kdir, "usr", "lib", "modules", "*"))
+	}
+	if len(vmlinuz) != 1 || len(mods) != 1 {
+		return "", nil, fmt.Errorf("kernel package %s: want one vmlinuz and one modules directory, found %d and %d", kpkg.Name, len(vmlinuz), len(mods))
+	}
+	modules, err := kmod.Resolve(mods[0], initramfsModules)
+	if err != nil {
+		return "", nil, err
+	}
+	var entries []cpio.Entry
+	var order []string
+	for _, mod := range modules {
+		data, err := os.ReadFile(filepath.Join(mods[0], mod.Path))
+		if err != nil {
+			return "", nil, err
+		}
+		name := mod.Name + ".ko"
+		entries = append(entries, cpio.File("lib/modules/"+name, 0o644, data))
+		order = append(order, name)
+		m.Modules = append(m.Modules, mod.Name)
+	}
+	entries = append(entries, cpio.File("lib/modules/modules.order", 0o644, []byte(strings.Join(order, "\n")+"\n")))
+	return vmlinuz[0], entries, nil
 }
 
 // kernelTree returns the kernel package unpacked under cacheDir, reusing an

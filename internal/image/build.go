@@ -26,8 +26,10 @@ import (
 	"time"
 
 	"github.com/pgwasm/pgwasm/guest"
+	"github.com/pgwasm/pgwasm/guest/kernel"
 	"github.com/pgwasm/pgwasm/internal/image/deb"
 	"github.com/pgwasm/pgwasm/internal/image/extbuild"
+	"github.com/pgwasm/pgwasm/internal/image/kernelbuild"
 )
 
 // BuilderVersion changes whenever the build steps change in a way that
@@ -48,15 +50,20 @@ type Config struct {
 	// architectures only. ExtraPackages that extbuild knows (e.g.
 	// postgresql-17-pgvector) are built the same way.
 	Extensions    []string
-	KernelPackage string   // a metapackage naming the kernel, e.g. linux-image-686
-	Suites        []string // Debian suites searched, e.g. bookworm (kernel) and trixie (PostgreSQL 17)
-	Mirror        string   // archive URI; empty reads it from the host's apt sources
-	EtcApt        string   // where the host's apt sources are, normally /etc/apt
-	Keyring       string   // the archive keyring
-	Cmdline       string   // kernel command line
-	NetDevice     string   // v86 NIC type the image is snapshotted with: ne2k or virtio
-	HarnessDir    string   // the Node harness that boots the VM for initdb; found automatically when empty
-	Force         bool     // rebuild even when the cache key matches
+	KernelPackage string // a metapackage naming the kernel, e.g. linux-image-686
+	// Kernel is which kernel the image boots: KernelDebian (KernelPackage,
+	// with the modules the initramfs loads) or KernelSource (built from
+	// KernelSourcePackage with guest/kernel/pgwasm.config, no modules).
+	Kernel              string
+	KernelSourcePackage string   // Debian's kernel source, e.g. linux-source-6.1
+	Suites              []string // Debian suites searched, e.g. bookworm (kernel) and trixie (PostgreSQL 17)
+	Mirror              string   // archive URI; empty reads it from the host's apt sources
+	EtcApt              string   // where the host's apt sources are, normally /etc/apt
+	Keyring             string   // the archive keyring
+	Cmdline             string   // kernel command line; empty: DefaultCmdline(Kernel)
+	NetDevice           string   // v86 NIC type the image is snapshotted with: ne2k or virtio
+	HarnessDir          string   // the Node harness that boots the VM for initdb; found automatically when empty
+	Force               bool     // rebuild even when the cache key matches
 	// Lock is the package lock file's text (packages.lock, embedded):
 	// every package resolves to exactly its version or the build fails.
 	// Empty builds from whatever the archive offers (`image lock` does).
@@ -83,22 +90,63 @@ func DefaultConfig() Config {
 		// Debian's source package for i386 (see docs/image.md).
 		Extensions:    []string{"postgresql-17-pgvector"},
 		KernelPackage: "linux-image-686",
-		Suites:        []string{"bookworm", "trixie"},
-		EtcApt:        "/etc/apt",
-		Keyring:       "/usr/share/keyrings/debian-archive-keyring.gpg",
-		// cryptomgr.notests and noisapnp save about 5 s of boot in v86;
-		// init_on_free=1 zeroes freed pages, and v86 stores only non-zero
-		// pages in a state, so snapshots shrink by half (init_on_alloc=0:
-		// zeroing on allocation too would only cost time). The blacklisted
-		// initcalls were the slowest in a boot with initcall_debug (kprobe
-		// tracing 2.3 s, the KDF self-test, X.509 certificate loading, the
-		// blake2s self-test); without tracefs the kernel's slab at snapshot
-		// time drops from 9.4 to 3.5 MB. ipv6.disable=1: the relay carries
-		// IPv4 only.
-		Lock:      LockFile,
-		Cmdline:   "console=ttyS0 tsc=reliable mitigations=off nowatchdog audit=0 random.trust_cpu=on quiet loglevel=3 cryptomgr.notests noisapnp init_on_free=1 init_on_alloc=0 ipv6.disable=1 initcall_blacklist=tracer_init_tracefs,trace_eval_init,init_kprobe_trace,crypto_kdf108_init,load_system_certificate_list,blake2s_mod_init",
-		NetDevice: "ne2k",
+		// bookworm's source package of the kernel linux-image-686 is
+		// built from (the same Debian version), so the two kernels differ
+		// only in their configuration.
+		Kernel:              KernelDebian,
+		KernelSourcePackage: "linux-source-6.1",
+		Suites:              []string{"bookworm", "trixie"},
+		EtcApt:              "/etc/apt",
+		Keyring:             "/usr/share/keyrings/debian-archive-keyring.gpg",
+		Lock:                LockFile,
+		NetDevice:           "ne2k",
 	}
+}
+
+// The kernels an image can boot (Config.Kernel, `image build --kernel`).
+const (
+	KernelDebian = "debian" // Debian's generic linux-image-686 and its modules
+	KernelSource = "source" // built from linux-source with guest/kernel/pgwasm.config
+)
+
+// DefaultCmdline is the kernel command line for a kernel kind.
+//
+// Debian's kernel: cryptomgr.notests and noisapnp save about 5 s of boot in
+// v86; init_on_free=1 zeroes freed pages, and v86 stores only non-zero pages
+// in a state, so snapshots shrink by half (init_on_alloc=0: zeroing on
+// allocation too would only cost time). The blacklisted initcalls were the
+// slowest in a boot with initcall_debug (kprobe tracing 2.3 s, the KDF
+// self-test, X.509 certificate loading, the blake2s self-test); without
+// tracefs the kernel's slab at snapshot time drops from 9.4 to 3.5 MB.
+// ipv6.disable=1: the relay carries IPv4 only.
+//
+// Our kernel has none of what those switches turn off (no crypto manager,
+// ISA PnP, tracing, audit, lockup detectors, IPv6 or module certificates),
+// and an unknown switch without "=" would reach init as an argument; it
+// keeps the console, the clock, the zeroing of freed pages and the quiet.
+func DefaultCmdline(kernelKind string) string {
+	if kernelKind == KernelSource {
+		return "console=ttyS0 tsc=reliable mitigations=off random.trust_cpu=on quiet loglevel=3 init_on_free=1 init_on_alloc=0"
+	}
+	return "console=ttyS0 tsc=reliable mitigations=off nowatchdog audit=0 random.trust_cpu=on quiet loglevel=3 cryptomgr.notests noisapnp init_on_free=1 init_on_alloc=0 ipv6.disable=1 initcall_blacklist=tracer_init_tracefs,trace_eval_init,init_kprobe_trace,crypto_kdf108_init,load_system_certificate_list,blake2s_mod_init"
+}
+
+// checkKernel fills the command line and refuses an unknown kernel kind.
+func checkKernel(cfg *Config) error {
+	switch cfg.Kernel {
+	case "":
+		cfg.Kernel = KernelDebian
+	case KernelDebian, KernelSource:
+	default:
+		return fmt.Errorf("unknown kernel %q: want %s (Debian's linux-image-686) or %s (built from %s)", cfg.Kernel, KernelDebian, KernelSource, cfg.KernelSourcePackage)
+	}
+	if cfg.Kernel == KernelSource && cfg.KernelSourcePackage == "" {
+		return errors.New("--kernel source needs a kernel source package (KernelSourcePackage)")
+	}
+	if cfg.Cmdline == "" {
+		cfg.Cmdline = DefaultCmdline(cfg.Kernel)
+	}
+	return nil
 }
 
 // Result says what Build did.
@@ -115,6 +163,9 @@ func Build(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	log := cfg.Logger
 	start := time.Now()
+	if err := checkKernel(&cfg); err != nil {
+		return nil, err
+	}
 	agent, err := os.ReadFile(cfg.AgentPath)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the guest agent (build it with make build): %w", err)
@@ -146,6 +197,11 @@ func Build(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		in.exts = append(in.exts, res)
 	}
+	if cfg.Kernel == KernelSource {
+		if err := buildOurKernel(ctx, apt, cacheDir, in, log); err != nil {
+			return nil, err
+		}
+	}
 	key := cacheKey(cfg, in, agent)
 	if !cfg.Force {
 		if m, err := ReadManifest(cfg.Out); err == nil && m.Key == key && m.complete(cfg.Out) == nil {
@@ -155,11 +211,17 @@ func Build(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	// Fetch records each file's path in the slice it is given.
 	n := len(in.root)
-	all := append(append(make([]deb.Package, 0, n+2), in.root...), in.kernel, in.bios)
+	all := append(append(make([]deb.Package, 0, n+2), in.root...), in.bios, in.kernel)
+	if in.kernelBuild != nil {
+		all = all[:n+1] // the kernel is built; Debian's package is not needed
+	}
 	if err := apt.Fetch(ctx, all); err != nil {
 		return nil, err
 	}
-	in.root, in.kernel, in.bios = all[:n], all[n], all[n+1]
+	in.root, in.bios = all[:n], all[n]
+	if in.kernelBuild == nil {
+		in.kernel = all[n+1]
+	}
 
 	work := cfg.Out + ".tmp"
 	if err := os.RemoveAll(work); err != nil {
@@ -232,10 +294,27 @@ func openApt(ctx context.Context, cfg *Config) (*deb.Apt, string, func(), error)
 	return apt, cacheDir, unlock, nil
 }
 
+// buildOurKernel builds the kernel from the source package with the
+// repository's configuration (kernelbuild), or takes it from the cache.
+func buildOurKernel(ctx context.Context, apt *deb.Apt, cacheDir string, in *inputs, log *slog.Logger) error {
+	src := []deb.Package{in.kernelSource}
+	if err := apt.Fetch(ctx, src); err != nil {
+		return fmt.Errorf("cannot download the kernel source: %w", err)
+	}
+	in.kernelSource = src[0]
+	res, err := kernelbuild.Build(ctx, kernelbuild.Config{CacheDir: cacheDir, Logger: log}, in.kernelSource, kernel.Config)
+	if err != nil {
+		return err
+	}
+	in.kernelBuild = res
+	return nil
+}
+
 // Lock resolves the image's packages as the archive offers them today,
 // ignoring cfg.Lock, and returns the lock of everything a build would use:
-// the root's closure, the kernel, the BIOS and the extension builds' sysroot
-// packages (extensions are built, or taken from the cache, on the way).
+// the root's closure, both kernels (Debian's package and the source
+// package of ours), the BIOS and the extension builds' sysroot packages
+// (extensions are built, or taken from the cache, on the way).
 func Lock(ctx context.Context, cfg Config) (*deb.Lock, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -303,11 +382,15 @@ func lockCache(ctx context.Context, dir string, log *slog.Logger) (func(), error
 
 // inputs are the resolved packages of one build.
 type inputs struct {
-	root    []deb.Package
-	kernel  deb.Package
-	bios    deb.Package
-	recipes []extbuild.Recipe  // extensions built from source
-	exts    []*extbuild.Result // their builds, in recipe order
+	root   []deb.Package
+	kernel deb.Package // Debian's kernel package
+	// kernelSource is Debian's kernel source package; kernelBuild, our
+	// kernel built from it, is set only for --kernel source.
+	kernelSource deb.Package
+	kernelBuild  *kernelbuild.Result
+	bios         deb.Package
+	recipes      []extbuild.Recipe  // extensions built from source
+	exts         []*extbuild.Result // their builds, in recipe order
 }
 
 func resolveInputs(ctx context.Context, apt *deb.Apt, cfg Config) (*inputs, error) {
@@ -347,6 +430,16 @@ func resolveInputs(ctx context.Context, apt *deb.Apt, cfg Config) (*inputs, erro
 	if in.kernel.Name == "" {
 		return nil, fmt.Errorf("%s names no versioned linux-image package", cfg.KernelPackage)
 	}
+	// Resolved for every build, so the lock always pins it; downloaded only
+	// when the kernel is built. Its dependencies (binutils, xz-utils) are
+	// for an installed system and are not resolved.
+	if cfg.KernelSourcePackage != "" {
+		src, err := apt.Resolve(ctx, []string{cfg.KernelSourcePackage}, false)
+		if err != nil || len(src) != 1 {
+			return nil, fmt.Errorf("cannot resolve the kernel source %s: %v", cfg.KernelSourcePackage, err)
+		}
+		in.kernelSource = src[0]
+	}
 	bios, err := apt.Resolve(ctx, []string{"seabios"}, false)
 	if err != nil || len(bios) != 1 {
 		return nil, fmt.Errorf("cannot resolve seabios (v86 needs its BIOS): %v", err)
@@ -372,7 +465,10 @@ func cacheKey(cfg Config, in *inputs, agent []byte) string {
 		Guest    [32]byte
 		Memory   [32]byte
 		Exts     []string
-	}{BuilderVersion, in.root, in.kernel, in.bios, cfg.Cmdline, cfg.NetDevice, sha256.Sum256(agent), guestHash(), sha256.Sum256(guest.Memory), extKeys(in.exts)})
+		// Our kernel's build key (source package, configuration,
+		// compilers); absent for Debian's kernel, whose key stays as it was.
+		KernelBuild string `json:",omitempty"`
+	}{BuilderVersion, in.root, imageKernel(in), in.bios, cfg.Cmdline, cfg.NetDevice, sha256.Sum256(agent), guestHash(), sha256.Sum256(guest.Memory), extKeys(in.exts), kernelBuildKey(in)})
 	return hex.EncodeToString(h.Sum(nil))
 }
 
@@ -390,8 +486,26 @@ func vmStepKey(cfg Config, in *inputs) string {
 		Cmdline  string
 		Guest    [32]byte
 		Exts     []string
-	}{BuilderVersion, in.root, in.kernel, in.bios, cfg.Cmdline, guestHash(), extKeys(in.exts)})
+		// The VM step boots the image's kernel: ours is an input too.
+		KernelBuild string `json:",omitempty"`
+	}{BuilderVersion, in.root, imageKernel(in), in.bios, cfg.Cmdline, guestHash(), extKeys(in.exts), kernelBuildKey(in)})
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// imageKernel is the package the image's kernel comes from: Debian's
+// kernel, or the source package ours is built from.
+func imageKernel(in *inputs) deb.Package {
+	if in.kernelBuild != nil {
+		return in.kernelSource
+	}
+	return in.kernel
+}
+
+func kernelBuildKey(in *inputs) string {
+	if in.kernelBuild == nil {
+		return ""
+	}
+	return in.kernelBuild.Key
 }
 
 func extKeys(exts []*extbuild.Result) []string {

@@ -41,8 +41,12 @@ type Manifest struct {
 	VGABIOS File   `json:"vgabios"`
 	FS      FSInfo `json:"fs"`
 
-	KernelPackage deb.Package   `json:"kernel_package"`
-	Packages      []deb.Package `json:"packages"`
+	// KernelPackage is Debian's kernel package, or for a kernel built from
+	// source (KernelBuild set) the source package it was built from.
+	KernelPackage deb.Package `json:"kernel_package"`
+	// KernelBuild describes our kernel (pgwasm image build --kernel source).
+	KernelBuild *KernelBuild  `json:"kernel_build,omitempty"`
+	Packages    []deb.Package `json:"packages"`
 	// Extensions were compiled for i386 from Debian source packages.
 	Extensions []Extension `json:"extensions,omitempty"`
 	// Reproducible lists what is byte-for-byte the same on every build
@@ -57,6 +61,15 @@ type Extension struct {
 	Version string          `json:"version"` // Debian source version
 	Key     string          `json:"key"`     // extbuild's key of all inputs
 	Files   []extbuild.File `json:"files"`
+}
+
+// KernelBuild is a kernel built from Debian's kernel source package with
+// guest/kernel/pgwasm.config (internal/image/kernelbuild).
+type KernelBuild struct {
+	Key          string `json:"key"`           // kernelbuild's key of all inputs
+	ConfigSHA256 string `json:"config_sha256"` // of the final .config
+	Compiler     string `json:"compiler"`      // the cross compiler's --version line
+	HostCompiler string `json:"host_compiler"` // the host gcc's, for the build tools
 }
 
 // File is one file of the image.

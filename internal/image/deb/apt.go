@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -154,43 +155,44 @@ var instLine = regexp.MustCompile(`^Inst (\S+) \((\S+) .*\[(\S+)\]\)`)
 // they depend on (Depends and Pre-Depends, no Recommends), exactly as apt
 // would install them on an empty system. The result is sorted by name.
 func (a *Apt) Resolve(ctx context.Context, names []string, withDeps bool) ([]Package, error) {
+	pkgs, err := a.closure(ctx, names)
+	if err != nil {
+		return nil, err
+	}
 	if !withDeps {
-		// An apt simulation of one package plus deps still tells us the
-		// candidate version; keep only the names asked for.
-		all, err := a.Resolve(ctx, names, true)
-		if err != nil {
-			return nil, err
-		}
+		// apt's simulated install of the packages with their dependencies
+		// tells the candidate versions; only the packages asked for are
+		// kept, and only they are checked against the lock and recorded
+		// for it (linux-source's binutils never goes into the image).
 		want := map[string]bool{}
 		for _, n := range names {
 			want[n] = true
 		}
-		var out []Package
-		for _, p := range all {
-			if want[p.Name] {
-				out = append(out, p)
-			}
-		}
-		return out, nil
-	}
-	key, keyErr := a.resolveKey(names)
-	pkgs, ok := []Package(nil), false
-	if keyErr == nil {
-		pkgs, ok = a.cachedResolve(key)
-	}
-	if !ok {
-		var err error
-		if pkgs, err = a.resolve(ctx, names); err != nil {
-			return nil, err
-		}
-		if keyErr == nil {
-			a.storeResolve(key, pkgs)
-		}
+		pkgs = slices.DeleteFunc(pkgs, func(p Package) bool { return !want[p.Name] })
 	}
 	if err := a.checkResolved(ctx, pkgs); err != nil {
 		return nil, err
 	}
 	a.resolved = append(a.resolved, pkgs...)
+	return pkgs, nil
+}
+
+// closure is the dependency closure of names, from the resolution cache
+// when the same names were resolved against the same package lists.
+func (a *Apt) closure(ctx context.Context, names []string) ([]Package, error) {
+	key, keyErr := a.resolveKey(names)
+	if keyErr == nil {
+		if pkgs, ok := a.cachedResolve(key); ok {
+			return pkgs, nil
+		}
+	}
+	pkgs, err := a.resolve(ctx, names)
+	if err != nil {
+		return nil, err
+	}
+	if keyErr == nil {
+		a.storeResolve(key, pkgs)
+	}
 	return pkgs, nil
 }
 

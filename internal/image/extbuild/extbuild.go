@@ -170,3 +170,9 @@ func Build(ctx context.Context, cfg Config, r Recipe) (*Result, error) {
 func Install(res *Result, root string) error {
 	return install(res, root)
 }
+
+// FindCrossCompiler locates the host's i686 cross compiler and says who it
+// is; the guest kernel's build (kernelbuild) uses the same one.
+func FindCrossCompiler(ctx context.Context) (*CrossCompiler, error) {
+	return findCrossCompiler(ctx)
+}
