@@ -4,12 +4,14 @@
 // uptime on every restore after the first in one emulator: the page's
 // quick-start state, then the user's. The guest's clock then stood still
 // for 50-90 s, no timer fired, and the restore or the next Start network
-// hung ("the VM made no progress"). harness/tsc.mjs has the fix.
+// hung ("the VM made no progress"). harness/tsc.mjs has the fix. The
+// issue's whole sequence (reload, restore, Start network, repeated, with
+// the CPU throttled) is engine.spec.mjs's.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { startServer, launchBrowser, waitReady, waitMessage, apiQuery, artifacts, screenText, pageStatus } from "./lib.mjs";
+import { startServer, launchBrowser, waitReady, apiQuery, artifacts, screenText, pageStatus } from "./lib.mjs";
 
 let srv, browser, page;
 
@@ -93,29 +95,4 @@ test("restore: the guest's clock resumes where the state was saved (#16 item 2)"
   assert.ok(jump > -1000, `the restore put the guest's clock back by ${(-jump / 1000).toFixed(1)} s`);
   await assertAlive("after the restore");
   await assertClockRuns("after the restore");
-});
-
-test("restore: reload, restore from the browser at once, Start network (#16 item 2)", async () => {
-  await page.goto(srv.url);
-  await waitReady(page, 600000);
-  await apiQuery(page, "create table if not exists restore_t(v text)");
-  await apiQuery(page, "insert into restore_t values ('kept')");
-  const name = `restore ${Date.now()}`;
-  await page.fill("#state-name", name);
-  await page.click("#save-idb");
-  let m = await waitMessage(page, 600000);
-  assert.equal(m.kind, "ok", m.text);
-  await page.goto(srv.url);
-  await waitReady(page, 600000);
-  // At once, as the user did: the fresh VM is still loading files.
-  await page.click(`.state-row:has-text("${name}") >> text=Restore`);
-  m = await waitMessage(page, 900000);
-  assert.equal(m.kind, "ok", m.text);
-  await assertAlive("after the restore");
-  await assertClockRuns("after the restore");
-  await page.click("#net-start");
-  m = await waitMessage(page, 900000);
-  assert.equal(m.kind, "ok", `Start network: ${m.text}`);
-  await assertAlive("after Start network");
-  assert.deepEqual((await apiQuery(page, "select v from restore_t")).rows, [["kept"]]);
 });
