@@ -25,6 +25,7 @@ import fs from "node:fs";
 import readline from "node:readline";
 import { V86 } from "v86";
 import { serialWriter } from "./serial.mjs";
+import { keepTSCOnRestore } from "./tsc.mjs";
 import { virtioConsoleWriter } from "./virtio-console.mjs";
 
 // Anything v86 prints must not corrupt the protocol on stdout.
@@ -48,6 +49,7 @@ const state = {
     restored: false,
     timings: {},            // phase name -> ms since this process started
     blob: { files: 0, bytes: 0, raw_bytes: 0 },
+    loadsInFlight: 0,       // 9p blob loads not finished yet (see saveState)
     consoleText: "",        // last CONSOLE_TAIL characters of ttyS0
     consoleWaiters: new Set(),
     uploads: new Map(),     // path -> {buf, received}: write_file chunks so far
@@ -285,7 +287,8 @@ function countBlobs(emulator, blobDir) {
         } catch (err) {
             log("blob stat failed", { name, err: String(err) });
         }
-        return orig(name, size);
+        state.loadsInFlight++;
+        return orig(name, size).finally(() => state.loadsInFlight--);
     };
 }
 
@@ -602,6 +605,7 @@ async function start(cmd) {
     await new Promise(resolve => emulator.add_listener("emulator-loaded", resolve));
     mark("emulator_loaded");
     countBlobs(emulator, cmd.blob_dir);
+    if (!keepTSCOnRestore(emulator)) log("TSC fix unavailable: v86 internals changed; a restored guest's clock may jump");
 
     if (stateBuf) {
         // Restored here rather than through initial_state so that a bad file
@@ -628,9 +632,26 @@ async function start(cmd) {
     return { timings: state.timings, restored: state.restored };
 }
 
+// saveState writes the raw state. The CPU stops first and the save waits
+// until no 9p blob load is in flight: v86 answers a read of a file it has
+// not loaded yet only once the load is done, so a state saved meanwhile
+// holds a request nobody answers after a restore, and the process that made
+// it hangs in every VM restored from the state (the page does the same,
+// docs/web.md "Saving and restoring with 9p requests in flight").
 async function saveState(cmd) {
     const t = performance.now();
-    const buf = await state.emulator.save_state();
+    await state.emulator.stop();
+    let buf;
+    try {
+        const deadline = Date.now() + 120000;
+        while (state.loadsInFlight > 0) {
+            if (Date.now() > deadline) throw new Error(`save_state: ${state.loadsInFlight} 9p file loads still in flight after 120 s`);
+            await new Promise(r => setTimeout(r, 10));
+        }
+        buf = await state.emulator.save_state();
+    } finally {
+        await state.emulator.run();
+    }
     const tmp = cmd.path + ".tmp";
     fs.writeFileSync(tmp, new Uint8Array(buf));
     fs.renameSync(tmp, cmd.path);
