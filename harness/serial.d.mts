@@ -1,2 +1,3 @@
 // Types of serial.mjs for the browser app's TypeScript.
-export function serialWriter(emulator: () => any, port: number, chunk?: number): (bytes: Uint8Array) => void;
+import type { ChannelWriter } from "./virtio-console.mjs";
+export function serialWriter(emulator: () => any, port: number, chunk?: number): ChannelWriter;

@@ -8,7 +8,9 @@
 // visible the writer falls back to one push.
 //
 // emulator is a function returning the current V86 instance (it changes
-// when a page restores another state).
+// when a page restores another state). The returned function queues bytes;
+// its reset() drops what is still queued (for a restore: see
+// virtio-console.mjs).
 export function serialWriter(emulator, port, chunk = 2048) {
     const queue = [];
     let offset = 0;
@@ -45,7 +47,7 @@ export function serialWriter(emulator, port, chunk = 2048) {
         setTimeout(pump, 1);
     }
 
-    return bytes => {
+    const write = bytes => {
         if (bytes.length === 0) return;
         queue.push(bytes);
         if (!pumping) {
@@ -53,4 +55,9 @@ export function serialWriter(emulator, port, chunk = 2048) {
             pump();
         }
     };
+    write.reset = () => {
+        queue.length = 0;
+        offset = 0;
+    };
+    return write;
 }

@@ -1,2 +1,6 @@
 // Types of virtio-console.mjs for the browser app's TypeScript.
-export function virtioConsoleWriter(emulator: () => any, port: number): (bytes: Uint8Array) => void;
+export interface ChannelWriter {
+  (bytes: Uint8Array): void;
+  reset(): void;
+}
+export function virtioConsoleWriter(emulator: () => any, port: number): ChannelWriter;

@@ -1,5 +1,5 @@
 // virtioConsoleWriter feeds bytes to one port of v86's virtio-console device.
-// Shared by the Node harness and (later) the browser app.
+// Shared by the Node harness and the browser app.
 //
 // v86 copies one write into one receive buffer the guest driver has posted
 // (Linux posts a page each, 16 per port) and silently drops a write when no
@@ -7,7 +7,10 @@
 // buffer it goes into and goes in only while one is free; the rest waits
 // until the guest has read some.
 //
-// emulator is a function returning the current V86 instance.
+// emulator is a function returning the current V86 instance. The returned
+// function queues bytes; its reset() drops what is still queued (after a
+// state restore, bytes meant for the VM before it must not reach the
+// restored one: they would end up in the middle of its next line).
 export function virtioConsoleWriter(emulator, port) {
     // v86's queues: port 0 receives on queue 0, port N on queue 2N+2.
     const queueID = port === 0 ? 0 : 2 * port + 2;
@@ -48,7 +51,7 @@ export function virtioConsoleWriter(emulator, port) {
         setTimeout(pump, 1);
     }
 
-    return bytes => {
+    const write = bytes => {
         const { emu, dev } = device();
         if (emu && !dev) throw new Error("v86 has no virtio-console device (started without virtio_console, or its internals changed)");
         if (bytes.length === 0) return;
@@ -58,4 +61,9 @@ export function virtioConsoleWriter(emulator, port) {
             pump();
         }
     };
+    write.reset = () => {
+        queue.length = 0;
+        offset = 0;
+    };
+    return write;
 }

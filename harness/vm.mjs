@@ -24,6 +24,7 @@
 import fs from "node:fs";
 import readline from "node:readline";
 import { V86 } from "v86";
+import { lineCollector } from "./lines.mjs";
 import { serialWriter } from "./serial.mjs";
 import { keepTSCOnRestore } from "./tsc.mjs";
 import { virtioConsoleWriter } from "./virtio-console.mjs";
@@ -123,39 +124,6 @@ const agent = {
         "virtio-console": virtioConsoleWriter(() => state.emulator, VIRTIO_AGENT_PORT),
     },
 };
-
-// lineCollector gathers a channel's output in a growing buffer (results can
-// be megabytes) and calls onLine with each whole line, decoded.
-function lineCollector(onLine) {
-    let buf = new Uint8Array(64 * 1024);
-    let len = 0;
-    function append(bytes) {
-        if (len + bytes.length > buf.length) {
-            let size = buf.length * 2;
-            while (size < len + bytes.length) size *= 2;
-            const bigger = new Uint8Array(size);
-            bigger.set(buf.subarray(0, len));
-            buf = bigger;
-        }
-        buf.set(bytes, len);
-        len += bytes.length;
-    }
-    return bytes => {
-        let from = 0;
-        for (;;) {
-            const nl = bytes.indexOf(0x0a, from);
-            if (nl < 0) {
-                append(bytes.subarray(from));
-                return;
-            }
-            append(bytes.subarray(from, nl));
-            const line = Buffer.from(buf.buffer, 0, len).toString("utf8").replace(/\r$/, "");
-            len = 0;
-            from = nl + 1;
-            onLine(line);
-        }
-    };
-}
 
 function onAgentLine(channel, line) {
     if (!line.trim()) return;

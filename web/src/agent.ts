@@ -1,5 +1,7 @@
-// Client of the guest agent on the VM's second serial port (ttyS1):
-// one JSON object per line both ways (docs/agent-protocol.md).
+// Client of the guest agent: one JSON object per line both ways
+// (docs/agent-protocol.md). The page talks to it on virtio-console port 1
+// (/dev/hvc1 in the guest); this class only sees bytes.
+import { lineCollector } from "../../harness/lines.mjs";
 
 export interface AgentError extends Error {
   sqlstate?: string;
@@ -21,7 +23,14 @@ export interface QueryResult {
   rows_affected: number;
 }
 
-type Pending = { resolve: (msg: any) => void; reject: (err: Error) => void; timer: number };
+type Pending = { op: string; resolve: (msg: any) => void; reject: (err: Error) => void; timer: number };
+
+// Writer puts bytes on the agent's channel; reset drops what it still
+// queues (harness/virtio-console.mjs).
+export interface Writer {
+  (bytes: Uint8Array): void;
+  reset(): void;
+}
 
 // Judge decides what a request that ran past its time limit does next:
 // "wait" (the VM is still making progress: give it more time) or a reason
@@ -32,9 +41,13 @@ export type Judge = (op: string, waitedMs: number, limitMs: number) => "wait" | 
 const JUDGE_EVERY_MS = 2000;
 
 export class Agent {
-  private buf: number[] = [];
+  private lines = lineCollector(line => this.onLine(line));
   private nextID = 1;
   private pending = new Map<number, Pending>();
+  // The ids of the requests sent and not answered yet, oldest first,
+  // including those that gave up waiting: the agent answers in order, so an
+  // answer with id 0 belongs to the first of them.
+  private unanswered: number[] = [];
   private readyWaiters: (() => void)[] = [];
   private chain: Promise<unknown> = Promise.resolve();
   version = "";
@@ -46,22 +59,20 @@ export class Agent {
   // dead, when set, fails every request at once with this reason.
   dead = "";
 
-  constructor(private send: (bytes: Uint8Array) => void) {}
+  constructor(private send: Writer) {}
 
-  // feed takes one byte from serial1.
-  feed(byte: number): void {
-    if (byte !== 0x0a) {
-      if (this.buf.length < (1 << 26)) this.buf.push(byte);
-      return;
-    }
-    const line = new TextDecoder().decode(new Uint8Array(this.buf)).replace(/\r$/, "");
-    this.buf = [];
+  // feed takes what the guest wrote on the agent's channel.
+  feed(bytes: Uint8Array): void {
+    this.lines(bytes);
+  }
+
+  private onLine(line: string): void {
     if (!line.trim()) return;
     let msg: any;
     try {
       msg = JSON.parse(line);
     } catch {
-      // Boot noise on the port; kept for error messages.
+      // Not a protocol line; kept for error messages.
       this.noise = [...this.noise.slice(-4), line.slice(0, 200)];
       return;
     }
@@ -72,17 +83,29 @@ export class Agent {
       return;
     }
     this.lastAnswer = Date.now();
-    const p = this.pending.get(msg.id);
+    const refused = msg.id === 0 && msg.ok === false;
+    const id = refused ? this.unanswered[0] : msg.id;
+    const at = this.unanswered.indexOf(id);
+    if (at >= 0) this.unanswered.splice(0, at + 1);
+    const p = this.pending.get(id);
     if (!p) return;
-    this.pending.delete(msg.id);
+    this.pending.delete(id);
     clearTimeout(p.timer);
+    if (refused) {
+      // The agent could not read the request; the only such line this
+      // client sends is one over the agent's limit (docs/agent-protocol.md).
+      p.reject(new Error(`the VM's agent refused the ${p.op} request: ${msg.error || "unreadable"} (its limit is 1 MiB of JSON per request; put large data in a file with upload())`));
+      return;
+    }
     p.resolve(msg);
   }
 
   // reset forgets a half-read line and fails outstanding requests: after a
   // state restore the guest side is another moment in time.
   reset(why: string): void {
-    this.buf = [];
+    this.send.reset();
+    this.lines.reset();
+    this.unanswered = [];
     this.ready = false;
     for (const [id, p] of this.pending) {
       clearTimeout(p.timer);
@@ -136,6 +159,7 @@ export class Agent {
         reject(new Error(`the VM's agent did not answer ${op} (${Math.round(waited / 1000)} s): ${verdict}`));
       };
       this.pending.set(id, {
+        op,
         timer: window.setTimeout(expire, timeoutMs),
         reject,
         resolve: msg => {
@@ -151,7 +175,15 @@ export class Agent {
           reject(err);
         },
       });
-      this.send(new TextEncoder().encode(JSON.stringify({ ...req, id }) + "\n"));
+      try {
+        this.send(new TextEncoder().encode(JSON.stringify({ ...req, id }) + "\n"));
+      } catch (err) {
+        clearTimeout(this.pending.get(id)?.timer);
+        this.pending.delete(id);
+        reject(err);
+        return;
+      }
+      this.unanswered.push(id);
     });
   }
 

@@ -12,6 +12,7 @@
 // the VM to another memory size).
 import { V86 } from "v86";
 import { serialWriter } from "../../harness/serial.mjs";
+import { virtioConsoleWriter, type ChannelWriter } from "../../harness/virtio-console.mjs";
 import { Agent, type QueryResult } from "./agent";
 import { PsqlTerminal } from "./terminal";
 import { openState, readHeader, wrapState, StateError } from "./statefile";
@@ -70,6 +71,11 @@ const KEEP_FILE_BYTES = 48 << 20;
 // A psql prompt at the end of the console output.
 const PROMPT = /[=\-('"*]?[#>] $/;
 const PANIC = /Kernel panic - not syncing[^\r\n]*/;
+// The agent's channel: virtio-console port 1, /dev/hvc1 in the guest
+// (docs/agent-protocol.md, "Channels"). Every image the page can start has
+// it (checkAgentChannel), so there is no serial fallback.
+const AGENT_PORT = 1;
+const AGENT_CHANNEL = "virtio-console";
 
 export interface Manifest {
   key: string;
@@ -191,6 +197,7 @@ export class PgWasm extends EventTarget {
   private consoleBytes = 0;
   private lastConsoleAt = 0;
   private toConsole: ((d: string) => void) | null = null;
+  private consoleWriter: ChannelWriter | null = null;
 
   constructor(opts: BootOptions = {}) {
     super();
@@ -198,7 +205,7 @@ export class PgWasm extends EventTarget {
     this.memoryMB = opts.memory || 128;
     this.imageBase = new URL(opts.imageBase || "image/", here()).href.replace(/\/?$/, "/");
     this.apiBase = new URL(opts.apiBase || "./", here()).href;
-    this.agent = new Agent(serialWriter(() => this.emulator, 1));
+    this.agent = new Agent(virtioConsoleWriter(() => this.emulator, AGENT_PORT));
     this.agent.judge = (op, waited, limit) => this.judgeWait(op, waited, limit);
   }
 
@@ -244,9 +251,9 @@ export class PgWasm extends EventTarget {
   // watchEmulator hooks the liveness signals of a new emulator.
   private watchEmulator(emulator: any): void {
     emulator.add_listener("serial0-output-byte", (b: number) => this.onConsoleByte(b));
-    emulator.add_listener("serial1-output-byte", (b: number) => {
+    emulator.add_listener(`virtio-console${AGENT_PORT}-output-bytes`, (bytes: Uint8Array) => {
       this.lastIO = Date.now();
-      this.agent.feed(b);
+      this.agent.feed(bytes);
     });
     // Frames from the guest's NIC go to the relay when the network is on.
     emulator.add_listener("net0-send", (frame: Uint8Array) => {
@@ -378,6 +385,7 @@ export class PgWasm extends EventTarget {
     const mresp = await fetch(new URL("manifest.json", this.imageBase), { cache: "no-cache" });
     if (!mresp.ok) throw new Error(`cannot load the VM image manifest (HTTP ${mresp.status})`);
     this.manifest = await mresp.json();
+    checkAgentChannel(this.manifest);
 
     let meta: StateMeta | undefined;
     if (!opts.fullBoot) {
@@ -400,6 +408,7 @@ export class PgWasm extends EventTarget {
       // non-ASCII text reaches psql intact.
       const toConsole = serialWriter(() => this.emulator, 0);
       const utf8 = new TextEncoder();
+      this.consoleWriter = toConsole;
       this.toConsole = d => toConsole(utf8.encode(d));
       this.terminal = new PsqlTerminal(opts.element, d => this.sendConsole(d), opts.fontSize);
       this.terminal.onResize = (rows, cols) => void this.syncTerminalSize(rows, cols).catch(() => undefined);
@@ -464,10 +473,11 @@ export class PgWasm extends EventTarget {
       disable_keyboard: true,
       disable_mouse: true,
       disable_speaker: true,
+      // The agent also answers on ttyS1, which the page leaves alone; the
+      // UART stays because a state restores only into a machine with the
+      // devices it was saved with.
       uart1: true,
-      // The page still talks to the agent on ttyS1, but a state saved with
-      // the virtio-console device restores only into a machine with it.
-      virtio_console: (this.manifest.agent_channels || []).includes("virtio-console"),
+      virtio_console: true,
       net_device: { type: this.manifest.net_device || "ne2k" },
       preserve_mac_from_state_image: true,
       filesystem: boot ? { basefs: img("9p/fs.json"), baseurl: img("9p/blobs/") } : { baseurl: img("9p/blobs/") },
@@ -730,6 +740,7 @@ export class PgWasm extends EventTarget {
       throw new StateError(`the emulator refused the state: ${(err as Error)?.message || err}`);
     }
     this.agent.reset("the VM was restored");
+    this.consoleWriter?.reset();
     this.terminal?.reset();
     this.consoleText = "";
     await this.runAndWaitStarted();
@@ -986,6 +997,16 @@ export class PgWasm extends EventTarget {
     this.terminal?.dispose();
     this.terminal = null;
     this.status("stopped", "stopped");
+  }
+}
+
+// checkAgentChannel refuses an image whose agent does not answer on the
+// page's channel (an image built before it had one): such an image's states
+// would not even restore, as they lack the device.
+function checkAgentChannel(m: Manifest): void {
+  const channels = m.agent_channels || ["serial"];
+  if (!channels.includes(AGENT_CHANNEL)) {
+    throw new Error(`this VM image's agent answers only on ${channels.join(", ")}, but this page talks to it on ${AGENT_CHANNEL}: the image is older than the page; rebuild it (make image snapshot)`);
   }
 }
 

@@ -10,9 +10,19 @@
 // nothing runs (issue #16 item 5): every Chromium process's user+system
 // time over SECONDS, after --settle SECONDS (default 10), from /proc.
 //
+// With --channels N it measures only the page API's way to the guest agent
+// (issue #11): `select 1` N times and a 1 MB result (10,000 rows of 100
+// bytes, as cmd/pgwasm-bench's measureChannels in Node) --mb-runs times
+// (default 5), each on the page's channel (virtio-console) and on the old
+// one (ttyS1, through a second client of the same class made in the page
+// for the measurement), in turns, in one page; with the host's load
+// average before and after.
+//
 //   node web/test/bench.mjs [--queries bench/queries.json] [--runs N]
 //   node web/test/bench.mjs --idle 30 [--settle 10]
+//   node web/test/bench.mjs --channels 100 [--mb-runs 5]
 import fs from "node:fs";
+import os from "node:os";
 import { startServer, launchBrowser, waitReady, waitMessage } from "./lib.mjs";
 import { inPage, trackBytes } from "../../bench/measure.mjs";
 
@@ -55,8 +65,11 @@ const srv = await startServer();
 const browser = await launchBrowser();
 const out = {};
 const idle = Number(arg("--idle") || 0);
+const channels = Number(arg("--channels") || 0);
 try {
-  if (idle > 0) {
+  if (channels > 0) {
+    await measureChannels(out, channels, Number(arg("--mb-runs") || 5));
+  } else if (idle > 0) {
     const page = await browser.ctx.newPage();
     await page.goto(srv.url);
     await waitReady(page);
@@ -114,5 +127,52 @@ async function measurePage(out) {
     await page.exposeFunction("benchLog", s => console.error("page-bench:", s));
     await waitReady(page);
     out.query_set = await page.evaluate(inPage("pgwasm", spec, Number(arg("--runs") || 3)));
+  }
+}
+
+// measureChannels times the page's API on the agent's two channels in turns
+// (which goes first alternates), in one page restored from the snapshot.
+async function measureChannels(out, runs, mbRuns) {
+  const page = await browser.ctx.newPage();
+  await page.goto(srv.url);
+  await waitReady(page);
+  out.load_before = os.loadavg();
+  out.channels = await page.evaluate(async ([runs, mbRuns]) => {
+    const pg = window.pgwasm, emu = pg.emulator;
+    // The old path: the same client class, on ttyS1, fed a byte at a time
+    // as the page did before; requests this small go out in one write.
+    const Agent = pg.agent.constructor;
+    const serial = new Agent(Object.assign(b => emu.serial_send_bytes(1, b), { reset() {} }));
+    emu.add_listener("serial1-output-byte", b => serial.feed(Uint8Array.of(b)));
+    const paths = {
+      "virtio-console": sql => pg.query(sql),
+      serial: sql => serial.request({ op: "query", sql }, 600000, false),
+    };
+    const res = { "virtio-console": { select1_ms: [], result_1mb_ms: [] }, serial: { select1_ms: [], result_1mb_ms: [] } };
+    const cases = [
+      ["select1_ms", "select 1", runs, 1],
+      ["result_1mb_ms", "select repeat('x', 100) from generate_series(1, 10000)", mbRuns, 10000],
+    ];
+    for (const [key, sql, n, rows] of cases) {
+      for (let i = -1; i < n; i++) { // i = -1 is the warm-up
+        const order = i % 2 ? ["virtio-console", "serial"] : ["serial", "virtio-console"];
+        for (const ch of order) {
+          const t = performance.now();
+          const r = await paths[ch](sql);
+          const ms = performance.now() - t;
+          if (r.rows.length !== rows) throw new Error(`${ch}: ${sql}: ${r.rows.length} rows, want ${rows}`);
+          if (i >= 0) res[ch][key].push(ms);
+        }
+      }
+    }
+    return res;
+  }, [runs, mbRuns]);
+  out.load_after = os.loadavg();
+  for (const ch of Object.values(out.channels)) {
+    for (const key of ["select1_ms", "result_1mb_ms"]) {
+      const v = [...ch[key]].sort((a, b) => a - b);
+      ch[key.replace(/_ms$/, "_median_ms")] = v[Math.floor(v.length / 2)];
+      ch[key.replace(/_ms$/, "_min_max_ms")] = [v[0], v[v.length - 1]];
+    }
   }
 }
