@@ -12,6 +12,7 @@
 // the VM to another memory size).
 import { V86 } from "v86";
 import { serialWriter } from "../../harness/serial.mjs";
+import { keepTSCOnRestore } from "../../harness/tsc.mjs";
 import { virtioConsoleWriter, type ChannelWriter } from "../../harness/virtio-console.mjs";
 import { Agent, type QueryResult } from "./agent";
 import { PsqlTerminal } from "./terminal";
@@ -503,6 +504,10 @@ export class PgWasm extends EventTarget {
     this.watchEmulator(emulator);
     this.idleLess(emulator);
     await new Promise<void>(resolve => emulator.add_listener("emulator-loaded", () => resolve()));
+    // Before any restore: v86 would put a restored guest's clock back by
+    // the previous state's uptime, and the guest would hang until it caught
+    // up (issue #16 item 2; harness/tsc.mjs).
+    keepTSCOnRestore(emulator);
     this.trackFileLoads(emulator);
     this.mark("emulator_loaded");
     return emulator;
