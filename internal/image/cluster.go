@@ -67,6 +67,11 @@ func runInVM(ctx context.Context, cfg Config, root, staged, key string, meta roo
 	if len(key) < 16 {
 		return fmt.Errorf("VM step: bad cache key %q", key)
 	}
+	// Without one the kernel boots with no console: nothing to wait for but
+	// the step's timeout.
+	if cfg.Cmdline == "" {
+		return errors.New("VM step: no kernel command line (checkKernel fills in the kernel kind's)")
+	}
 	entry := filepath.Join(cfg.CacheDir, "vmstep", key[:16])
 	inputs, err := vmStepInputs(cfg)
 	if err != nil {

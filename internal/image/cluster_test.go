@@ -90,6 +90,11 @@ func testRoot(t *testing.T) (cfg Config, root, staged string) {
 	cfg = DefaultConfig()
 	cfg.CacheDir = filepath.Join(work, "cache")
 	cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	// As Build does: the kernel's command line (console=ttyS0 above all)
+	// is filled in from the kernel kind.
+	if err := checkKernel(&cfg); err != nil {
+		t.Fatal(err)
+	}
 	return cfg, root, staged
 }
 
