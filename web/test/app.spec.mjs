@@ -346,7 +346,9 @@ test("phone keys, font size and terminal size", async () => {
   await page.waitForFunction(() => window.pgwasm.terminal.settled(), null, { timeout: 30000, polling: 100 });
   const { rows, cols } = await page.evaluate(() => window.pgwasm.terminal.size());
   await page.keyboard.type("\\! stty size\n", { delay: 5 });
-  await waitScreen(page, new RegExp(`^${rows} ${cols}\\s*$`, "m"));
+  // Wait for psql's next prompt: readline draws it once the tty is raw
+  // again; a key pressed before that is echoed by the cooked tty as ^[[A.
+  await waitScreen(page, new RegExp(`^${rows} ${cols}\\s*\\npostgres=# $`, "m"));
   // The page's hidden size commands stay out of psql's history: Up
   // recalls the user's own last line.
   await page.keyboard.press("ArrowUp");
