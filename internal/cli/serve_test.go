@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/peterbourgon/ff/v3"
+
+	"github.com/pgwasm/pgwasm/internal/stack"
 	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
 )
 
@@ -148,33 +151,20 @@ func TestServeRunsAndStops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{stdout: io.Discard, stderr: io.Discard, logger: slog.New(slog.DiscardHandler)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addrs := make(chan [2]string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- runServe(ctx, e, cfg, func(h, s string) { addrs <- [2]string{h, s} })
-	}()
-	var a [2]string
-	select {
-	case a = <-addrs:
-	case err := <-done:
-		t.Fatalf("serve ended early: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("serve did not start")
-	}
-	resp, err := http.Get("http://" + a[0] + "/healthz")
+	a, done := serveInProcess(t, ctx, cfg)
+	resp, err := http.Get("http://" + a.HTTP + "/healthz")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("healthz = %v, %v", resp, err)
 	}
 	resp.Body.Close()
-	got, err := servetest.CreateSession(ctx, "http://"+a[0])
+	got, err := servetest.CreateSession(ctx, "http://"+a.HTTP)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, sniPort, _ := net.SplitHostPort(a[1])
-	if !strings.HasPrefix(got.RelayURL, "ws://"+a[0]+"/relay/") || got.Tunnel == nil || got.Tunnel.Port == nil || got.Tunnel.SNI == nil ||
+	_, sniPort, _ := net.SplitHostPort(a.SNI)
+	if !strings.HasPrefix(got.RelayURL, "ws://"+a.HTTP+"/relay/") || got.Tunnel == nil || got.Tunnel.Port == nil || got.Tunnel.SNI == nil ||
 		int(got.Tunnel.Port.Port) != port || itoa(int(got.Tunnel.SNI.Port)) != sniPort {
 		t.Fatalf("POST /api/sessions = %+v", got)
 	}
@@ -187,13 +177,42 @@ func TestServeRunsAndStops(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("serve did not stop")
 	}
-	if c, err := net.Dial("tcp", a[0]); err == nil {
+	if _, err := os.Stat(cfg.readyFile); !os.IsNotExist(err) {
+		t.Errorf("ready file still there after shutdown: %v", err)
+	}
+	if c, err := net.Dial("tcp", a.HTTP); err == nil {
 		c.Close()
 		t.Error("HTTP port still open after shutdown")
 	}
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// serveInProcess runs the serve command with cfg until ctx ends, and
+// returns once its --ready-file names the bound addresses; done gets what
+// the command returned.
+func serveInProcess(t *testing.T, ctx context.Context, cfg *serveConfig) (stack.Addrs, <-chan error) {
+	t.Helper()
+	cfg.readyFile = filepath.Join(t.TempDir(), "ready.json")
+	e := &env{stdout: io.Discard, stderr: io.Discard, logger: slog.New(slog.DiscardHandler)}
+	done := make(chan error, 1)
+	exited := make(chan struct{})
+	go func() {
+		err := runServe(ctx, e, cfg)
+		close(exited)
+		done <- err
+	}()
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	a, err := servetest.WaitReady(wctx, cfg.readyFile, exited)
+	if errors.Is(err, servetest.ErrExited) {
+		t.Fatalf("serve ended early: %v", <-done)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, done
+}
 
 // TestServeDrain stops the real command as SIGTERM does, with a drain
 // delay: readiness fails at once while liveness holds, new sessions get
@@ -207,23 +226,10 @@ func TestServeDrain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{stdout: io.Discard, stderr: io.Discard, logger: slog.New(slog.DiscardHandler)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addrs := make(chan [2]string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- runServe(ctx, e, cfg, func(h, s string) { addrs <- [2]string{h, s} })
-	}()
-	var a [2]string
-	select {
-	case a = <-addrs:
-	case err := <-done:
-		t.Fatalf("serve ended early: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("serve did not start")
-	}
-	base := "http://" + a[0]
+	a, done := serveInProcess(t, ctx, cfg)
+	base := "http://" + a.HTTP
 	status := func(method, path string) int {
 		t.Helper()
 		req, _ := http.NewRequest(method, base+path, nil)
