@@ -22,6 +22,7 @@ import (
 	"github.com/peterbourgon/ff/v3"
 
 	"github.com/pgwasm/pgwasm/internal/stack"
+	"github.com/pgwasm/pgwasm/internal/testkit"
 	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
 )
 
@@ -137,29 +138,18 @@ func TestServeFlagErrors(t *testing.T) {
 // TestServeRunsAndStops runs the real command on loopback and stops it
 // through its context, as SIGTERM does.
 func TestServeRunsAndStops(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	cfg, err := parseServe(t, []string{
+	port := testkit.FreePort(t, "127.0.0.1")
+	srv := serveInProcess(t,
 		"--listen", "127.0.0.1:0", "--tunnel-sni-listen", "127.0.0.1:0",
-		"--tunnel-ports", itoa(port) + "-" + itoa(port),
-		"--dns", "127.0.0.1:1", "--shutdown-timeout", "5s",
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	a, done := serveInProcess(t, ctx, cfg)
+		"--tunnel-ports", itoa(port)+"-"+itoa(port),
+		"--dns", "127.0.0.1:1", "--shutdown-timeout", "5s")
+	a, cancel, done := srv.Addrs, srv.stop, srv.done
 	resp, err := http.Get("http://" + a.HTTP + "/healthz")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("healthz = %v, %v", resp, err)
 	}
 	resp.Body.Close()
-	got, err := servetest.CreateSession(ctx, "http://"+a.HTTP)
+	got, err := servetest.CreateSession(context.Background(), "http://"+a.HTTP)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +167,7 @@ func TestServeRunsAndStops(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("serve did not stop")
 	}
-	if _, err := os.Stat(cfg.readyFile); !os.IsNotExist(err) {
+	if _, err := os.Stat(srv.readyFile); !os.IsNotExist(err) {
 		t.Errorf("ready file still there after shutdown: %v", err)
 	}
 	if c, err := net.Dial("tcp", a.HTTP); err == nil {
@@ -188,12 +178,25 @@ func TestServeRunsAndStops(t *testing.T) {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
-// serveInProcess runs the serve command with cfg until ctx ends, and
-// returns once its --ready-file names the bound addresses; done gets what
-// the command returned.
-func serveInProcess(t *testing.T, ctx context.Context, cfg *serveConfig) (stack.Addrs, <-chan error) {
+// inProcess is the serve command running in this process.
+type inProcess struct {
+	stack.Addrs
+	readyFile string
+	stop      context.CancelFunc // as SIGTERM does
+	done      <-chan error       // what the command returned
+}
+
+// serveInProcess runs the serve command with args and returns once its
+// --ready-file names the bound addresses.
+func serveInProcess(t *testing.T, args ...string) *inProcess {
 	t.Helper()
+	cfg, err := parseServe(t, args, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg.readyFile = filepath.Join(t.TempDir(), "ready.json")
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	e := &env{stdout: io.Discard, stderr: io.Discard, logger: slog.New(slog.DiscardHandler)}
 	done := make(chan error, 1)
 	exited := make(chan struct{})
@@ -202,8 +205,8 @@ func serveInProcess(t *testing.T, ctx context.Context, cfg *serveConfig) (stack.
 		close(exited)
 		done <- err
 	}()
-	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
 	a, err := servetest.WaitReady(wctx, cfg.readyFile, exited)
 	if errors.Is(err, servetest.ErrExited) {
 		t.Fatalf("serve ended early: %v", <-done)
@@ -211,7 +214,7 @@ func serveInProcess(t *testing.T, ctx context.Context, cfg *serveConfig) (stack.
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a, done
+	return &inProcess{Addrs: a, readyFile: cfg.readyFile, stop: cancel, done: done}
 }
 
 // TestServeDrain stops the real command as SIGTERM does, with a drain
@@ -219,16 +222,10 @@ func serveInProcess(t *testing.T, ctx context.Context, cfg *serveConfig) (stack.
 // 503, the attached websocket is closed with 4503 "draining" once the delay
 // is over (not before), and the process is gone within --shutdown-timeout.
 func TestServeDrain(t *testing.T) {
-	cfg, err := parseServe(t, []string{
+	srv := serveInProcess(t,
 		"--listen", "127.0.0.1:0", "--tunnel-sni-listen", "127.0.0.1:0", "--tunnel-ports", "off",
-		"--dns", "127.0.0.1:1", "--shutdown-timeout", "6s", "--drain-delay", "1500ms",
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	a, done := serveInProcess(t, ctx, cfg)
+		"--dns", "127.0.0.1:1", "--shutdown-timeout", "6s", "--drain-delay", "1500ms")
+	a, cancel, done := srv.Addrs, srv.stop, srv.done
 	base := "http://" + a.HTTP
 	status := func(method, path string) int {
 		t.Helper()

@@ -39,15 +39,8 @@ func (t *Tunnel) AttachPreferring(ctx context.Context, s Session, want uint16) (
 	} else {
 		log.Info("tunnel port open")
 	}
-	t.wg.Add(2)
-	go func() {
-		defer t.wg.Done()
-		select {
-		case <-s.Done():
-		case <-t.ctx.Done():
-		}
-		ln.Close()
-	}()
+	t.atEnd(s, func() { ln.Close() })
+	t.wg.Add(1)
 	go func() {
 		defer t.wg.Done()
 		defer t.release(port)
@@ -76,6 +69,17 @@ func (t *Tunnel) rememberFailure(s Session, err error) {
 	t.mu.Lock()
 	t.sessions[s.ID()] = e
 	t.mu.Unlock()
+	t.atEnd(s, func() {
+		t.mu.Lock()
+		if t.sessions[s.ID()] == e {
+			delete(t.sessions, s.ID())
+		}
+		t.mu.Unlock()
+	})
+}
+
+// atEnd calls f once s ends or the tunnel closes.
+func (t *Tunnel) atEnd(s Session, f func()) {
 	t.wg.Add(1)
 	go func() {
 		defer t.wg.Done()
@@ -83,11 +87,7 @@ func (t *Tunnel) rememberFailure(s Session, err error) {
 		case <-s.Done():
 		case <-t.ctx.Done():
 		}
-		t.mu.Lock()
-		if t.sessions[s.ID()] == e {
-			delete(t.sessions, s.ID())
-		}
-		t.mu.Unlock()
+		f()
 	}()
 }
 
