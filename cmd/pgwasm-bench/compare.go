@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -623,55 +622,36 @@ func runJSON(ctx context.Context, logger *slog.Logger, v any, timeout time.Durat
 
 // serveProc is a `pgwasm serve` on loopback with a port-mode tunnel range.
 type serveProc struct {
-	cmd     *exec.Cmd
-	httpURL string
-	log     *os.File
+	*servetest.Proc
+	log *os.File
 }
 
 func startServe(ctx context.Context, cfg *Config, logger *slog.Logger) (*serveProc, error) {
-	// One range: the HTTP port, the SNI port and 8 tunnel ports.
-	httpPort, err := testkit.FindRange("127.0.0.1", 10)
+	first, err := testkit.FindRange("127.0.0.1", 8)
 	if err != nil {
-		return nil, fmt.Errorf("no free ports for pgwasm serve: %w", err)
+		return nil, fmt.Errorf("no free tunnel ports for pgwasm serve: %w", err)
 	}
-	sniPort, first := httpPort+1, httpPort+2
 	f, err := os.CreateTemp("", "pgwasm-bench-serve-*.log")
 	if err != nil {
 		return nil, err
 	}
-	s := &serveProc{httpURL: fmt.Sprintf("http://127.0.0.1:%d", httpPort), log: f}
-	s.cmd = exec.Command(cfg.Bin, "serve",
-		"--listen", fmt.Sprintf("127.0.0.1:%d", httpPort),
+	p, err := servetest.Start(ctx, servetest.Options{Bin: cfg.Bin, Output: f, Args: []string{
+		"--listen", "127.0.0.1:0",
 		"--image", cfg.ImageDir,
 		"--tunnel-ports", fmt.Sprintf("%d-%d", first, first+7),
 		"--tunnel-bind", "127.0.0.1", "--tunnel-host", "127.0.0.1",
-		"--tunnel-sni-listen", fmt.Sprintf("127.0.0.1:%d", sniPort),
-		"--dns", "127.0.0.1:1", "--shutdown-timeout", "3s")
-	s.cmd.Stdout, s.cmd.Stderr = f, f
-	if err := s.cmd.Start(); err != nil {
+		"--tunnel-sni-listen", "127.0.0.1:0",
+		"--dns", "127.0.0.1:1", "--shutdown-timeout", "3s"}})
+	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("cannot start pgwasm serve: %w", err)
+		return nil, fmt.Errorf("%w (log: %s)", err, f.Name())
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(s.httpURL + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				logger.Info("pgwasm serve up", "http", s.httpURL, "log", f.Name())
-				return s, nil
-			}
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			s.stop(logger)
-			return nil, fmt.Errorf("pgwasm serve not healthy after 30 s: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	logger.Info("pgwasm serve up", "http", p.URL, "log", f.Name())
+	return &serveProc{Proc: p, log: f}, nil
 }
 
 func (s *serveProc) createSession(ctx context.Context) (*server.SessionInfo, error) {
-	se, err := servetest.CreateSession(ctx, s.httpURL)
+	se, err := servetest.CreateSession(ctx, s.URL)
 	if err != nil {
 		return nil, err
 	}
@@ -682,15 +662,7 @@ func (s *serveProc) createSession(ctx context.Context) (*server.SessionInfo, err
 }
 
 func (s *serveProc) stop(logger *slog.Logger) {
-	_ = s.cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { _ = s.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-done
-	}
+	s.Stop()
 	s.log.Close()
 	os.Remove(s.log.Name())
 	logger.Debug("pgwasm serve stopped")

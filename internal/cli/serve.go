@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -19,13 +19,11 @@ import (
 	"time"
 
 	"github.com/peterbourgon/ff/v3/ffcli"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/pgwasm/pgwasm/internal/policy"
 	"github.com/pgwasm/pgwasm/internal/relay"
 	"github.com/pgwasm/pgwasm/internal/server"
+	"github.com/pgwasm/pgwasm/internal/stack"
 	"github.com/pgwasm/pgwasm/internal/tunnel"
 	"github.com/pgwasm/pgwasm/internal/web"
 )
@@ -43,6 +41,7 @@ type serveConfig struct {
 	lazySessions      bool
 	sessionSecret     string
 	sessionSecretFile string
+	readyFile         string
 
 	tunnelPorts     string
 	tunnelBind      string
@@ -91,6 +90,7 @@ func (c *serveConfig) registerFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.lazySessions, "lazy-sessions", false, "POST /api/sessions only signs the session's token; its network is built where its websocket arrives (a cluster behind a proxy routing by session id; needs --tunnel-ports off and a shared --session-secret)")
 	fs.StringVar(&c.sessionSecret, "session-secret", "", "secret (at least 16 bytes) that signs session tokens, so sessions survive a restart and any server with the same secret accepts them; empty: random at start (a restart then ends every session)")
 	fs.StringVar(&c.sessionSecretFile, "session-secret-file", "", "file holding --session-secret (surrounding white space ignored)")
+	fs.StringVar(&c.readyFile, "ready-file", "", `once listening, write the bound addresses to this file as JSON, {"http":"HOST:PORT","sni":"HOST:PORT"} (sni only when on), for tests and scripts that listen on port 0; removed on exit`)
 
 	fs.StringVar(&c.tunnelPorts, "tunnel-ports", "15432-15531", "port range for per-session tunnel ports (FIRST-LAST); off disables port mode")
 	fs.StringVar(&c.tunnelBind, "tunnel-bind", td.PortBind.String(), "address per-session tunnel ports listen on")
@@ -279,85 +279,18 @@ func newServeCommand(e *env) *ffcli.Command {
 			if len(args) > 0 {
 				return fmt.Errorf("serve takes no arguments, got %q", args)
 			}
-			return runServe(ctx, e, &cfg, nil)
+			return runServe(ctx, e, &cfg)
 		},
 	}
 }
 
-// drain is the graceful part of a shutdown (docs/serve.md, "Graceful
-// drain"): unready at once and no new sessions or websockets; after
-// --drain-delay, when a load balancer has taken this server out, every
-// websocket is closed with code 4503 so its VM reconnects at once (to
-// another server, which re-creates the session from its token), and the
-// SNI listener closes. It spends at most half of what is left of
-// --shutdown-timeout on close handshakes.
-func drain(log *slog.Logger, cfg *serveConfig, deadline time.Time, h *server.Server, mgr *relay.Manager, stopSNI func()) {
-	start := time.Now()
-	log.Info("draining", "drain_delay", cfg.drainDelay, "shutdown_timeout", cfg.shutdownTimeout)
-	h.SetDraining()
-	mgr.Drain()
-	time.Sleep(cfg.drainDelay)
-	stopSNI()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Until(deadline)/2)
-	defer cancel()
-	n := mgr.CloseWebsockets(ctx)
-	log.Info("drained", "websockets", n, "seconds", time.Since(start).Seconds())
-}
-
-// runServe serves until ctx ends. ready, if not nil, gets the bound
-// addresses (for tests that listen on port 0).
-func runServe(ctx context.Context, e *env, cfg *serveConfig, ready func(httpAddr, sniAddr string)) error {
-	parts, err := cfg.parts()
+// runServe serves until ctx ends.
+func runServe(ctx context.Context, e *env, cfg *serveConfig) error {
+	p, err := cfg.parts()
 	if err != nil {
 		return err
 	}
 	log := e.logger
-	reg := prometheus.NewRegistry()
-	if err := reg.Register(collectors.NewGoCollector()); err != nil {
-		return fmt.Errorf("cannot register Go metrics: %w", err)
-	}
-	if err := reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
-		return fmt.Errorf("cannot register process metrics: %w", err)
-	}
-
-	if len(parts.relay.SessionSecret) == 0 {
-		log.Warn("no --session-secret: sessions will not survive a restart of this server")
-	}
-	mgr, err := relay.NewManager(parts.relay, log, reg)
-	if err != nil {
-		return fmt.Errorf("cannot start the relay: %w", err)
-	}
-	defer mgr.Close()
-	sessions := server.NewRelaySessions(mgr)
-	sessions.Lazy = cfg.lazySessions
-	tun, err := tunnel.New(parts.tunnel, sessions.TunnelLookup, log.With("component", "tunnel"), reg)
-	if err != nil {
-		return fmt.Errorf("cannot start the tunnel: %w", err)
-	}
-	defer tun.Close()
-
-	var lc net.ListenConfig
-	httpLn, err := lc.Listen(ctx, "tcp", cfg.listen)
-	if err != nil {
-		return fmt.Errorf("cannot listen for HTTP: %w", err)
-	}
-	defer httpLn.Close()
-	var sniLn net.Listener
-	sniAddr := ""
-	if !off(cfg.sniListen) {
-		if sniLn, err = lc.Listen(ctx, "tcp", cfg.sniListen); err != nil {
-			return fmt.Errorf("cannot listen for the SNI tunnel: %w", err)
-		}
-		defer sniLn.Close()
-		sniAddr = sniLn.Addr().String()
-		parts.server.SNIPort = uint16(sniLn.Addr().(*net.TCPAddr).Port)
-		if cfg.sniPublicPort != 0 {
-			parts.server.SNIPort = uint16(cfg.sniPublicPort)
-		}
-	}
-	parts.server.Relay = mgr
-	parts.server.Gatherer = reg
-	parts.server.Tunnel = tun
 	app, err := web.NewHandler(web.Assets())
 	if err != nil {
 		return fmt.Errorf("cannot load the web app: %w", err)
@@ -365,53 +298,50 @@ func runServe(ctx context.Context, e *env, cfg *serveConfig, ready func(httpAddr
 	if !app.Built() {
 		log.Warn("the web app is not built into this binary: run make web, then rebuild")
 	}
-	parts.server.App = app
-	h, err := server.New(parts.server, sessions, log.With("component", "http"), reg)
+	p.server.App = app
+	sc := stack.Config{
+		Relay: p.relay, Tunnel: p.tunnel, Server: p.server,
+		LazySessions:    cfg.lazySessions,
+		Listen:          cfg.listen,
+		SNIPublicPort:   uint16(cfg.sniPublicPort),
+		ShutdownTimeout: cfg.shutdownTimeout,
+		DrainDelay:      cfg.drainDelay,
+		Log:             log,
+	}
+	if !off(cfg.sniListen) {
+		sc.SNIListen = cfg.sniListen
+	}
+	st, err := stack.New(ctx, sc)
 	if err != nil {
-		return fmt.Errorf("cannot set up the HTTP server: %w", err)
+		return err
 	}
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := srv.Serve(httpLn); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("HTTP server failed: %w", err)
-		}
-		return nil
-	})
-	// The SNI listener outlives the signal by --drain-delay: sessions
-	// here still take tunnel connections until their pages move.
-	sniCtx, stopSNI := context.WithCancel(context.Background())
-	defer stopSNI()
-	if sniLn != nil {
-		g.Go(func() error { return tun.ServeSNI(sniCtx, sniLn) })
-	}
-	g.Go(func() error {
-		<-gctx.Done()
-		deadline := time.Now().Add(cfg.shutdownTimeout)
-		drain(log, cfg, deadline, h, mgr, stopSNI)
-		sctx, cancel := context.WithDeadline(context.Background(), deadline)
-		defer cancel()
-		err := srv.Shutdown(sctx)
-		// Hijacked websockets are not Shutdown's: ending the sessions
-		// closes what is left of them, and every tunnel connection.
-		mgr.Close()
-		tun.Close()
-		log.Info("shut down")
-		if err != nil {
-			return fmt.Errorf("HTTP shutdown: %w", err)
-		}
-		return nil
-	})
-	log.Info("serving", "http", httpLn.Addr().String(), "sni", sniAddr,
+	defer st.Close()
+	addrs := st.Addrs()
+	log.Info("serving", "http", addrs.HTTP, "sni", addrs.SNI,
 		"tunnel_ports", cfg.tunnelPorts, "image", cfg.image, "egress_allow", cfg.allowEgress.String())
-	if ready != nil {
-		ready(httpLn.Addr().String(), sniAddr)
+	if cfg.readyFile != "" {
+		if err := writeReadyFile(cfg.readyFile, addrs); err != nil {
+			return err
+		}
+		defer os.Remove(cfg.readyFile)
 	}
-	return g.Wait()
+	return st.Serve(ctx)
+}
+
+// writeReadyFile writes addrs as JSON to path, whole or not at all: a
+// reader that sees the file sees all of it.
+func writeReadyFile(path string, addrs stack.Addrs) error {
+	b, err := json.Marshal(addrs)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("cannot write --ready-file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("cannot write --ready-file: %w", err)
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -19,6 +20,9 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/peterbourgon/ff/v3"
+
+	"github.com/pgwasm/pgwasm/internal/stack"
+	"github.com/pgwasm/pgwasm/internal/testkit"
 	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
 )
 
@@ -134,47 +138,23 @@ func TestServeFlagErrors(t *testing.T) {
 // TestServeRunsAndStops runs the real command on loopback and stops it
 // through its context, as SIGTERM does.
 func TestServeRunsAndStops(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	cfg, err := parseServe(t, []string{
+	port := testkit.FreePort(t, "127.0.0.1")
+	srv := serveInProcess(t,
 		"--listen", "127.0.0.1:0", "--tunnel-sni-listen", "127.0.0.1:0",
-		"--tunnel-ports", itoa(port) + "-" + itoa(port),
-		"--dns", "127.0.0.1:1", "--shutdown-timeout", "5s",
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{stdout: io.Discard, stderr: io.Discard, logger: slog.New(slog.DiscardHandler)}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	addrs := make(chan [2]string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- runServe(ctx, e, cfg, func(h, s string) { addrs <- [2]string{h, s} })
-	}()
-	var a [2]string
-	select {
-	case a = <-addrs:
-	case err := <-done:
-		t.Fatalf("serve ended early: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("serve did not start")
-	}
-	resp, err := http.Get("http://" + a[0] + "/healthz")
+		"--tunnel-ports", itoa(port)+"-"+itoa(port),
+		"--dns", "127.0.0.1:1", "--shutdown-timeout", "5s")
+	a, cancel, done := srv.Addrs, srv.stop, srv.done
+	resp, err := http.Get("http://" + a.HTTP + "/healthz")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("healthz = %v, %v", resp, err)
 	}
 	resp.Body.Close()
-	got, err := servetest.CreateSession(ctx, "http://"+a[0])
+	got, err := servetest.CreateSession(context.Background(), "http://"+a.HTTP)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, sniPort, _ := net.SplitHostPort(a[1])
-	if !strings.HasPrefix(got.RelayURL, "ws://"+a[0]+"/relay/") || got.Tunnel == nil || got.Tunnel.Port == nil || got.Tunnel.SNI == nil ||
+	_, sniPort, _ := net.SplitHostPort(a.SNI)
+	if !strings.HasPrefix(got.RelayURL, "ws://"+a.HTTP+"/relay/") || got.Tunnel == nil || got.Tunnel.Port == nil || got.Tunnel.SNI == nil ||
 		int(got.Tunnel.Port.Port) != port || itoa(int(got.Tunnel.SNI.Port)) != sniPort {
 		t.Fatalf("POST /api/sessions = %+v", got)
 	}
@@ -187,7 +167,10 @@ func TestServeRunsAndStops(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("serve did not stop")
 	}
-	if c, err := net.Dial("tcp", a[0]); err == nil {
+	if _, err := os.Stat(srv.readyFile); !os.IsNotExist(err) {
+		t.Errorf("ready file still there after shutdown: %v", err)
+	}
+	if c, err := net.Dial("tcp", a.HTTP); err == nil {
 		c.Close()
 		t.Error("HTTP port still open after shutdown")
 	}
@@ -195,35 +178,55 @@ func TestServeRunsAndStops(t *testing.T) {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
+// inProcess is the serve command running in this process.
+type inProcess struct {
+	stack.Addrs
+	readyFile string
+	stop      context.CancelFunc // as SIGTERM does
+	done      <-chan error       // what the command returned
+}
+
+// serveInProcess runs the serve command with args and returns once its
+// --ready-file names the bound addresses.
+func serveInProcess(t *testing.T, args ...string) *inProcess {
+	t.Helper()
+	cfg, err := parseServe(t, args, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.readyFile = filepath.Join(t.TempDir(), "ready.json")
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	e := &env{stdout: io.Discard, stderr: io.Discard, logger: slog.New(slog.DiscardHandler)}
+	done := make(chan error, 1)
+	exited := make(chan struct{})
+	go func() {
+		err := runServe(ctx, e, cfg)
+		close(exited)
+		done <- err
+	}()
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
+	a, err := servetest.WaitReady(wctx, cfg.readyFile, exited)
+	if errors.Is(err, servetest.ErrExited) {
+		t.Fatalf("serve ended early: %v", <-done)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &inProcess{Addrs: a, readyFile: cfg.readyFile, stop: cancel, done: done}
+}
+
 // TestServeDrain stops the real command as SIGTERM does, with a drain
 // delay: readiness fails at once while liveness holds, new sessions get
 // 503, the attached websocket is closed with 4503 "draining" once the delay
 // is over (not before), and the process is gone within --shutdown-timeout.
 func TestServeDrain(t *testing.T) {
-	cfg, err := parseServe(t, []string{
+	srv := serveInProcess(t,
 		"--listen", "127.0.0.1:0", "--tunnel-sni-listen", "127.0.0.1:0", "--tunnel-ports", "off",
-		"--dns", "127.0.0.1:1", "--shutdown-timeout", "6s", "--drain-delay", "1500ms",
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{stdout: io.Discard, stderr: io.Discard, logger: slog.New(slog.DiscardHandler)}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	addrs := make(chan [2]string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- runServe(ctx, e, cfg, func(h, s string) { addrs <- [2]string{h, s} })
-	}()
-	var a [2]string
-	select {
-	case a = <-addrs:
-	case err := <-done:
-		t.Fatalf("serve ended early: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("serve did not start")
-	}
-	base := "http://" + a[0]
+		"--dns", "127.0.0.1:1", "--shutdown-timeout", "6s", "--drain-delay", "1500ms")
+	a, cancel, done := srv.Addrs, srv.stop, srv.done
+	base := "http://" + a.HTTP
 	status := func(method, path string) int {
 		t.Helper()
 		req, _ := http.NewRequest(method, base+path, nil)

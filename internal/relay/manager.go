@@ -179,7 +179,7 @@ func (m *Manager) Mint() (*Ticket, error) {
 
 // OnRestore sets a function called with each session re-created from its
 // token, and the websocket request that brought it back, before the
-// websocket attaches (the server gives it a tunnel port there). Set it
+// websocket attaches (the serve stack gives it its tunnel port there). Set it
 // before serving.
 func (m *Manager) OnRestore(f func(*Session, *http.Request)) {
 	m.mu.Lock()

@@ -117,6 +117,24 @@ func newSession(m *Manager, client netip.Addr, id string, created, expires time.
 	s.in = rate.NewLimiter(limit, burst)
 	s.out = rate.NewLimiter(limit, burst)
 
+	st, err := newSessionStack(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.st = st
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.startServices(); err != nil {
+		s.cancel()
+		st.Close()
+		s.wg.Wait()
+		return nil, err
+	}
+	s.startNAT()
+	return s, nil
+}
+
+// newSessionStack makes the session's gateway side of the network.
+func newSessionStack(cfg *Config) (*netstack.Stack, error) {
 	var aliases []netip.Addr
 	if cfg.HostAlias.IsValid() {
 		aliases = append(aliases, cfg.HostAlias)
@@ -134,15 +152,13 @@ func newSession(m *Manager, client netip.Addr, id string, created, expires time.
 	if err != nil {
 		return nil, fmt.Errorf("cannot create session network: %w", err)
 	}
-	s.st = st
-	s.ctx, s.cancel = context.WithCancel(context.Background())
-	fail := func(err error) (*Session, error) {
-		s.cancel()
-		st.Close()
-		s.wg.Wait()
-		return nil, err
-	}
+	return st, nil
+}
 
+// startServices runs DHCP and DNS on the gateway until s.ctx ends.
+func (s *Session) startServices() error {
+	cfg, m := s.cfg, s.m
+	var err error
 	s.dhcp, err = dhcp.New(dhcp.Config{
 		ServerIP:  cfg.Gateway,
 		Lease:     netip.PrefixFrom(cfg.Guest, cfg.Subnet.Bits()),
@@ -152,7 +168,7 @@ func newSession(m *Manager, client netip.Addr, id string, created, expires time.
 		LeaseTime: cfg.LeaseTime,
 	}, s.log)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	// One resolver per session, so one VM's queries cannot use up
 	// another's concurrency.
@@ -166,16 +182,16 @@ func newSession(m *Manager, client netip.Addr, id string, created, expires time.
 		OnRefused: func(reason string) { m.metrics.refusals.WithLabelValues("dns", reason).Inc() },
 	}, s.log)
 	if err != nil {
-		return fail(err)
+		return err
 	}
-	dhcpConn, err := st.ListenUDP(netip.AddrPortFrom(netip.IPv4Unspecified(), 67), true)
+	dhcpConn, err := s.st.ListenUDP(netip.AddrPortFrom(netip.IPv4Unspecified(), 67), true)
 	if err != nil {
-		return fail(fmt.Errorf("cannot start DHCP: %w", err))
+		return fmt.Errorf("cannot start DHCP: %w", err)
 	}
-	dnsConn, err := st.ListenUDP(netip.AddrPortFrom(cfg.Gateway, 53), false)
+	dnsConn, err := s.st.ListenUDP(netip.AddrPortFrom(cfg.Gateway, 53), false)
 	if err != nil {
 		dhcpConn.Close()
-		return fail(fmt.Errorf("cannot start DNS: %w", err))
+		return fmt.Errorf("cannot start DNS: %w", err)
 	}
 	s.wg.Add(2)
 	go func() {
@@ -190,7 +206,12 @@ func newSession(m *Manager, client netip.Addr, id string, created, expires time.
 			s.log.Debug("dns stopped", "err", err)
 		}
 	}()
+	return nil
+}
 
+// startNAT hands the guest's outgoing TCP and UDP flows to the NAT.
+func (s *Session) startNAT() {
+	cfg, m := s.cfg, s.m
 	s.nat = nat.New(nat.Config{
 		Policy:      cfg.Egress,
 		Local:       cfg.Subnet,
@@ -210,7 +231,7 @@ func newSession(m *Manager, client netip.Addr, id string, created, expires time.
 		},
 	}, s.log)
 	gw := cfg.Gateway
-	st.HandleTCP(func(r *netstack.TCPRequest) {
+	s.st.HandleTCP(func(r *netstack.TCPRequest) {
 		if r.Dst.Addr() == gw {
 			// The gateway offers no TCP services; never let it reach
 			// the relay host's own ports.
@@ -220,7 +241,7 @@ func newSession(m *Manager, client netip.Addr, id string, created, expires time.
 		}
 		s.nat.TCP(s.ctx, r.Src, r.Dst, r.Accept, r.Reject)
 	})
-	st.HandleUDP(func(r *netstack.UDPRequest) bool {
+	s.st.HandleUDP(func(r *netstack.UDPRequest) bool {
 		if r.Src.Addr() == gw {
 			// The stack loops its own broadcasts back in (the DHCP
 			// server answers to 255.255.255.255), and no socket takes
@@ -232,7 +253,6 @@ func newSession(m *Manager, client netip.Addr, id string, created, expires time.
 		}
 		return s.nat.UDP(s.ctx, r.Src, r.Dst, r.Accept)
 	})
-	return s, nil
 }
 
 // ID returns the session's public name: 26 lowercase letters and digits

@@ -89,62 +89,45 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log := s.log.With("session", sess.ID(), "client", client)
-	s.attachPort(r.Context(), sess, 0, log)
+	s.attachPort(r.Context(), sess, log)
 	log.Info("session created")
 	writeJSON(w, http.StatusCreated, s.describe(r, sess, true))
 }
 
-// attachPort gives sess a tunnel port, want if it is free, when port mode
-// is on, and remembers it (or why there is none) until the session ends.
-func (s *Server) attachPort(ctx context.Context, sess Session, want uint16, log *slog.Logger) {
+// attachPort gives sess a tunnel port when port mode is on; the tunnel
+// remembers it (or why there is none) until the session ends.
+func (s *Server) attachPort(ctx context.Context, sess Session, log *slog.Logger) {
 	t := s.cfg.Tunnel
 	if t == nil || !t.PortsEnabled() {
 		return
 	}
-	tp := tunnelPort{}
-	port, err := t.AttachPreferring(ctx, sess, want)
-	if err != nil {
+	if _, err := t.Attach(ctx, sess); err != nil {
 		// Port mode is an extra: the session keeps its network and SNI.
 		log.Warn("session has no tunnel port", "err", err)
-		tp.err = err.Error()
-		if errors.Is(err, tunnel.ErrNoFreePort) {
-			tp.err = "no free tunnel port; use the SNI connection string"
-		}
-	} else {
-		tp.port = port
 	}
-	s.mu.Lock()
-	s.ports[sess.ID()] = tp
-	s.mu.Unlock()
-	go func() {
-		<-sess.Done()
-		s.mu.Lock()
-		if s.ports[sess.ID()] == tp {
-			delete(s.ports, sess.ID())
-		}
-		s.mu.Unlock()
-	}()
-}
-
-// restored is called when the relay re-creates a session from its token
-// (after a restart, or on another server): the session gets a tunnel port
-// again, the one named in its relay URL if that is free.
-func (s *Server) restored(sess Session, r *http.Request) {
-	var want uint16
-	if p, err := strconv.ParseUint(r.URL.Query().Get(relayPortParam), 10, 16); err == nil {
-		want = uint16(p)
-	}
-	log := s.log.With("session", sess.ID(), "client", s.clientAddr(r))
-	s.attachPort(context.Background(), sess, want, log)
-	s.mu.Lock()
-	tp := s.ports[sess.ID()]
-	s.mu.Unlock()
-	log.Info("session restored", "tunnel_port", tp.port, "wanted_port", want)
 }
 
 // relayPortParam carries a session's tunnel port in its relay URL, so a
 // server that re-creates the session can give it the same port.
 const relayPortParam = "port"
+
+// WantedPort is the tunnel port named in a relay URL's query (see
+// describe), 0 if none: the port a re-created session asks for.
+func WantedPort(q url.Values) uint16 {
+	p, err := strconv.ParseUint(q.Get(relayPortParam), 10, 16)
+	if err != nil {
+		return 0
+	}
+	return uint16(p)
+}
+
+// portError is why a session has no tunnel port, as the API says it.
+func portError(err error) string {
+	if errors.Is(err, tunnel.ErrNoFreePort) {
+		return "no free tunnel port; use the SNI connection string"
+	}
+	return err.Error()
+}
 
 // authorized finds the session and checks its bearer token, answering the
 // request itself when it fails.
@@ -244,11 +227,14 @@ func (s *Server) describe(r *http.Request, sess Session, withToken bool) Session
 	}
 	relay.Path = strings.TrimSuffix(base.Path, "/") + "/relay/" + sess.ID()
 	q := url.Values{"token": {sess.Token()}}
-	s.mu.Lock()
-	tp, ok := s.ports[sess.ID()]
-	s.mu.Unlock()
-	if ok && tp.port != 0 {
-		q.Set(relayPortParam, strconv.Itoa(int(tp.port)))
+	t := s.cfg.Tunnel
+	var port uint16
+	var portErr error
+	if t != nil {
+		port, portErr = t.Port(sess.ID())
+	}
+	if port != 0 {
+		q.Set(relayPortParam, strconv.Itoa(int(port)))
 	}
 	relay.RawQuery = q.Encode()
 	out := SessionInfo{ID: sess.ID(), RelayURL: relay.String()}
@@ -259,7 +245,6 @@ func (s *Server) describe(r *http.Request, sess Session, withToken bool) Session
 		exp = exp.UTC()
 		out.ExpiresAt = &exp
 	}
-	t := s.cfg.Tunnel
 	if t == nil {
 		return out
 	}
@@ -268,10 +253,10 @@ func (s *Server) describe(r *http.Request, sess Session, withToken bool) Session
 		host = base.Hostname()
 	}
 	tj := &TunnelInfo{}
-	if ok && tp.port != 0 {
-		tj.Port = &Endpoint{Host: host, Port: tp.port, URL: pgURL(host, tp.port, nil)}
-	} else if ok {
-		tj.PortError = tp.err
+	if port != 0 {
+		tj.Port = &Endpoint{Host: host, Port: port, URL: pgURL(host, port, nil)}
+	} else if portErr != nil {
+		tj.PortError = portError(portErr)
 	}
 	if s.cfg.SNIPort != 0 {
 		name := t.Host(sess.ID())

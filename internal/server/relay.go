@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 
 	"github.com/pgwasm/pgwasm/internal/relay"
@@ -66,12 +65,6 @@ func (r *RelaySessions) Lookup(id string) (Session, bool) {
 		return nil, false
 	}
 	return s, true
-}
-
-// OnRestore calls f with each session the relay re-creates from its token,
-// and the websocket request that brought it back.
-func (r *RelaySessions) OnRestore(f func(Session, *http.Request)) {
-	r.m.OnRestore(func(s *relay.Session, req *http.Request) { f(s, req) })
 }
 
 // Delete implements Sessions.

@@ -30,7 +30,6 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -53,12 +52,6 @@ type Sessions interface {
 	Create(ctx context.Context, client netip.Addr) (Session, error)
 	Lookup(id string) (Session, bool)
 	Delete(id string) error
-}
-
-// restoreNotifier is a Sessions that re-creates sessions from their tokens
-// (RelaySessions) and tells the server, which gives them a tunnel port.
-type restoreNotifier interface {
-	OnRestore(func(Session, *http.Request))
 }
 
 // ErrLimit marks Create errors that mean "too many sessions, try later";
@@ -120,14 +113,6 @@ type Server struct {
 
 	draining   atomic.Bool
 	drainGauge prometheus.Gauge
-
-	mu    sync.Mutex
-	ports map[string]tunnelPort // session id -> its tunnel port
-}
-
-type tunnelPort struct {
-	port uint16
-	err  string
 }
 
 //go:embed placeholder
@@ -155,7 +140,6 @@ func New(cfg Config, sessions Sessions, logger *slog.Logger, reg prometheus.Regi
 		sessions: sessions,
 		log:      logger,
 		mux:      http.NewServeMux(),
-		ports:    map[string]tunnelPort{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "pgwasm", Subsystem: "http", Name: "requests_total",
 			Help: "HTTP requests by route and status code.",
@@ -185,9 +169,6 @@ func New(cfg Config, sessions Sessions, logger *slog.Logger, reg prometheus.Regi
 		app = http.FileServerFS(sub)
 	}
 	s.page = newPagePolicy(app)
-	if rs, ok := sessions.(restoreNotifier); ok {
-		rs.OnRestore(s.restored)
-	}
 	s.handle("POST /api/sessions", "api", http.HandlerFunc(s.createSession))
 	s.handle("GET /api/sessions/{id}", "api", http.HandlerFunc(s.getSession))
 	s.handle("DELETE /api/sessions/{id}", "api", http.HandlerFunc(s.deleteSession))

@@ -20,6 +20,7 @@ func (t *Tunnel) Attach(ctx context.Context, s Session) (uint16, error) {
 // AttachPreferring is Attach that takes port want if it is in the range
 // and free, and any free port otherwise. A session re-created after a
 // restart asks for the port it had, so its connection string keeps working.
+// Port tells the outcome until the session ends.
 func (t *Tunnel) AttachPreferring(ctx context.Context, s Session, want uint16) (uint16, error) {
 	if !t.PortsEnabled() {
 		return 0, ErrPortsDisabled
@@ -29,19 +30,17 @@ func (t *Tunnel) AttachPreferring(ctx context.Context, s Session, want uint16) (
 	}
 	ln, port, err := t.allocate(ctx, s.ID(), want)
 	if err != nil {
+		t.rememberFailure(s, err)
 		return 0, err
 	}
 	log := t.log.With("session", s.ID(), "port", port)
-	log.Info("tunnel port open")
-	t.wg.Add(2)
-	go func() {
-		defer t.wg.Done()
-		select {
-		case <-s.Done():
-		case <-t.ctx.Done():
-		}
-		ln.Close()
-	}()
+	if want != 0 {
+		log.Info("tunnel port open", "wanted", want)
+	} else {
+		log.Info("tunnel port open")
+	}
+	t.atEnd(s, func() { ln.Close() })
+	t.wg.Add(1)
 	go func() {
 		defer t.wg.Done()
 		defer t.release(port)
@@ -49,6 +48,47 @@ func (t *Tunnel) AttachPreferring(ctx context.Context, s Session, want uint16) (
 		log.Info("tunnel port closed")
 	}()
 	return port, nil
+}
+
+// Port returns the port session id was given, or the error that says why
+// it has none; 0 and nil when it never asked (port mode off, or a session
+// this tunnel has not seen).
+func (t *Tunnel) Port(id string) (uint16, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.sessions[id]
+	if e == nil {
+		return 0, nil
+	}
+	return e.port, e.err
+}
+
+// rememberFailure keeps why s has no port until s ends.
+func (t *Tunnel) rememberFailure(s Session, err error) {
+	e := &portEntry{err: err}
+	t.mu.Lock()
+	t.sessions[s.ID()] = e
+	t.mu.Unlock()
+	t.atEnd(s, func() {
+		t.mu.Lock()
+		if t.sessions[s.ID()] == e {
+			delete(t.sessions, s.ID())
+		}
+		t.mu.Unlock()
+	})
+}
+
+// atEnd calls f once s ends or the tunnel closes.
+func (t *Tunnel) atEnd(s Session, f func()) {
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		select {
+		case <-s.Done():
+		case <-t.ctx.Done():
+		}
+		f()
+	}()
 }
 
 func (t *Tunnel) allocate(ctx context.Context, id string, want uint16) (net.Listener, uint16, error) {
@@ -59,8 +99,7 @@ func (t *Tunnel) allocate(ctx context.Context, id string, want uint16) (net.List
 	if _, used := t.ports[want]; !used && want >= t.cfg.PortFirst && want <= t.cfg.PortLast {
 		ln, err := lc.Listen(ctx, "tcp", netip.AddrPortFrom(t.cfg.PortBind, want).String())
 		if err == nil {
-			t.ports[want] = id
-			t.m.portsUsed.Inc()
+			t.take(want, id)
 			return ln, want, nil
 		}
 		t.log.Debug("wanted tunnel port unavailable", "port", want, "err", err)
@@ -83,17 +122,27 @@ func (t *Tunnel) allocate(ctx context.Context, id string, want uint16) (net.List
 			t.log.Debug("tunnel port unavailable", "port", p, "err", err)
 			continue
 		}
-		t.ports[p] = id
-		t.m.portsUsed.Inc()
+		t.take(p, id)
 		return ln, p, nil
 	}
 	return nil, 0, fmt.Errorf("%w in %d-%d", ErrNoFreePort, t.cfg.PortFirst, t.cfg.PortLast)
 }
 
+// take records port as session id's; t.mu is held.
+func (t *Tunnel) take(port uint16, id string) {
+	t.ports[port] = id
+	t.sessions[id] = &portEntry{port: port}
+	t.m.portsUsed.Inc()
+}
+
 func (t *Tunnel) release(port uint16) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	id := t.ports[port]
 	delete(t.ports, port)
+	if e := t.sessions[id]; e != nil && e.port == port {
+		delete(t.sessions, id)
+	}
 	t.m.portsUsed.Dec()
 }
 

@@ -83,6 +83,8 @@ const (
 	hintSessionFull = "Close connections you no longer use; the server's --tunnel-max-conns-per-session sets the limit."
 )
 
+// handleSNI routes one connection by its TLS server name to its session's
+// VM. Every way out counts one result in pgwasm_tunnel_connections_total.
 func (t *Tunnel) handleSNI(c net.Conn, src netip.Prefix, log *slog.Logger) {
 	var releaseOnce sync.Once
 	release := func() {
@@ -93,52 +95,15 @@ func (t *Tunnel) handleSNI(c net.Conn, src netip.Prefix, log *slog.Logger) {
 	}
 	defer release()
 	start := time.Now()
-	result := "ok"
+	var result string // every return below sets it
 	defer func() { t.m.conns.WithLabelValues("sni", result).Inc() }()
 
 	c.SetDeadline(start.Add(t.cfg.HandshakeTimeout))
 	br := bufio.NewReaderSize(c, 4096)
-	kind, _, err := readFirstMessage(br)
-	for n := 0; err == nil && kind == kindGSSENCRequest && n < 2; n++ {
-		// Decline GSS encryption; libpq then asks for TLS.
-		if _, err = c.Write([]byte{'N'}); err == nil {
-			kind, _, err = readFirstMessage(br)
-		}
-	}
-	if err != nil {
-		result = "bad_handshake"
-		c.Close()
-		if errors.Is(err, errGarbage) {
-			log.Warn("tunnel handshake failed", "err", err)
-		} else {
-			log.Debug("tunnel handshake failed", "err", err)
-		}
+	kind, result := t.sniStart(c, br, log)
+	if result != "" {
 		return
 	}
-	switch kind {
-	case kindStartup:
-		result = "no_tls"
-		log.Info("tunnel refused a plaintext connection")
-		c.Write(fatal("28000", msgNeedTLS, fmt.Sprintf(hintNeedTLS, t.cfg.Domain)))
-		c.Close()
-		return
-	case kindCancelRequest:
-		// A plaintext cancel carries no server name, so it cannot be routed.
-		result = "cancel"
-		c.Close()
-		return
-	case kindSSLRequest:
-		if _, err := c.Write([]byte{'S'}); err != nil {
-			result = "bad_handshake"
-			c.Close()
-			return
-		}
-	case kindGSSENCRequest:
-		result = "bad_handshake"
-		c.Close()
-		return
-	}
-
 	raw, hello, err := readClientHello(br, t.cfg.MaxHelloSize)
 	if err != nil {
 		result = "bad_handshake"
@@ -147,43 +112,135 @@ func (t *Tunnel) handleSNI(c net.Conn, src netip.Prefix, log *slog.Logger) {
 		return
 	}
 	log = log.With("start", kind.String(), "sni", hello.ServerName)
-	id := t.sessionID(hello.ServerName)
-	if id == "" {
-		result = "bad_name"
+	refuse := func(res, code, msg, hint string) {
+		result = res
+		t.refuseTLS(c, raw, br, fatal(code, msg, hint), log)
+	}
+	s, id := t.sniSession(hello.ServerName)
+	switch {
+	case id == "":
 		log.Info("tunnel refused an unknown server name")
-		t.refuseTLS(c, raw, br, fatal("08004", fmt.Sprintf(msgNoName, hello.ServerName, t.cfg.Domain), fmt.Sprintf(hintNeedTLS, t.cfg.Domain)), log)
+		refuse("bad_name", "08004", fmt.Sprintf(msgNoName, hello.ServerName, t.cfg.Domain), fmt.Sprintf(hintNeedTLS, t.cfg.Domain))
+		return
+	case s == nil:
+		log.Info("tunnel refused an unknown session", "session", id)
+		refuse("unknown_session", "08004", fmt.Sprintf(msgNoSession, id), "")
 		return
 	}
 	log = log.With("session", id)
-	s, ok := t.lookup(id)
-	if ok {
-		select {
-		case <-s.Done():
-			ok = false
-		default:
-		}
-	}
-	if !ok {
-		result = "unknown_session"
-		log.Info("tunnel refused an unknown session")
-		t.refuseTLS(c, raw, br, fatal("08004", fmt.Sprintf(msgNoSession, id), ""), log)
-		return
-	}
 
 	tc := newTracked(id, c, start)
 	if !t.admit(tc) {
-		result = "session_limit"
 		log.Warn("tunnel refused a connection: the session is full", "limit", t.cfg.MaxConnsPerSession)
-		t.refuseTLS(c, raw, br, fatal("53300", msgSessionFull, hintSessionFull), log)
+		refuse("session_limit", "53300", msgSessionFull, hintSessionFull)
 		return
 	}
 	defer t.untrack(tc)
+	guest := t.sniGuest(s, kind, hello, start, log, refuse)
+	if guest == nil {
+		return
+	}
+	result = t.sniSplice(s, tc, c, br, guest, raw, release, log)
+}
+
+// sniSplice passes the client's ClientHello on to the VM, then splices the
+// two connections until either side ends; it returns the result for the
+// metrics. release ends the handshake's hold on the limits.
+func (t *Tunnel) sniSplice(s Session, tc *tracked, c net.Conn, br *bufio.Reader, guest net.Conn, raw []byte, release func(), log *slog.Logger) string {
+	// A direct-TLS hello goes as is: PostgreSQL 17 in the VM takes direct TLS.
+	guest.SetWriteDeadline(tc.start.Add(t.cfg.HandshakeTimeout))
+	if _, err := guest.Write(raw); err != nil {
+		guest.Close()
+		c.Close()
+		log.Warn("tunnel cannot forward the ClientHello", "err", err)
+		return "dial_error"
+	}
+	if !tc.addConn(guest) {
+		// Evicted or out of time while dialling.
+		guest.Close()
+		return "preauth_closed"
+	}
+	guest.SetDeadline(time.Time{})
+	c.SetDeadline(time.Time{})
+	release()
+	observeSince(t.m.setup.WithLabelValues("sni"), tc.start)
+	log.Debug("tunnel connection open")
+	t.splice(s, "sni", c, br, guest, t.watch(tc, true))
+	log.Debug("tunnel connection closed")
+	return "ok"
+}
+
+// sniStart reads the client's start up to its ClientHello: a direct TLS
+// start, or an SSLRequest it answers with 'S'; then it returns "". Any
+// other start it answers and closes, and returns its result for the
+// metrics.
+func (t *Tunnel) sniStart(c net.Conn, br *bufio.Reader, log *slog.Logger) (firstKind, string) {
+	kind, _, err := readFirstMessage(br)
+	for n := 0; err == nil && kind == kindGSSENCRequest && n < 2; n++ {
+		// Decline GSS encryption; libpq then asks for TLS.
+		if _, err = c.Write([]byte{'N'}); err == nil {
+			kind, _, err = readFirstMessage(br)
+		}
+	}
+	if err != nil {
+		c.Close()
+		if errors.Is(err, errGarbage) {
+			log.Warn("tunnel handshake failed", "err", err)
+		} else {
+			log.Debug("tunnel handshake failed", "err", err)
+		}
+		return kind, "bad_handshake"
+	}
+	switch kind {
+	case kindStartup:
+		log.Info("tunnel refused a plaintext connection")
+		c.Write(fatal("28000", msgNeedTLS, fmt.Sprintf(hintNeedTLS, t.cfg.Domain)))
+		c.Close()
+		return kind, "no_tls"
+	case kindCancelRequest:
+		// A plaintext cancel carries no server name, so it cannot be routed.
+		c.Close()
+		return kind, "cancel"
+	case kindSSLRequest:
+		if _, err := c.Write([]byte{'S'}); err != nil {
+			c.Close()
+			return kind, "bad_handshake"
+		}
+	case kindGSSENCRequest:
+		c.Close()
+		return kind, "bad_handshake"
+	}
+	return kind, ""
+}
+
+// sniSession finds the live session a server name routes to. id is ""
+// when the name is not <session>.<domain>; s is nil when no such session
+// lives here.
+func (t *Tunnel) sniSession(serverName string) (s Session, id string) {
+	id = t.sessionID(serverName)
+	if id == "" {
+		return nil, ""
+	}
+	s, ok := t.lookup(id)
+	if !ok {
+		return nil, id
+	}
+	select {
+	case <-s.Done():
+		return nil, id
+	default:
+		return s, id
+	}
+}
+
+// sniGuest connects to PostgreSQL in s's VM, ready for the client's
+// ClientHello, or refuses the client and returns nil.
+func (t *Tunnel) sniGuest(s Session, kind firstKind, hello *clientHello, start time.Time, log *slog.Logger, refuse func(result, code, msg, hint string)) net.Conn {
 	guest, err := t.dialGuest(t.ctx, s)
 	if err != nil {
-		result = "dial_error"
 		log.Warn("tunnel cannot reach the VM", "err", err)
-		t.refuseTLS(c, raw, br, fatal("08006", "cannot reach PostgreSQL in the browser tab: "+err.Error(), ""), log)
-		return
+		refuse("dial_error", "08006", "cannot reach PostgreSQL in the browser tab: "+err.Error(), "")
+		return nil
 	}
 	if kind == kindSSLRequest || !slices.Contains(hello.ALPN, "postgresql") {
 		// The client already has our 'S'; ask the VM the same question.
@@ -194,34 +251,12 @@ func (t *Tunnel) handleSNI(c net.Conn, src netip.Prefix, log *slog.Logger) {
 		// the classic way for it too.
 		if err := askTLS(guest, start.Add(t.cfg.HandshakeTimeout)); err != nil {
 			guest.Close()
-			result = "vm_no_tls"
 			log.Warn("tunnel: the VM did not accept TLS", "err", err)
-			t.refuseTLS(c, raw, br, fatal("08006", "PostgreSQL in the browser tab does not accept TLS: "+err.Error(), ""), log)
-			return
+			refuse("vm_no_tls", "08006", "PostgreSQL in the browser tab does not accept TLS: "+err.Error(), "")
+			return nil
 		}
 	}
-	// A direct-TLS hello goes as is: PostgreSQL 17 in the VM takes direct TLS.
-	guest.SetWriteDeadline(start.Add(t.cfg.HandshakeTimeout))
-	if _, err := guest.Write(raw); err != nil {
-		guest.Close()
-		c.Close()
-		result = "dial_error"
-		log.Warn("tunnel cannot forward the ClientHello", "err", err)
-		return
-	}
-	if !tc.addConn(guest) {
-		// Evicted or out of time while dialling.
-		result = "preauth_closed"
-		guest.Close()
-		return
-	}
-	guest.SetDeadline(time.Time{})
-	c.SetDeadline(time.Time{})
-	release()
-	observeSince(t.m.setup.WithLabelValues("sni"), start)
-	log.Debug("tunnel connection open")
-	t.splice(s, "sni", c, br, guest, t.watch(tc, true))
-	log.Debug("tunnel connection closed")
+	return guest
 }
 
 // askTLS sends an SSLRequest to the VM and expects 'S'.

@@ -122,9 +122,17 @@ type Tunnel struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex
-	ports map[uint16]string // port -> session id
-	next  uint16            // where the next port search starts
+	mu       sync.Mutex
+	ports    map[uint16]string     // port -> session id
+	sessions map[string]*portEntry // session id -> its port, or why it has none
+	next     uint16                // where the next port search starts
+}
+
+// portEntry is what Attach gave a session: a port, or the error that
+// says why it has none. The API shows either.
+type portEntry struct {
+	port uint16
+	err  error
 }
 
 // New makes a tunnel. reg receives its metrics (may be nil).
@@ -176,6 +184,7 @@ func New(cfg Config, lookup LookupFunc, logger *slog.Logger, reg prometheus.Regi
 		ctx:        ctx,
 		cancel:     cancel,
 		ports:      map[uint16]string{},
+		sessions:   map[string]*portEntry{},
 		next:       cfg.PortFirst,
 	}, nil
 }

@@ -86,7 +86,7 @@ func reconnect(b *testing.B, sig syscall.Signal) {
 		}
 	}
 	signalled := time.Now()
-	if err := victim.cmd.Process.Signal(sig); err != nil {
+	if err := victim.proc.Signal(sig); err != nil {
 		b.Fatal(err)
 	}
 	var ms []float64

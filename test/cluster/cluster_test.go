@@ -72,10 +72,8 @@ type replica struct {
 	name      string
 	httpAddr  string
 	sniAddr   string
-	cmd       *exec.Cmd
+	proc      *servetest.Proc
 	log       *syncBuffer
-	exited    chan struct{}
-	exitErr   error
 	stoppedAt time.Time
 }
 
@@ -132,45 +130,37 @@ func startCluster(t testing.TB, n int, check, drain string) *cluster {
 			name:     fmt.Sprintf("pgwasm-%d", i),
 			httpAddr: fmt.Sprintf("%s:%d", host, hp),
 			sniAddr:  fmt.Sprintf("%s:%d", host, sp),
-			exited:   make(chan struct{}),
 		}
 		servers = append(servers, haproxy.Server{Name: r.name, ID: i + 1, HTTP: r.httpAddr, SNI: r.sniAddr, CheckPort: hp})
 		log := &syncBuffer{}
 		r.log = log
-		r.cmd = exec.Command(pgwasmBin, "serve",
-			"--listen", r.httpAddr, "--tunnel-sni-listen", r.sniAddr,
-			// The cluster configuration (docs/deploy.md): no port mode,
-			// addresses and ports as the proxy shows them, per-source
-			// limits off (every connection comes from the proxy).
-			"--tunnel-ports", "off", "--lazy-sessions",
-			"--public-url", c.httpURL, "--tunnel-sni-port", fmt.Sprint(haSNI),
-			"--trust-forwarded-for",
-			"--tunnel-max-conns-per-source", "0", "--tunnel-max-handshakes-per-source", "0",
-			"--drain-delay", drain, "--shutdown-timeout", "8s",
-			// A real VM's TLS handshake and SCRAM in emulated i386 on
-			// a loaded 2-core machine can outlast the default 10 s.
-			"--tunnel-auth-timeout", "60s",
-			"--dns", "127.0.0.1:1", "--image", imageDir, "--max-sessions-per-client", "1000")
-		r.cmd.Env = append(os.Environ(), "PGWASM_SESSION_SECRET="+hex.EncodeToString(secret))
-		r.cmd.Stdout, r.cmd.Stderr = log, log
-		if err := r.cmd.Start(); err != nil {
-			t.Fatal(err)
+		p, err := servetest.Start(context.Background(), servetest.Options{Bin: pgwasmBin, Output: log,
+			Env: []string{"PGWASM_SESSION_SECRET=" + hex.EncodeToString(secret)},
+			Args: []string{
+				"--listen", r.httpAddr, "--tunnel-sni-listen", r.sniAddr,
+				// The cluster configuration (docs/deploy.md): no port mode,
+				// addresses and ports as the proxy shows them, per-source
+				// limits off (every connection comes from the proxy).
+				"--tunnel-ports", "off", "--lazy-sessions",
+				"--public-url", c.httpURL, "--tunnel-sni-port", fmt.Sprint(haSNI),
+				"--trust-forwarded-for",
+				"--tunnel-max-conns-per-source", "0", "--tunnel-max-handshakes-per-source", "0",
+				"--drain-delay", drain, "--shutdown-timeout", "8s",
+				// A real VM's TLS handshake and SCRAM in emulated i386 on
+				// a loaded 2-core machine can outlast the default 10 s.
+				"--tunnel-auth-timeout", "60s",
+				"--dns", "127.0.0.1:1", "--image", imageDir, "--max-sessions-per-client", "1000"}})
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", r.name, err, tail(log.String(), 4000))
 		}
-		go func() {
-			r.exitErr = r.cmd.Wait()
-			close(r.exited)
-		}()
+		r.proc = p
 		t.Cleanup(func() {
-			r.cmd.Process.Kill()
-			<-r.exited
+			p.Kill()
 			if t.Failed() {
 				t.Logf("log of %s:\n%s", r.name, tail(log.String(), 4000))
 			}
 		})
 		c.replicas = append(c.replicas, r)
-	}
-	for _, r := range c.replicas {
-		waitHTTP(t, "http://"+r.httpAddr+"/readyz", 200, 30*time.Second)
 	}
 
 	lua := filepath.Join(dir, "pg-sslrequest.lua")
@@ -249,7 +239,7 @@ func (c *cluster) holders(s *server.SessionInfo) []string {
 	var out []string
 	for _, r := range c.replicas {
 		select {
-		case <-r.exited:
+		case <-r.proc.Exited():
 			continue
 		default:
 		}
@@ -540,7 +530,7 @@ func TestClusterDrain(t *testing.T) {
 	moving := byReplica[victim.name]
 	t.Logf("draining %s with %d sessions", victim.name, len(moving))
 	signalled := time.Now()
-	if err := victim.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := victim.proc.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	// New sessions during the drain land elsewhere (HAProxy retries a
@@ -604,9 +594,9 @@ func TestClusterDrain(t *testing.T) {
 		}
 	}
 	select {
-	case <-victim.exited:
-		if victim.exitErr != nil {
-			t.Errorf("%s exited with %v", victim.name, victim.exitErr)
+	case <-victim.proc.Exited():
+		if err := victim.proc.Err(); err != nil {
+			t.Errorf("%s exited with %v", victim.name, err)
 		}
 		if d := time.Since(signalled); d > 9*time.Second {
 			t.Errorf("%s took %v to exit, want within --shutdown-timeout 8s", victim.name, d)
@@ -639,7 +629,7 @@ func TestClusterDrain(t *testing.T) {
 	moving = byReplica[lost.name]
 	t.Logf("killing %s with %d sessions", lost.name, len(moving))
 	killed := time.Now()
-	lost.cmd.Process.Kill()
+	lost.proc.Kill()
 	for _, v := range moving {
 		select {
 		case <-v.moved:

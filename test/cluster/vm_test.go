@@ -135,7 +135,7 @@ func TestClusterRealVM(t *testing.T) {
 		}
 		signalled := time.Now()
 		limit := signalled.Add(15 * time.Second)
-		if err := victim.cmd.Process.Signal(sig); err != nil {
+		if err := victim.proc.Signal(sig); err != nil {
 			t.Fatal(err)
 		}
 		dead[victim.name] = true

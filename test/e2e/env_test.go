@@ -25,7 +25,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -82,9 +81,9 @@ type server struct {
 	sniPort int
 	logPath string
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
-	log *os.File
+	mu   sync.Mutex
+	proc *servetest.Proc
+	log  *os.File
 }
 
 // startServer runs `pgwasm serve` on free loopback ports with the host alias
@@ -96,7 +95,7 @@ func startServer(t *testing.T, egressPorts ...int) *server {
 	first, last := testkit.FreeRange(t, "127.0.0.1", 8)
 	s := &server{t: t, bin: bin, httpURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), sniPort: ports[1],
 		logPath: filepath.Join(t.TempDir(), "serve.log")}
-	s.args = []string{"serve",
+	s.args = []string{
 		"--listen", fmt.Sprintf("127.0.0.1:%d", ports[0]),
 		"--image", image,
 		"--tunnel-ports", fmt.Sprintf("%d-%d", first, last),
@@ -138,51 +137,27 @@ func (s *server) start() {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	cmd := exec.Command(s.bin, s.args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(os.Environ(), "PGWASM_DEBUG=1")
-	if err := cmd.Start(); err != nil {
+	p, err := servetest.Start(context.Background(), servetest.Options{Bin: s.bin, Args: s.args, Env: []string{"PGWASM_DEBUG=1"}, Output: f})
+	if err != nil {
 		f.Close()
-		s.t.Fatalf("cannot start pgwasm serve: %v", err)
+		b, _ := os.ReadFile(s.logPath)
+		s.t.Fatalf("%v\n%s", err, tail(string(b), 30))
 	}
 	s.mu.Lock()
-	s.cmd, s.log = cmd, f
+	s.proc, s.log = p, f
 	s.mu.Unlock()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(s.httpURL + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(s.logPath)
-			s.t.Fatalf("pgwasm serve not healthy after 30 s: %v\n%s", err, tail(string(b), 30))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // stop ends the process with SIGTERM (SIGKILL after 10 s).
 func (s *server) stop() {
 	s.mu.Lock()
-	cmd, f := s.cmd, s.log
-	s.cmd, s.log = nil, nil
+	p, f := s.proc, s.log
+	s.proc, s.log = nil, nil
 	s.mu.Unlock()
-	if cmd == nil {
+	if p == nil {
 		return
 	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
+	p.Stop()
 	f.Close()
 }
 

@@ -1,8 +1,9 @@
 // Package relay_test runs pgwasm's server, relay and tunnel together, end to
-// end on loopback: simulated VMs attach over the real websocket, take a DHCP
-// lease and serve "PostgreSQL" on port 5432 inside their private network by
-// forwarding to a real PostgreSQL on the host; real psql and pgx connect
-// through the tunnel in port mode and SNI mode.
+// end on loopback, built by internal/stack as `pgwasm serve` builds them:
+// simulated VMs attach over the real websocket, take a DHCP lease and serve
+// "PostgreSQL" on port 5432 inside their private network by forwarding to a
+// real PostgreSQL on the host; real psql and pgx connect through the tunnel
+// in port mode and SNI mode.
 package relay_test
 
 import (
@@ -11,117 +12,97 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os/exec"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/pgwasm/pgwasm/internal/relay"
 	"github.com/pgwasm/pgwasm/internal/server"
 	"github.com/pgwasm/pgwasm/internal/simvm"
+	"github.com/pgwasm/pgwasm/internal/stack"
 	"github.com/pgwasm/pgwasm/internal/testkit"
 	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
-	"github.com/pgwasm/pgwasm/internal/tunnel"
 )
 
-type stack struct {
-	http    *httptest.Server
+// serveStack is the server `pgwasm serve` runs, built in process.
+type serveStack struct {
+	url     string // HTTP base URL
 	sniAddr string
 
-	handler             atomic.Pointer[http.Handler]
 	portFirst, portLast uint16
-	stop                func() // ends the current relay, tunnel and SNI listener
+	st                  *stack.Stack
+	served              chan error
 }
 
-// newStack wires the parts the way `pgwasm serve` does.
-func newStack(tb testing.TB) *stack {
+// newStack starts relay, tunnel and server as `pgwasm serve` does, on
+// loopback ports.
+func newStack(tb testing.TB) *serveStack {
 	tb.Helper()
 	first, last := testkit.FreeRange(tb, "127.0.0.1", 8)
-	s := &stack{}
-	s.http = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		(*s.handler.Load()).ServeHTTP(w, r)
-	}))
-	s.start(tb, []byte("test-relay-session-secret"), uint16(first), uint16(last), "127.0.0.1:0")
-	tb.Cleanup(func() {
-		s.stop()
-		s.http.Close()
-	})
+	// Not port 0: a restart binds the same ports again, and a port the
+	// kernel handed out can meanwhile go to an outgoing connection.
+	ports := testkit.FreePorts(tb, "127.0.0.1", 2)
+	s := &serveStack{
+		url:       fmt.Sprintf("http://127.0.0.1:%d", ports[0]),
+		sniAddr:   fmt.Sprintf("127.0.0.1:%d", ports[1]),
+		portFirst: uint16(first), portLast: uint16(last),
+	}
+	s.start(tb)
+	tb.Cleanup(s.stop)
 	return s
 }
 
-// start builds relay, tunnel and server behind the stack's HTTP address.
-func (s *stack) start(tb testing.TB, secret []byte, first, last uint16, sniAddr string) {
+// start builds the stack; after a stop, on the same addresses and ports
+// and with the same session secret, as a restarted server.
+func (s *serveStack) start(tb testing.TB) {
 	tb.Helper()
-	reg := prometheus.NewRegistry()
-	log := slog.New(slog.DiscardHandler)
-	rcfg := relay.DefaultConfig()
+	cfg := stack.DefaultConfig()
+	cfg.Listen, cfg.SNIListen = strings.TrimPrefix(s.url, "http://"), s.sniAddr
 	// Nothing in these tests resolves names; keep even a stray query on
 	// loopback.
-	rcfg.DNSUpstreams = []string{"127.0.0.1:1"}
-	rcfg.SessionSecret = secret
-	mgr, err := relay.NewManager(rcfg, log, reg)
+	cfg.Relay.DNSUpstreams = []string{"127.0.0.1:1"}
+	cfg.Relay.SessionSecret = []byte("test-relay-session-secret")
+	cfg.Tunnel.PortFirst, cfg.Tunnel.PortLast = s.portFirst, s.portLast
+	cfg.Server.ImageDir = tb.TempDir()
+	st, err := stack.New(context.Background(), cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	sessions := server.NewRelaySessions(mgr)
-	tcfg := tunnel.DefaultConfig()
-	tcfg.PortFirst, tcfg.PortLast = first, last
-	tun, err := tunnel.New(tcfg, sessions.TunnelLookup, log, reg)
-	if err != nil {
-		tb.Fatal(err)
+	s.st, s.served = st, make(chan error, 1)
+	go func() { s.served <- st.Serve(context.Background()) }()
+	a := st.Addrs()
+	s.url, s.sniAddr = "http://"+a.HTTP, a.SNI
+}
+
+// stop ends relay, tunnel and listeners at once, as a crash would.
+func (s *serveStack) stop() {
+	if s.st == nil {
+		return
 	}
-	sniLn, err := net.Listen("tcp", sniAddr)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	h, err := server.New(server.Config{
-		Relay:    mgr,
-		Gatherer: reg,
-		Tunnel:   tun,
-		SNIPort:  uint16(sniLn.Addr().(*net.TCPAddr).Port),
-		ImageDir: tb.TempDir(),
-	}, sessions, log, reg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var hh http.Handler = h
-	s.handler.Store(&hh)
-	s.portFirst, s.portLast = first, last
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- tun.ServeSNI(ctx, sniLn) }()
-	s.sniAddr = sniLn.Addr().String()
-	s.stop = func() {
-		cancel()
-		<-served
-		mgr.Close()
-		tun.Close()
-	}
+	s.st.Close()
+	<-s.served
+	s.st = nil
 }
 
 // vmWithPostgres creates a session, attaches a simulated VM to it and makes
 // port 5432 in the VM reach pgAddr on the host.
-func (s *stack) vmWithPostgres(tb testing.TB, ctx context.Context, pgAddr string) *server.SessionInfo {
+func (s *serveStack) vmWithPostgres(tb testing.TB, ctx context.Context, pgAddr string) *server.SessionInfo {
 	tb.Helper()
 	info, _ := s.vmWithPostgresVM(tb, ctx, pgAddr)
 	return info
 }
 
 // vmWithPostgresVM is vmWithPostgres that also returns the VM.
-func (s *stack) vmWithPostgresVM(tb testing.TB, ctx context.Context, pgAddr string) (*server.SessionInfo, *simvm.VM) {
+func (s *serveStack) vmWithPostgresVM(tb testing.TB, ctx context.Context, pgAddr string) (*server.SessionInfo, *simvm.VM) {
 	tb.Helper()
-	info, err := servetest.CreateSession(ctx, s.http.URL)
+	info, err := servetest.CreateSession(ctx, s.url)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -260,7 +241,7 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("deleted session", func(t *testing.T) {
-		req, _ := http.NewRequest("DELETE", s.http.URL+"/api/sessions/"+a.ID, nil)
+		req, _ := http.NewRequest("DELETE", s.url+"/api/sessions/"+a.ID, nil)
 		req.Header.Set("Authorization", "Bearer "+a.Token)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil || resp.StatusCode != http.StatusNoContent {
@@ -289,7 +270,7 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("metrics", func(t *testing.T) {
-		resp, err := http.Get(s.http.URL + "/metrics")
+		resp, err := http.Get(s.url + "/metrics")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -333,11 +314,11 @@ func TestRestartRestoresSession(t *testing.T) {
 
 	s.stop()
 	u, _ := url.Parse(info.RelayURL)
-	s.start(t, []byte("test-relay-session-secret"), s.portFirst, s.portLast, s.sniAddr)
+	s.start(t)
 	if err := vm.Reconnect(ctx, info.RelayURL); err != nil {
 		t.Fatalf("reconnect %s after the restart: %v", u.Path, err)
 	}
-	req, _ := http.NewRequest("GET", s.http.URL+"/api/sessions/"+info.ID, nil)
+	req, _ := http.NewRequest("GET", s.url+"/api/sessions/"+info.ID, nil)
 	req.Header.Set("Authorization", "Bearer "+info.Token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -7,16 +7,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pgwasm/pgwasm/internal/server"
-	"github.com/pgwasm/pgwasm/internal/testkit"
 	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
@@ -35,42 +32,31 @@ type serve struct {
 func startServe(t *testing.T, egressPort int, extra ...string) *serve {
 	t.Helper()
 	image, bin := env(t)
-	s := &serve{url: fmt.Sprintf("http://127.0.0.1:%d", testkit.FreePort(t, "127.0.0.1")), log: filepath.Join(t.TempDir(), "serve.log")}
+	s := &serve{log: filepath.Join(t.TempDir(), "serve.log")}
 	f, err := os.Create(s.log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"serve", "--listen", strings.TrimPrefix(s.url, "http://"), "--image", image,
+	p, err := servetest.Start(context.Background(), servetest.Options{Bin: bin, Output: f, Args: append([]string{
+		"--listen", "127.0.0.1:0", "--image", image,
 		"--tunnel-ports", "off", "--tunnel-sni-listen", "off",
 		"--host-alias", hostAlias, "--allow-egress", fmt.Sprintf("127.0.0.1:%d", egressPort),
-		"--dns", "127.0.0.1:1", "--shutdown-timeout", "2s"}, extra...)
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		"--dns", "127.0.0.1:1", "--shutdown-timeout", "2s"}, extra...)})
+	if err != nil {
+		f.Close()
+		b, _ := os.ReadFile(s.log)
+		t.Fatalf("%v\n%s", err, lastLines(string(b), 30))
 	}
+	s.url = p.URL
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
+		p.Stop()
 		f.Close()
 		if t.Failed() {
 			b, _ := os.ReadFile(s.log)
 			t.Logf("pgwasm serve log:\n%s", lastLines(string(b), 30))
 		}
 	})
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		resp, err := http.Get(s.url + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return s
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pgwasm serve not healthy after 30 s: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return s
 }
 
 func lastLines(s string, n int) string {

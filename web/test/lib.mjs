@@ -11,32 +11,33 @@ export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "
 export const artifacts = path.join(root, "build", "test-artifacts");
 
 // startServer runs pgwasm serve on free loopback ports and resolves with
-// its base URL once it listens.
+// its base URL once it listens (its --ready-file names the bound address).
 // extraArgs go to pgwasm serve as they are.
 export async function startServer({ bin = process.env.PGWASM_BIN || path.join(root, "build/bin/pgwasm"), image = process.env.PGWASM_IMAGE || path.join(root, "build/image"), extraArgs = [] } = {}) {
   if (!fs.existsSync(path.join(image, "manifest.json"))) throw new Error(`no VM image in ${image} (make image snapshot)`);
   const first = 20000 + Math.floor(Math.random() * 40000);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "pgwasm-serve-"));
+  const ready = path.join(dir, "ready.json");
   const args = ["serve", "--listen", "127.0.0.1:0", "--image", image,
     "--tunnel-sni-listen", "127.0.0.1:0", "--tunnel-ports", `${first}-${first + 15}`,
-    "--tunnel-bind", "127.0.0.1", "--tunnel-host", "127.0.0.1", ...extraArgs];
+    "--tunnel-bind", "127.0.0.1", "--tunnel-host", "127.0.0.1", "--ready-file", ready, ...extraArgs];
   const proc = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
   // Never leave a server behind, even when a test run dies.
   process.on("exit", () => proc.kill("SIGKILL"));
   const log = [];
-  const url = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("pgwasm serve did not start:\n" + log.join(""))), 30000);
-    proc.stderr.setEncoding("utf8");
-    proc.stderr.on("data", chunk => {
-      log.push(chunk);
-      const m = /msg=serving http=(\S+)/.exec(log.join("")) || /"msg":"serving","http":"([^"]+)"/.exec(log.join(""));
-      if (m) {
-        clearTimeout(timer);
-        resolve(`http://${m[1]}/`);
-      }
-    });
-    proc.on("exit", code => reject(new Error(`pgwasm serve exited (${code}):\n` + log.join(""))));
-  });
-  return { url, log, stop: () => new Promise(r => { proc.on("exit", r); proc.kill("SIGTERM"); }) };
+  proc.stderr.setEncoding("utf8");
+  proc.stderr.on("data", chunk => log.push(chunk));
+  let exited = null;
+  proc.on("exit", (code, signal) => { exited = code ?? signal; });
+  const deadline = Date.now() + 30000;
+  // serve renames the file into place: it is whole once it exists.
+  while (!fs.existsSync(ready)) {
+    if (exited !== null) throw new Error(`pgwasm serve exited (${exited}):\n` + log.join(""));
+    if (Date.now() > deadline) throw new Error("pgwasm serve did not start:\n" + log.join(""));
+    await new Promise(r => setTimeout(r, 50));
+  }
+  const url = `http://${JSON.parse(fs.readFileSync(ready, "utf8")).http}/`;
+  return { url, log, stop: () => new Promise(r => { proc.on("exit", () => { fs.rmSync(dir, { recursive: true, force: true }); r(); }); proc.kill("SIGTERM"); }) };
 }
 
 export async function launchBrowser() {

@@ -1,6 +1,8 @@
-// Package servetest talks to a running `pgwasm serve` as a page does, for
-// tests and the bench. It is apart from testkit because it imports the
-// server, which the tunnel's own tests (users of testkit) cannot.
+// Package servetest starts `pgwasm serve` as a process (Start: the one way
+// tests and the bench do) and talks to it as a page does (CreateSession).
+// In-process tests build the same server with internal/stack. It is apart
+// from testkit because it imports the server, which the tunnel's own tests
+// (users of testkit) cannot.
 package servetest
 
 import (
