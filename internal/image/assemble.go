@@ -18,8 +18,8 @@ import (
 	"github.com/pgwasm/pgwasm/internal/image/extbuild"
 	"github.com/pgwasm/pgwasm/internal/image/kmod"
 	"github.com/pgwasm/pgwasm/internal/image/ninep"
-	"github.com/pgwasm/pgwasm/internal/image/pgconf"
 	"github.com/pgwasm/pgwasm/internal/image/rootfs"
+	"github.com/pgwasm/pgwasm/internal/pgconf"
 )
 
 const (
