@@ -28,10 +28,10 @@ import (
 
 	"github.com/pgwasm/pgwasm/internal/relay"
 	"github.com/pgwasm/pgwasm/internal/server"
-	"github.com/pgwasm/pgwasm/internal/simvm"
 	"github.com/pgwasm/pgwasm/internal/testkit"
 	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
+	"github.com/pgwasm/pgwasm/internal/testkit/simvm"
 	"github.com/pgwasm/pgwasm/internal/tunnel"
 )
 
