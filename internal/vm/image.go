@@ -69,9 +69,6 @@ type Image struct {
 // Key is the image's content key: the sha256 of every input of the build.
 func (img *Image) Key() string { return img.manifest.Key }
 
-// PostgresVersion is the PostgreSQL version the image holds.
-func (img *Image) PostgresVersion() string { return img.manifest.PostgresVersion }
-
 func (img *Image) path(name string) string { return filepath.Join(img.Dir, name) }
 
 // bootFiles are the files a full boot of the image loads.

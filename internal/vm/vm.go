@@ -480,9 +480,6 @@ func (v *VM) Timings() Timings {
 // AgentChannel is the agent channel Request uses.
 func (v *VM) AgentChannel() string { return v.channel }
 
-// MemoryMB is the VM's memory size.
-func (v *VM) MemoryMB() int { return v.memoryMB }
-
 // Image is the image the VM runs; nil for a VM started with Boot.
 func (v *VM) Image() *Image { return v.img }
 
