@@ -41,7 +41,7 @@ func measureCluster(ctx context.Context, cfg *Config, logger *slog.Logger, errs 
 // write appends the cluster section to the report.
 func (r *clusterResults) write(w io.Writer) {
 	fmt.Fprintf(w, "\n## Cluster: three replicas behind HAProxy (issue #14)\n\n")
-	fmt.Fprintf(w, "Three `pgwasm serve` processes on 127.0.0.2-4 with the cluster settings of docs/deploy.md behind a real HAProxy (Debian's, `deploy/haproxy` template, `/readyz` checked every second, out after one failure). Sessions are simulated VMs (internal/simvm: their own TCP/IP stack behind a real websocket), not v86; behind the tunnel, the host's PostgreSQL.\n\n")
+	fmt.Fprintf(w, "Three `pgwasm serve` processes on 127.0.0.2-4 with the cluster settings of docs/deploy.md behind a real HAProxy (Debian's, `deploy/haproxy` template, `/readyz` checked every second, out after one failure). Sessions are simulated VMs (internal/testkit/simvm: their own TCP/IP stack behind a real websocket), not v86; behind the tunnel, the host's PostgreSQL.\n\n")
 	tb := newTable(w, "measure", "result", "notes")
 	b := r.Bench
 	tb.row("sessions per replica, 300 sessions created and attached through HAProxy: fewest / most",

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pgwasm/pgwasm/internal/image"
+	"github.com/pgwasm/pgwasm/internal/manifest"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
@@ -62,7 +62,7 @@ func collectEnv(ctx context.Context, cfg *Config, logger *slog.Logger) env {
 	} else {
 		logger.Warn("no harness", "err", err)
 	}
-	if m, err := image.ReadManifest(cfg.ImageDir); err == nil {
+	if m, err := manifest.Read(cfg.ImageDir); err == nil {
 		e.ImageKey = m.Key[:min(12, len(m.Key))]
 		e.ImagePG = m.PostgresVersion
 	} else {

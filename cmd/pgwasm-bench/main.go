@@ -33,6 +33,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 // Config is the command's settings; flags, with PGWASM_IMAGE as the image
@@ -85,8 +87,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		c.Memory = nil
 		for _, f := range strings.Split(s, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n <= 0 {
+			if err != nil {
 				return fmt.Errorf("bad memory size %q", f)
+			}
+			if err := manifest.CheckMemory(n); err != nil {
+				return err
 			}
 			c.Memory = append(c.Memory, n)
 		}
@@ -178,7 +183,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(cfg.Memory) == 0 {
 		// Issue #6 asks for the state per memory size; the first is the one
 		// the page restores by default.
-		cfg.Memory = []int{128, 256, 512}
+		cfg.Memory = []int{manifest.DefaultMemoryMB, 256, 512}
 	}
 	cfg.Args = strings.Join(args, " ")
 	level := slog.LevelInfo

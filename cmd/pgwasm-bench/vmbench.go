@@ -14,7 +14,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/pgwasm/pgwasm/internal/image"
+	"github.com/pgwasm/pgwasm/internal/manifest"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
@@ -338,7 +338,7 @@ func shortVersion(s string) string {
 
 // readImageSize sums the image's files as a browser would fetch them.
 func readImageSize(dir, harnessDir string) (*imageSize, error) {
-	m, err := image.ReadManifest(dir)
+	m, err := manifest.Read(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -388,18 +388,14 @@ func readImageSize(dir, harnessDir string) (*imageSize, error) {
 // readStates lists the snapshots of this image in dir.
 func readStates(dir, key string) ([]stateInfo, error) {
 	var out []stateInfo
-	for _, mem := range vm.MemorySizes {
-		statePath := filepath.Join(dir, "state-"+strconv.Itoa(mem)+".bin.zst")
-		data, err := os.ReadFile(vm.MetaPath(statePath))
+	for _, mem := range manifest.MemorySizes() {
+		statePath := manifest.StatePath(dir, mem)
+		meta, err := manifest.ReadState(statePath)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			return out, fmt.Errorf("cannot read state metadata: %w", err)
-		}
-		var meta vm.StateMeta
-		if err := json.Unmarshal(data, &meta); err != nil {
-			return out, fmt.Errorf("state metadata %s: %w", vm.MetaPath(statePath), err)
+			return out, err
 		}
 		if meta.ImageKey != key {
 			continue // a stale state of another image

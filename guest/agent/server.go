@@ -11,7 +11,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/pgwasm/pgwasm/internal/image/pgconf"
+	"github.com/pgwasm/pgwasm/internal/pgconf"
 )
 
 // maxLine is the longest request line the agent accepts (docs/agent-protocol.md).

@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"unsafe"
 
-	"github.com/pgwasm/pgwasm/internal/image/pgconf"
+	"github.com/pgwasm/pgwasm/internal/pgconf"
 	"golang.org/x/sys/unix"
 )
 

@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgwasm/pgwasm/internal/image/pgconf"
+	"github.com/pgwasm/pgwasm/internal/pgconf"
 	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 )
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/peterbourgon/ff/v3/ffcli"
 
+	"github.com/pgwasm/pgwasm/internal/manifest"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
@@ -24,7 +25,7 @@ type imageSnapshotConfig struct {
 
 func (c *imageSnapshotConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.image, "image", "build/image", "image directory (from pgwasm image build)")
-	fs.StringVar(&c.memory, "memory", "128", "memory sizes in MB, comma-separated (e.g. 128,256,512,1024)")
+	fs.StringVar(&c.memory, "memory", strconv.Itoa(manifest.DefaultMemoryMB), "memory sizes in MB, comma-separated (e.g. "+memorySizes()+")")
 	fs.BoolVar(&c.force, "force", false, "snapshot even when the existing one is current")
 	fs.StringVar(&c.harness, "harness", "", "directory of the Node harness (vm.mjs); found automatically when empty")
 	fs.StringVar(&c.node, "node", "node", "Node.js executable")
@@ -35,8 +36,11 @@ func (c *imageSnapshotConfig) sizes() ([]int, error) {
 	var out []int
 	for _, f := range strings.Split(c.memory, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 32 || n > 2048 || n&(n-1) != 0 {
-			return nil, fmt.Errorf("--memory %q: want powers of two from 32 to 2048 MB", f)
+		if err == nil {
+			err = manifest.CheckMemory(n)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--memory %q: want powers of two from %d to %d MB", f, manifest.MinMemoryMB, manifest.MaxMemoryMB)
 		}
 		out = append(out, n)
 	}
@@ -87,4 +91,13 @@ func newImageSnapshotCommand(e *env) *ffcli.Command {
 			return nil
 		},
 	}
+}
+
+// memorySizes lists the sizes the product offers, for the flag's help.
+func memorySizes() string {
+	var s []string
+	for _, mb := range manifest.MemorySizes() {
+		s = append(s, strconv.Itoa(mb))
+	}
+	return strings.Join(s, ",")
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/peterbourgon/ff/v3/ffcli"
 
+	"github.com/pgwasm/pgwasm/internal/manifest"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
@@ -36,7 +37,7 @@ type vmRunConfig struct {
 
 func (c *vmRunConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.image, "image", "build/image", "image directory (from pgwasm image build)")
-	fs.IntVar(&c.memory, "memory", 0, "memory size in MB (default: the state's, or 128)")
+	fs.IntVar(&c.memory, "memory", 0, fmt.Sprintf("memory size in MB (default: the state's, or %d)", manifest.DefaultMemoryMB))
 	fs.BoolVar(&c.fullBoot, "full-boot", false, "boot the kernel instead of restoring the snapshot")
 	fs.StringVar(&c.state, "state", "", "restore this state file instead of the image's snapshot")
 	fs.StringVar(&c.command, "c", "", "SQL to run (any number of statements)")

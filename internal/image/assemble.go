@@ -18,8 +18,9 @@ import (
 	"github.com/pgwasm/pgwasm/internal/image/extbuild"
 	"github.com/pgwasm/pgwasm/internal/image/kmod"
 	"github.com/pgwasm/pgwasm/internal/image/ninep"
-	"github.com/pgwasm/pgwasm/internal/image/pgconf"
 	"github.com/pgwasm/pgwasm/internal/image/rootfs"
+	"github.com/pgwasm/pgwasm/internal/manifest"
+	"github.com/pgwasm/pgwasm/internal/pgconf"
 )
 
 const (
@@ -42,7 +43,7 @@ var initramfsModules = []string{"virtio_pci", "9pnet_virtio", "9p", "ne2k-pci", 
 // agentChannels are the channels the guest agent answers on, the host's
 // first choice first (docs/agent-protocol.md, "Channels"); the manifest
 // lists them so a host knows whether to give v86 the virtio-console device.
-var agentChannels = []string{"virtio-console", "serial"}
+var agentChannels = []string{manifest.ChannelVirtioConsole, manifest.ChannelSerial}
 
 func guestHash() [32]byte {
 	h := sha256.New()
@@ -82,7 +83,7 @@ func etcFiles() map[string]string {
 const psqlRC = "\\set HISTCONTROL ignorespace\n"
 
 // assemble builds everything into staged, using work for scratch space.
-func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, staged, clusterKey string) (*Manifest, error) {
+func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, staged, clusterKey string) (*manifest.Image, error) {
 	log := cfg.Logger
 	meta := rootfs.Metas{}
 	root := filepath.Join(work, "root")
@@ -114,9 +115,9 @@ func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, s
 		return nil, err
 	}
 
-	m := &Manifest{
-		Version: 1, Builder: BuilderVersion, Cmdline: cfg.Cmdline, NetDevice: cfg.NetDevice,
-		PostgresVersion: pgVersion, Packages: in.root, KernelPackage: imageKernel(in),
+	m := &manifest.Image{
+		Version: manifest.Version, Builder: BuilderVersion, Cmdline: cfg.Cmdline, NetDevice: cfg.NetDevice,
+		PostgresVersion: pgVersion, Packages: manifestPackages(in.root), KernelPackage: manifestPackage(imageKernel(in)),
 		Extensions:    extensionInfo(in.exts),
 		AgentChannels: agentChannels,
 		Reproducible:  "kernel, initrd, bios, vgabios, every 9p blob except the PostgreSQL cluster files under " + pgData,
@@ -144,7 +145,7 @@ func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, s
 	if err != nil {
 		return nil, err
 	}
-	m.FS = FSInfo{
+	m.FS = manifest.FS{
 		File: fsFile.File, BlobDir: filepath.Join("9p", ninep.BlobDir), SHA256: fsFile.SHA256,
 		Files: stats.Files, Bytes: stats.Bytes, Blobs: stats.Blobs, BlobBytes: stats.BlobBytes, Compressed: stats.Compressed,
 	}
@@ -186,7 +187,9 @@ func prune(root string) (int64, error) {
 	}
 	for _, p := range paths {
 		full := filepath.Join(root, p)
-		filepath.WalkDir(full, func(_ string, d fs.DirEntry, err error) error {
+		// The sum is for the build log: a path no package installed counts
+		// nothing, and the callback never fails the walk.
+		_ = filepath.WalkDir(full, func(_ string, d fs.DirEntry, err error) error {
 			if err == nil && d.Type().IsRegular() {
 				if info, err := d.Info(); err == nil {
 					removed += info.Size()
@@ -325,14 +328,14 @@ func postgresVersion(pkgs []deb.Package) (string, error) {
 // initramfs init, and the modules the 9p root and the NICs need. Our kernel
 // (in.kernelBuild) has those built in, so its initramfs has no modules and
 // an empty modules.order: guest/initramfs-init is the same for both.
-func buildKernel(ctx context.Context, in *inputs, root, cacheDir, staged string, m *Manifest) error {
+func buildKernel(ctx context.Context, in *inputs, root, cacheDir, staged string, m *manifest.Image) error {
 	bzImage := ""
 	var modules []cpio.Entry
 	if kb := in.kernelBuild; kb != nil {
 		bzImage = kb.BzImage
 		// The init reads the list in a redirection, which must open.
 		modules = []cpio.Entry{cpio.File("lib/modules/modules.order", 0o644, nil)}
-		m.KernelBuild = &KernelBuild{Key: kb.Key, ConfigSHA256: kb.ConfigSHA256, Compiler: kb.Compiler.Ident, HostCompiler: kb.HostCompiler}
+		m.KernelBuild = &manifest.KernelBuild{Key: kb.Key, ConfigSHA256: kb.ConfigSHA256, Compiler: kb.Compiler.Ident, HostCompiler: kb.HostCompiler}
 	} else {
 		var err error
 		if bzImage, modules, err = debianKernel(ctx, in.kernel, cacheDir, m); err != nil {
@@ -370,7 +373,7 @@ func buildKernel(ctx context.Context, in *inputs, root, cacheDir, staged string,
 // debianKernel returns the Debian kernel package's vmlinuz and the
 // initramfs entries of the modules the initramfs loads, with their
 // modules.order (our kernel's initramfs has an empty one).
-func debianKernel(ctx context.Context, kpkg deb.Package, cacheDir string, m *Manifest) (string, []cpio.Entry, error) {
+func debianKernel(ctx context.Context, kpkg deb.Package, cacheDir string, m *manifest.Image) (string, []cpio.Entry, error) {
 	kdir, err := kernelTree(ctx, kpkg, cacheDir)
 	if err != nil {
 		return "", nil, err
@@ -434,7 +437,7 @@ func kernelTree(ctx context.Context, kpkg deb.Package, cacheDir string) (string,
 
 // copyBIOS takes SeaBIOS and its VGA BIOS from Debian's seabios package:
 // the v86 npm package ships no BIOS.
-func copyBIOS(ctx context.Context, p deb.Package, work, staged string, m *Manifest) error {
+func copyBIOS(ctx context.Context, p deb.Package, work, staged string, m *manifest.Image) error {
 	dir := filepath.Join(work, "seabios")
 	if err := deb.Unpack(ctx, p.Path, dir, nil); err != nil {
 		return err
@@ -442,7 +445,7 @@ func copyBIOS(ctx context.Context, p deb.Package, work, staged string, m *Manife
 	var err error
 	for _, c := range []struct {
 		from, to string
-		dst      *File
+		dst      *manifest.File
 	}{{"bios.bin", "bios.bin", &m.BIOS}, {"vgabios-stdvga.bin", "vgabios.bin", &m.VGABIOS}} {
 		if err := copyFile(filepath.Join(dir, "usr/share/seabios", c.from), filepath.Join(staged, c.to)); err != nil {
 			return fmt.Errorf("seabios package lacks %s: %w", c.from, err)
@@ -470,13 +473,4 @@ func copyFile(from, to string) error {
 		return err
 	}
 	return writeFile(to, b, 0o644)
-}
-
-// extensionInfo records the extensions built from source in the manifest.
-func extensionInfo(exts []*extbuild.Result) []Extension {
-	var out []Extension
-	for _, e := range exts {
-		out = append(out, Extension{Package: e.Package, Source: e.Source, Version: e.Version, Key: e.Key, Files: e.Files})
-	}
-	return out
 }

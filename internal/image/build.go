@@ -30,6 +30,7 @@ import (
 	"github.com/pgwasm/pgwasm/internal/image/deb"
 	"github.com/pgwasm/pgwasm/internal/image/extbuild"
 	"github.com/pgwasm/pgwasm/internal/image/kernelbuild"
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 // BuilderVersion changes whenever the build steps change in a way that
@@ -151,7 +152,7 @@ func checkKernel(cfg *Config) error {
 
 // Result says what Build did.
 type Result struct {
-	Manifest *Manifest
+	Manifest *manifest.Image
 	CacheHit bool
 }
 
@@ -204,7 +205,7 @@ func Build(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	key := cacheKey(cfg, in, agent)
 	if !cfg.Force {
-		if m, err := ReadManifest(cfg.Out); err == nil && m.Key == key && m.complete(cfg.Out) == nil {
+		if m, err := manifest.Read(cfg.Out); err == nil && m.Key == key && complete(m, cfg.Out) == nil {
 			log.Info("image is up to date", "dir", cfg.Out, "key", key[:12])
 			return &Result{Manifest: m, CacheHit: true}, nil
 		}
@@ -243,7 +244,7 @@ func Build(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	m.Key = key
 	m.Mirror = "" // never recorded: the mirror is a property of the build machine
-	if err := m.write(staged); err != nil {
+	if err := m.Write(staged); err != nil {
 		return nil, err
 	}
 	if err := replaceDir(staged, cfg.Out); err != nil {

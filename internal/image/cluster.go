@@ -16,8 +16,8 @@ import (
 
 	"github.com/pgwasm/pgwasm/guest"
 	"github.com/pgwasm/pgwasm/internal/image/ninep"
-	"github.com/pgwasm/pgwasm/internal/image/pgconf"
 	"github.com/pgwasm/pgwasm/internal/image/rootfs"
+	"github.com/pgwasm/pgwasm/internal/pgconf"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
 

@@ -173,7 +173,7 @@ func New(cfg Config) (*Stack, error) {
 	fail := func(step string, e tcpip.Error) (*Stack, error) {
 		s.Close()
 		s.Wait()
-		return nil, fmt.Errorf("cannot %s: %s", step, e)
+		return nil, fmt.Errorf("cannot %s: %w", step, goError(e))
 	}
 
 	// SACK helps throughput on lossy paths (frames are dropped when the
@@ -259,7 +259,7 @@ func (st *Stack) SetAddress(p netip.Prefix, gw netip.Addr) error {
 		},
 	}
 	if e := st.s.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); e != nil {
-		return fmt.Errorf("cannot add address %s: %s", p, e)
+		return fmt.Errorf("cannot add address %s: %w", p, goError(e))
 	}
 	sub, err := tcpip.NewSubnet(tcpip.AddrFrom4(p.Masked().Addr().As4()), tcpip.MaskFromBytes(net.CIDRMask(p.Bits(), 32)))
 	if err != nil {
@@ -423,12 +423,12 @@ func (st *Stack) ListenUDP(addr netip.AddrPort, broadcast bool) (net.PacketConn,
 	var wq waiter.Queue
 	ep, e := st.s.NewEndpoint(udp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
 	if e != nil {
-		return nil, fmt.Errorf("cannot make udp endpoint: %s", e)
+		return nil, fmt.Errorf("cannot make udp endpoint: %w", goError(e))
 	}
 	ep.SocketOptions().SetBroadcast(broadcast)
 	if e := ep.Bind(fullAddr(addr)); e != nil {
 		ep.Close()
-		return nil, fmt.Errorf("cannot bind udp %s: %s", addr, e)
+		return nil, fmt.Errorf("cannot bind udp %s: %w", addr, goError(e))
 	}
 	return gonet.NewUDPConn(&wq, ep), nil
 }
@@ -446,7 +446,7 @@ func (r *TCPRequest) Accept() (net.Conn, error) {
 	ep, e := r.r.CreateEndpoint(&wq)
 	if e != nil {
 		r.r.Complete(true)
-		return nil, fmt.Errorf("cannot accept %s->%s: %s", r.Src, r.Dst, e)
+		return nil, fmt.Errorf("cannot accept %s->%s: %w", r.Src, r.Dst, goError(e))
 	}
 	r.r.Complete(false)
 	return gonet.NewTCPConn(&wq, ep), nil
@@ -481,7 +481,7 @@ func (r *UDPRequest) Accept() (net.Conn, error) {
 	var wq waiter.Queue
 	ep, e := r.r.CreateEndpoint(&wq)
 	if e != nil {
-		return nil, fmt.Errorf("cannot accept udp %s->%s: %s", r.Src, r.Dst, e)
+		return nil, fmt.Errorf("cannot accept udp %s->%s: %w", r.Src, r.Dst, goError(e))
 	}
 	return gonet.NewUDPConn(&wq, ep), nil
 }

@@ -19,7 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pgwasm/pgwasm/internal/relay"
-	"github.com/pgwasm/pgwasm/internal/simvm"
+	"github.com/pgwasm/pgwasm/internal/testkit/simvm"
 )
 
 // TestLoadManySessions runs 1,000 sessions at once, each with a real

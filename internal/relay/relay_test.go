@@ -24,7 +24,7 @@ import (
 
 	"github.com/pgwasm/pgwasm/internal/policy"
 	"github.com/pgwasm/pgwasm/internal/relay"
-	"github.com/pgwasm/pgwasm/internal/simvm"
+	"github.com/pgwasm/pgwasm/internal/testkit/simvm"
 )
 
 // env is one relay behind a real HTTP server on loopback, with a test DNS

@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pgwasm/pgwasm/internal/relay"
-	"github.com/pgwasm/pgwasm/internal/simvm"
+	"github.com/pgwasm/pgwasm/internal/testkit/simvm"
 )
 
 var testSecret = []byte("relay-test-secret-0123456789")

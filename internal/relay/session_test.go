@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/pgwasm/pgwasm/internal/relay"
-	"github.com/pgwasm/pgwasm/internal/simvm"
+	"github.com/pgwasm/pgwasm/internal/testkit/simvm"
 )
 
 var (

@@ -12,7 +12,7 @@ import (
 
 	"github.com/pgwasm/pgwasm/internal/netstack"
 	"github.com/pgwasm/pgwasm/internal/relay"
-	"github.com/pgwasm/pgwasm/internal/simvm"
+	"github.com/pgwasm/pgwasm/internal/testkit/simvm"
 )
 
 // TestShortTransfersNoStall runs many short bulk transfers through one

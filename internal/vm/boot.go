@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"path/filepath"
 	"time"
+
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 // BootFiles are what a full boot loads. Start takes them from the image's
@@ -27,7 +29,7 @@ type BootFiles struct {
 // BootOptions says what Boot runs.
 type BootOptions struct {
 	Files      BootFiles
-	Memory     int    // MB; 0 means DefaultMemoryMB
+	Memory     int    // MB; 0 means manifest.DefaultMemoryMB
 	HarnessDir string // directory of vm.mjs; found automatically when empty
 	Node       string // node executable; "node" from PATH when empty
 	Logger     *slog.Logger
@@ -50,9 +52,9 @@ func Boot(ctx context.Context, opts BootOptions) (*VM, error) {
 	}
 	mem := opts.Memory
 	if mem == 0 {
-		mem = DefaultMemoryMB
+		mem = manifest.DefaultMemoryMB
 	}
-	if err := checkMemory(mem); err != nil {
+	if err := manifest.CheckMemory(mem); err != nil {
 		return nil, err
 	}
 	files := opts.Files
@@ -71,7 +73,7 @@ func Boot(ctx context.Context, opts BootOptions) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := v.startEmulator(ctx, harnessDir, files, "", "", ChannelSerial); err != nil {
+	if err := v.startEmulator(ctx, harnessDir, files, "", "", manifest.ChannelSerial); err != nil {
 		closeCtx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer c()
 		_ = v.h.close(closeCtx)
@@ -97,13 +99,6 @@ func prepare(logger *slog.Logger, harnessDir string) (*slog.Logger, string, stri
 	return logger, dir, v86ver, nil
 }
 
-func checkMemory(mb int) error {
-	if mb < 32 || mb > 2048 || mb&(mb-1) != 0 {
-		return fmt.Errorf("memory size %d MB: want a power of two from 32 to 2048", mb)
-	}
-	return nil
-}
-
 func nodeName(node string) string {
 	if node == "" {
 		return "node"
@@ -124,7 +119,7 @@ func (v *VM) startEmulator(ctx context.Context, harnessDir string, files BootFil
 		"fs_json":        files.FSJSON,
 		"blob_dir":       files.BlobDir,
 		"memory_mb":      v.memoryMB,
-		"vga_memory_mb":  VGAMemoryMB,
+		"vga_memory_mb":  manifest.VGAMemoryMB,
 		"net_device":     files.NetDevice,
 		"virtio_console": files.VirtioConsole,
 		"agent_channel":  channel,

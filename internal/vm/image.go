@@ -1,53 +1,12 @@
 package vm
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
-)
 
-// fileRef is one file of the image as the manifest lists it.
-type fileRef struct {
-	File   string `json:"file"`
-	SHA256 string `json:"sha256"`
-	Size   int64  `json:"size"`
-}
-
-// fsRef is the v86 9p tree: fs.json plus a directory of blobs.
-type fsRef struct {
-	File      string `json:"file"`
-	BlobDir   string `json:"blob_dir"`
-	Files     int64  `json:"files"`
-	Bytes     int64  `json:"bytes"`
-	BlobBytes int64  `json:"blob_bytes"`
-}
-
-// manifest is the part of the image's manifest.json that running it needs.
-type manifest struct {
-	Version         int     `json:"version"`
-	Key             string  `json:"key"`
-	Cmdline         string  `json:"cmdline"`
-	Kernel          fileRef `json:"kernel"`
-	Initrd          fileRef `json:"initrd"`
-	BIOS            fileRef `json:"bios"`
-	VGABIOS         fileRef `json:"vgabios"`
-	FS              fsRef   `json:"fs"`
-	NetDevice       string  `json:"net_device"`
-	PostgresVersion string  `json:"postgres_version"`
-	// AgentChannels are the agent's channels, the first choice first;
-	// images from before the field answer on serial only.
-	AgentChannels []string `json:"agent_channels"`
-}
-
-// Agent channels (docs/agent-protocol.md, "Channels").
-const (
-	ChannelSerial        = "serial"         // ttyS1
-	ChannelVirtioConsole = "virtio-console" // virtio-console port 1, /dev/hvc1
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 // AgentChannels are the channels the image's agent answers on, the first
@@ -57,20 +16,17 @@ func (img *Image) AgentChannels() []string { return img.manifest.AgentChannels }
 // virtioConsole says whether the image's VM has v86's virtio-console
 // device: its states hold the device, so every restore must have it too.
 func (img *Image) virtioConsole() bool {
-	return slices.Contains(img.manifest.AgentChannels, ChannelVirtioConsole)
+	return slices.Contains(img.manifest.AgentChannels, manifest.ChannelVirtioConsole)
 }
 
 // Image is a built VM image directory (pgwasm image build), checked complete.
 type Image struct {
 	Dir      string
-	manifest manifest
+	manifest manifest.Image
 }
 
 // Key is the image's content key: the sha256 of every input of the build.
 func (img *Image) Key() string { return img.manifest.Key }
-
-// PostgresVersion is the PostgreSQL version the image holds.
-func (img *Image) PostgresVersion() string { return img.manifest.PostgresVersion }
 
 func (img *Image) path(name string) string { return filepath.Join(img.Dir, name) }
 
@@ -87,9 +43,7 @@ func (img *Image) bootFiles() BootFiles {
 }
 
 // StatePath is where the snapshot for a memory size lives in the image dir.
-func (img *Image) StatePath(memoryMB int) string {
-	return img.path("state-" + strconv.Itoa(memoryMB) + ".bin.zst")
-}
+func (img *Image) StatePath(memoryMB int) string { return manifest.StatePath(img.Dir, memoryMB) }
 
 // LoadImage reads dir/manifest.json and checks that every file it names is
 // there, so a half-built image fails here with a clear message rather than
@@ -99,29 +53,17 @@ func LoadImage(dir string) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image dir %s: %w", dir, err)
 	}
-	data, err := os.ReadFile(filepath.Join(abs, "manifest.json"))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("image dir %s has no manifest.json: build the image first (pgwasm image build, or make image)", abs)
-	}
+	m, err := manifest.Read(abs)
 	if err != nil {
-		return nil, fmt.Errorf("cannot read image manifest: %w", err)
+		return nil, err
 	}
-	img := &Image{Dir: abs}
-	if err := json.Unmarshal(data, &img.manifest); err != nil {
-		return nil, fmt.Errorf("image manifest %s: %w", filepath.Join(abs, "manifest.json"), err)
-	}
-	m := &img.manifest
-	if m.Version != 1 {
-		return nil, fmt.Errorf("image manifest version %d, this pgwasm reads version 1: rebuild the image", m.Version)
-	}
-	if m.Key == "" {
-		return nil, errors.New("image manifest has no key: rebuild the image")
-	}
+	img := &Image{Dir: abs, manifest: *m}
+	m = &img.manifest
 	if m.NetDevice == "" {
 		m.NetDevice = "ne2k"
 	}
 	if len(m.AgentChannels) == 0 {
-		m.AgentChannels = []string{ChannelSerial}
+		m.AgentChannels = []string{manifest.ChannelSerial}
 	}
 	for _, f := range []struct{ what, name string }{
 		{"kernel", m.Kernel.File},

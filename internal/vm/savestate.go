@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 // Compression levels: published snapshots are downloaded by every page load,
@@ -19,9 +21,9 @@ const (
 
 // SaveState makes the guest ready for a snapshot (prepare_snapshot: CHECKPOINT,
 // sync, drop the page cache), saves the v86 state, compresses it (QuickLevel)
-// into path and writes its metadata next to it (MetaPath). Both files appear
+// into path and writes its metadata next to it (manifest.MetaPath). Both files appear
 // whole or not at all.
-func (v *VM) SaveState(ctx context.Context, path string) (*StateMeta, error) {
+func (v *VM) SaveState(ctx context.Context, path string) (*manifest.State, error) {
 	return v.saveState(ctx, path, QuickLevel, false)
 }
 
@@ -29,7 +31,7 @@ func (v *VM) SaveState(ctx context.Context, path string) (*StateMeta, error) {
 // file pages and replay a typical session (the published snapshot: smaller,
 // and no 9p fetches after a restore; it takes 15-25 s and, on a VM that has
 // run a while, can take minutes, so a user's save skips it).
-func (v *VM) saveState(ctx context.Context, path string, level int, thorough bool) (*StateMeta, error) {
+func (v *VM) saveState(ctx context.Context, path string, level int, thorough bool) (*manifest.State, error) {
 	if v.img == nil {
 		return nil, fmt.Errorf("save state: the VM was not started from an image (vm.Boot)")
 	}
@@ -71,10 +73,10 @@ func (v *VM) saveState(ctx context.Context, path string, level int, thorough boo
 	if err != nil {
 		return nil, err
 	}
-	meta := &StateMeta{
+	meta := &manifest.State{
 		ImageKey:      v.img.Key(),
 		MemoryMB:      v.memoryMB,
-		VGAMemoryMB:   VGAMemoryMB,
+		VGAMemoryMB:   manifest.VGAMemoryMB,
 		NetDevice:     v.img.manifest.NetDevice,
 		VirtioConsole: v.img.virtioConsole(),
 		V86Version:    v.v86,
@@ -92,7 +94,7 @@ func (v *VM) saveState(ctx context.Context, path string, level int, thorough boo
 	if err := os.Rename(tmpZst, abs); err != nil {
 		return nil, fmt.Errorf("cannot rename state into place: %w", err)
 	}
-	if err := writeFileAtomic(MetaPath(abs), append(data, '\n')); err != nil {
+	if err := writeFileAtomic(manifest.MetaPath(abs), append(data, '\n')); err != nil {
 		return nil, err
 	}
 	v.logger.Info("state saved", "path", abs, "level", level, "bytes", size, "raw_bytes", meta.RawSize,

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 // SnapshotOptions says which image and memory size to snapshot.
@@ -21,14 +23,14 @@ type SnapshotOptions struct {
 
 // SnapshotResult reports one snapshot.
 type SnapshotResult struct {
-	Path     string        `json:"path"`
-	Cached   bool          `json:"cached"` // the existing snapshot was current
-	Meta     *StateMeta    `json:"meta"`
-	Boot     time.Duration `json:"-"`
-	Save     time.Duration `json:"-"`
-	Meminfo  string        `json:"meminfo,omitempty"`
-	Timings  *Timings      `json:"timings,omitempty"`
-	BlobStat *BlobStats    `json:"blob,omitempty"`
+	Path     string          `json:"path"`
+	Cached   bool            `json:"cached"` // the existing snapshot was current
+	Meta     *manifest.State `json:"meta"`
+	Boot     time.Duration   `json:"-"`
+	Save     time.Duration   `json:"-"`
+	Meminfo  string          `json:"meminfo,omitempty"`
+	Timings  *Timings        `json:"timings,omitempty"`
+	BlobStat *BlobStats      `json:"blob,omitempty"`
 }
 
 // Snapshot boots the image from scratch, waits for PostgreSQL, and saves
@@ -102,8 +104,8 @@ func Snapshot(ctx context.Context, opts SnapshotOptions) (*SnapshotResult, error
 
 // cachedSnapshot returns the metadata of a current snapshot, or nil and why
 // a new one is needed.
-func cachedSnapshot(img *Image, path string, memoryMB int, v86ver string) (*StateMeta, string) {
-	meta, err := readStateMeta(path)
+func cachedSnapshot(img *Image, path string, memoryMB int, v86ver string) (*manifest.State, string) {
+	meta, err := manifest.ReadState(path)
 	if err != nil {
 		return nil, "no metadata"
 	}

@@ -18,51 +18,11 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/pgwasm/pgwasm/internal/hostexec"
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
-// StateMeta describes a saved state; it is written next to the state file
-// (state-128.bin.zst -> state-128.json). A v86 state restores only on the same
-// 9p tree (unmodified files are stored as references), memory size, VGA memory
-// size and devices, so those are what it records.
-type StateMeta struct {
-	ImageKey    string `json:"image_key"`
-	MemoryMB    int    `json:"memory_mb"`
-	VGAMemoryMB int    `json:"vga_memory_mb"`
-	NetDevice   string `json:"net_device"`
-	// VirtioConsole: the machine had v86's virtio-console device (the
-	// agent's fast channel).
-	VirtioConsole bool   `json:"virtio_console,omitempty"`
-	V86Version    string `json:"v86_version"`
-	File          string `json:"file"`
-	Size          int64  `json:"size"`
-	SHA256        string `json:"sha256"`
-	RawSize       int64  `json:"raw_size"`
-}
-
-// MetaPath is the metadata file of a state file.
-func MetaPath(statePath string) string {
-	if p, ok := strings.CutSuffix(statePath, ".bin.zst"); ok {
-		return p + ".json"
-	}
-	return statePath + ".json"
-}
-
-// readStateMeta reads the metadata of a state; it returns fs.ErrNotExist
-// (wrapped) when there is none.
-func readStateMeta(statePath string) (*StateMeta, error) {
-	data, err := os.ReadFile(MetaPath(statePath))
-	if err != nil {
-		return nil, fmt.Errorf("cannot read state metadata: %w", err)
-	}
-	var m StateMeta
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("state metadata %s: %w", MetaPath(statePath), err)
-	}
-	return &m, nil
-}
-
 // checkMeta says why a state cannot run on this image with these settings.
-func checkMeta(m *StateMeta, img *Image, memoryMB int, v86Version string) error {
+func checkMeta(m *manifest.State, img *Image, memoryMB int, v86Version string) error {
 	switch {
 	case m.ImageKey != img.Key():
 		return fmt.Errorf("state was saved on image %s but image %s has key %s: take a new snapshot (pgwasm image snapshot --memory %d)",
@@ -70,9 +30,9 @@ func checkMeta(m *StateMeta, img *Image, memoryMB int, v86Version string) error 
 	case m.MemoryMB != memoryMB:
 		return fmt.Errorf("state was saved with %d MB of memory, not %d MB: use --memory %d or take a snapshot (pgwasm image snapshot --memory %d)",
 			m.MemoryMB, memoryMB, m.MemoryMB, memoryMB)
-	case m.VGAMemoryMB != VGAMemoryMB || m.NetDevice != img.manifest.NetDevice || m.VirtioConsole != img.virtioConsole():
+	case m.VGAMemoryMB != manifest.VGAMemoryMB || m.NetDevice != img.manifest.NetDevice || m.VirtioConsole != img.virtioConsole():
 		return fmt.Errorf("state was saved with other devices (VGA %d MB, NIC %s, virtio-console %v; now VGA %d MB, NIC %s, virtio-console %v): take a new snapshot",
-			m.VGAMemoryMB, m.NetDevice, m.VirtioConsole, VGAMemoryMB, img.manifest.NetDevice, img.virtioConsole())
+			m.VGAMemoryMB, m.NetDevice, m.VirtioConsole, manifest.VGAMemoryMB, img.manifest.NetDevice, img.virtioConsole())
 	case m.V86Version != v86Version:
 		return fmt.Errorf("state was saved by v86 %s, the harness has v86 %s: take a new snapshot", m.V86Version, v86Version)
 	}

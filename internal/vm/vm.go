@@ -30,33 +30,22 @@ import (
 	"strings"
 	"sync"
 	"time"
-)
 
-// The emulated machine's fixed settings. A state restores only into a machine
-// with the same ones, so the page must use them too.
-const (
-	// VGAMemoryMB is the VGA memory: the console is serial, so the VGA only
-	// needs text mode; a small one keeps states small.
-	VGAMemoryMB = 2
-	// DefaultMemoryMB is the memory size when none is given.
-	DefaultMemoryMB = 128
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
-
-// MemorySizes are the memory sizes the product offers (MB).
-var MemorySizes = []int{128, 256, 512, 1024}
 
 // Options says which image to run and how.
 type Options struct {
 	ImageDir string // built image directory (manifest.json)
-	Memory   int    // MB; 0 means the state's size, or DefaultMemoryMB
+	Memory   int    // MB; 0 means the state's size, or manifest.DefaultMemoryMB
 	FullBoot bool   // boot the kernel instead of restoring a state
 	// StatePath restores this state instead of the image's snapshot.
 	StatePath  string
 	HarnessDir string // directory of vm.mjs; found automatically when empty
 	Node       string // node executable; "node" from PATH when empty
 	RelayURL   string // v86 network relay (ws://...), optional
-	// AgentChannel is where agent requests go: ChannelVirtioConsole or
-	// ChannelSerial; empty means the image's first choice.
+	// AgentChannel is where agent requests go: manifest.ChannelVirtioConsole
+	// or manifest.ChannelSerial; empty means the image's first choice.
 	AgentChannel string
 	// ReadyTimeout bounds the start until PostgreSQL answers; 0 means 60 s
 	// for a restore and 5 min for a full boot.
@@ -173,9 +162,9 @@ func Start(ctx context.Context, opts Options) (*VM, error) {
 		}
 	}
 	if mem == 0 {
-		mem = DefaultMemoryMB
+		mem = manifest.DefaultMemoryMB
 	}
-	if err := checkMemory(mem); err != nil {
+	if err := manifest.CheckMemory(mem); err != nil {
 		return nil, err
 	}
 
@@ -226,7 +215,7 @@ func Start(ctx context.Context, opts Options) (*VM, error) {
 func pickState(img *Image, statePath string, mem int, v86ver string, logger *slog.Logger) (string, int, error) {
 	if statePath == "" {
 		if mem == 0 {
-			mem = DefaultMemoryMB
+			mem = manifest.DefaultMemoryMB
 		}
 		statePath = img.StatePath(mem)
 		if _, err := os.Stat(statePath); errors.Is(err, fs.ErrNotExist) {
@@ -234,7 +223,7 @@ func pickState(img *Image, statePath string, mem int, v86ver string, logger *slo
 				mem, img.Dir, img.Dir, mem)
 		}
 	}
-	meta, err := readStateMeta(statePath)
+	meta, err := manifest.ReadState(statePath)
 	switch {
 	case err == nil:
 		if mem == 0 {
@@ -353,8 +342,8 @@ func (v *VM) Request(ctx context.Context, req map[string]any) (json.RawMessage, 
 	return v.RequestOn(ctx, v.channel, req)
 }
 
-// RequestOn is Request on a given agent channel (ChannelSerial or
-// ChannelVirtioConsole): to compare them, or to check the one a page uses.
+// RequestOn is Request on a given agent channel (manifest.ChannelSerial or
+// manifest.ChannelVirtioConsole): to compare them, or to check the one a page uses.
 func (v *VM) RequestOn(ctx context.Context, channel string, req map[string]any) (json.RawMessage, error) {
 	timeoutMS := harnessTimeout(ctx, 10*time.Minute)
 	msg, err := v.h.call(ctx, "agent", map[string]any{"request": req, "timeout_ms": timeoutMS, "channel": channel})
@@ -479,9 +468,6 @@ func (v *VM) Timings() Timings {
 
 // AgentChannel is the agent channel Request uses.
 func (v *VM) AgentChannel() string { return v.channel }
-
-// MemoryMB is the VM's memory size.
-func (v *VM) MemoryMB() int { return v.memoryMB }
 
 // Image is the image the VM runs; nil for a VM started with Boot.
 func (v *VM) Image() *Image { return v.img }

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 // writeImage makes a minimal image directory whose files all exist.
@@ -92,21 +93,21 @@ func TestLoadImageErrors(t *testing.T) {
 
 func TestCheckMeta(t *testing.T) {
 	img := writeImage(t, "aaaaaaaaaaaaaaaaaaaa")
-	good := StateMeta{ImageKey: img.Key(), MemoryMB: 128, VGAMemoryMB: VGAMemoryMB, NetDevice: "ne2k", V86Version: "1"}
+	good := manifest.State{ImageKey: img.Key(), MemoryMB: 128, VGAMemoryMB: manifest.VGAMemoryMB, NetDevice: "ne2k", V86Version: "1"}
 	tests := []struct {
 		name string
-		edit func(*StateMeta)
+		edit func(*manifest.State)
 		want string // substring of the error; "" for none
 	}{
-		{"match", func(*StateMeta) {}, ""},
-		{"other image", func(m *StateMeta) { m.ImageKey = "bbbbbbbbbbbbbbbbbbbb" }, "saved on image bbbbbbbbbbbb but image"},
-		{"other memory", func(m *StateMeta) { m.MemoryMB = 256 }, "256 MB of memory, not 128 MB"},
-		{"other vga", func(m *StateMeta) { m.VGAMemoryMB = 8 }, "other devices"},
-		{"other nic", func(m *StateMeta) { m.NetDevice = "virtio" }, "other devices"},
+		{"match", func(*manifest.State) {}, ""},
+		{"other image", func(m *manifest.State) { m.ImageKey = "bbbbbbbbbbbbbbbbbbbb" }, "saved on image bbbbbbbbbbbb but image"},
+		{"other memory", func(m *manifest.State) { m.MemoryMB = 256 }, "256 MB of memory, not 128 MB"},
+		{"other vga", func(m *manifest.State) { m.VGAMemoryMB = 8 }, "other devices"},
+		{"other nic", func(m *manifest.State) { m.NetDevice = "virtio" }, "other devices"},
 		// The image (no agent_channels) answers on serial only: a state
 		// saved with the virtio-console device is not its own.
-		{"other console", func(m *StateMeta) { m.VirtioConsole = true }, "virtio-console true"},
-		{"other v86", func(m *StateMeta) { m.V86Version = "2" }, "v86 2"},
+		{"other console", func(m *manifest.State) { m.VirtioConsole = true }, "virtio-console true"},
+		{"other v86", func(m *manifest.State) { m.V86Version = "2" }, "v86 2"},
 	}
 	for _, tt := range tests {
 		m := good
@@ -204,10 +205,10 @@ func TestPickState(t *testing.T) {
 	if err := os.WriteFile(path, zstdBytes(t, fakeState(t, 128<<20, 64)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	meta := StateMeta{ImageKey: img.Key(), MemoryMB: 128, VGAMemoryMB: VGAMemoryMB, NetDevice: "ne2k", V86Version: "1"}
-	writeMeta := func(m StateMeta) {
+	meta := manifest.State{ImageKey: img.Key(), MemoryMB: 128, VGAMemoryMB: manifest.VGAMemoryMB, NetDevice: "ne2k", V86Version: "1"}
+	writeMeta := func(m manifest.State) {
 		b, _ := json.Marshal(m)
-		if err := os.WriteFile(MetaPath(path), b, 0o644); err != nil {
+		if err := os.WriteFile(manifest.MetaPath(path), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -236,17 +237,6 @@ func TestFindHarnessNotInstalled(t *testing.T) {
 	_, err := FindHarness(dir)
 	if err == nil || !strings.Contains(err.Error(), "make setup") {
 		t.Fatalf("FindHarness = %v, want advice to run make setup", err)
-	}
-}
-
-func TestMetaPath(t *testing.T) {
-	for in, want := range map[string]string{
-		"/i/state-128.bin.zst": "/i/state-128.json",
-		"/tmp/mine.zst":        "/tmp/mine.zst.json",
-	} {
-		if got := MetaPath(in); got != want {
-			t.Errorf("MetaPath(%q) = %q, want %q", in, got, want)
-		}
 	}
 }
 

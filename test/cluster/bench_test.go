@@ -16,7 +16,7 @@ import (
 // The cluster benchmarks (issue #14; cmd/pgwasm-bench's cluster part runs
 // them): the same processes as the tests, three `pgwasm serve` replicas
 // behind a real HAProxy checking every second, with simulated VMs
-// (internal/simvm) for the sessions. HAProxy's checks here take a replica
+// (internal/testkit/simvm) for the sessions. HAProxy's checks here take a replica
 // out after one failure (the manifests: two).
 
 // BenchmarkClusterSpread: 300 sessions created and attached through HAProxy,

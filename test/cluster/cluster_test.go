@@ -35,10 +35,10 @@ import (
 
 	"github.com/pgwasm/pgwasm/deploy/haproxy"
 	"github.com/pgwasm/pgwasm/internal/server"
-	"github.com/pgwasm/pgwasm/internal/simvm"
 	"github.com/pgwasm/pgwasm/internal/testkit"
 	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
+	"github.com/pgwasm/pgwasm/internal/testkit/simvm"
 )
 
 var pgwasmBin string

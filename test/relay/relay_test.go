@@ -24,11 +24,11 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgwasm/pgwasm/internal/server"
-	"github.com/pgwasm/pgwasm/internal/simvm"
 	"github.com/pgwasm/pgwasm/internal/stack"
 	"github.com/pgwasm/pgwasm/internal/testkit"
 	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
 	"github.com/pgwasm/pgwasm/internal/testkit/servetest"
+	"github.com/pgwasm/pgwasm/internal/testkit/simvm"
 )
 
 // serveStack is the server `pgwasm serve` runs, built in process.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgwasm/pgwasm/internal/manifest"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
@@ -25,7 +26,7 @@ func TestAgentChannels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Contains(img.AgentChannels(), vm.ChannelVirtioConsole) {
+	if !slices.Contains(img.AgentChannels(), manifest.ChannelVirtioConsole) {
 		t.Fatalf("image %s offers agent channels %v, want virtio-console", image, img.AgentChannels())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
@@ -35,10 +36,10 @@ func TestAgentChannels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := v.AgentChannel(); got != vm.ChannelVirtioConsole {
+	if got := v.AgentChannel(); got != manifest.ChannelVirtioConsole {
 		t.Errorf("default agent channel %q, want virtio-console", got)
 	}
-	for _, ch := range []string{vm.ChannelVirtioConsole, vm.ChannelSerial} {
+	for _, ch := range []string{manifest.ChannelVirtioConsole, manifest.ChannelSerial} {
 		if got := selectOn(ctx, t, v, ch, "after boot"); got != "booted "+ch {
 			t.Errorf("after boot on %s: %q", ch, got)
 		}
@@ -55,7 +56,7 @@ func TestAgentChannels(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer v.Close()
-	for _, ch := range []string{vm.ChannelVirtioConsole, vm.ChannelSerial} {
+	for _, ch := range []string{manifest.ChannelVirtioConsole, manifest.ChannelSerial} {
 		if got := selectOn(ctx, t, v, ch, "after restore"); got != "booted "+ch {
 			t.Errorf("after restore on %s: %q", ch, got)
 		}
@@ -101,7 +102,7 @@ func TestAgentChannels(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "longer than") {
 		t.Errorf("1.1 MB request: %v, want the agent's line limit", err)
 	}
-	if got := selectOn(ctx, t, v, vm.ChannelVirtioConsole, "after a refused request"); got != "booted virtio-console" {
+	if got := selectOn(ctx, t, v, manifest.ChannelVirtioConsole, "after a refused request"); got != "booted virtio-console" {
 		t.Errorf("after a refused request: %q", got)
 	}
 }

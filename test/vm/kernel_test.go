@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pgwasm/pgwasm/internal/image"
+	"github.com/pgwasm/pgwasm/internal/manifest"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
@@ -14,7 +14,7 @@ import (
 // modules loaded; Debian's says Debian and runs on modules.
 func TestKernelIsTheManifests(t *testing.T) {
 	dir, _ := env(t)
-	m, err := image.ReadManifest(dir)
+	m, err := manifest.Read(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgwasm/pgwasm/internal/image"
+	"github.com/pgwasm/pgwasm/internal/manifest"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
@@ -24,7 +24,7 @@ import (
 func bootWith(t *testing.T, memMB int, extra string) (context.Context, *vm.VM) {
 	t.Helper()
 	dir, _ := env(t)
-	m, err := image.ReadManifest(dir)
+	m, err := manifest.Read(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgwasm/pgwasm/internal/manifest"
 	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
@@ -55,16 +56,16 @@ func TestSnapshotExists(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := img.StatePath(vm.DefaultMemoryMB)
+	path := img.StatePath(manifest.DefaultMemoryMB)
 	st, err := os.Stat(path)
 	if err != nil {
 		t.Fatalf("no 128 MB snapshot (make snapshot makes it): %v", err)
 	}
-	data, err := os.ReadFile(vm.MetaPath(path))
+	data, err := os.ReadFile(manifest.MetaPath(path))
 	if err != nil {
 		t.Fatalf("snapshot metadata: %v", err)
 	}
-	var meta vm.StateMeta
+	var meta manifest.State
 	if err := json.Unmarshal(data, &meta); err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +207,7 @@ func TestSaveRestore(t *testing.T) {
 
 // copyState copies the image's 128 MB snapshot and its metadata into dir,
 // letting edit change the metadata and cut shorten the state file.
-func copyState(t *testing.T, dir string, edit func(*vm.StateMeta), cut bool) string {
+func copyState(t *testing.T, dir string, edit func(*manifest.State), cut bool) string {
 	t.Helper()
 	image, _ := env(t)
 	img, err := vm.LoadImage(image)
@@ -225,11 +226,11 @@ func copyState(t *testing.T, dir string, edit func(*vm.StateMeta), cut bool) str
 	if err := os.WriteFile(dst, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	metaData, err := os.ReadFile(vm.MetaPath(src))
+	metaData, err := os.ReadFile(manifest.MetaPath(src))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var meta vm.StateMeta
+	var meta manifest.State
 	if err := json.Unmarshal(metaData, &meta); err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +238,7 @@ func copyState(t *testing.T, dir string, edit func(*vm.StateMeta), cut bool) str
 		edit(&meta)
 	}
 	metaData, _ = json.Marshal(meta)
-	if err := os.WriteFile(vm.MetaPath(dst), metaData, 0o644); err != nil {
+	if err := os.WriteFile(manifest.MetaPath(dst), metaData, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return dst
@@ -247,12 +248,12 @@ func TestBadStates(t *testing.T) {
 	image, _ := env(t)
 	tests := []struct {
 		name  string
-		edit  func(*vm.StateMeta)
+		edit  func(*manifest.State)
 		cut   bool
 		extra []string
 		want  []string
 	}{
-		{"other image", func(m *vm.StateMeta) { m.ImageKey = strings.Repeat("ab", 32) }, false, nil,
+		{"other image", func(m *manifest.State) { m.ImageKey = strings.Repeat("ab", 32) }, false, nil,
 			[]string{"saved on image abababababab", "take a new snapshot"}},
 		{"other memory", nil, false, []string{"--memory", "256"},
 			[]string{"128 MB of memory, not 256 MB"}},

@@ -422,18 +422,6 @@ func (vm *VM) Close() error {
 	return nil
 }
 
-// NewDetached makes a VM with no websocket (benchmarks use it to measure a
-// VM's own memory).
-func NewDetached() (*VM, error) {
-	mac := net.HardwareAddr{0x00, 0x22, 0x15, 0, 0, 0}
-	_, _ = rand.Read(mac[3:])
-	st, err := netstack.New(vmStackConfig(mac))
-	if err != nil {
-		return nil, fmt.Errorf("cannot create VM stack: %w", err)
-	}
-	return &VM{st: st, mac: mac, dhcpIn: make(chan []byte, 8), wsClosed: make(chan error, 4)}, nil
-}
-
 // NetStats returns the VM stack's counters (retransmissions, timeouts,
 // frames dropped on a full link queue).
 func (vm *VM) NetStats() netstack.Stats { return vm.st.Stats() }
