@@ -65,8 +65,6 @@ export interface Status {
 const STALL_MS = 30000;
 const HARD_CAP = 10;
 const SAMPLE_MS = 500;
-// Least time between timer wakes of a halted guest CPU (see idleLess).
-const IDLE_WAKE_MS = 20;
 // Closed 9p files whose contents stay in memory (see trackFileLoads).
 const KEEP_FILE_BYTES = 48 << 20;
 // The first limit of the agent's cancel of the console's statement (see
@@ -271,28 +269,6 @@ export class PgWasm extends EventTarget {
     emulator.add_listener("cpu-event-halt", () => this.markDead("its CPU halted"));
     clearInterval(this.sampler);
     this.sampler = window.setInterval(() => this.sample(), SAMPLE_MS);
-  }
-
-  // idleLess makes an idle VM cheap. With the guest in HLT, v86 sleeps
-  // until its next timer (the kernel's PIT, one-shot) and wakes for it: an
-  // idle tab woke 100-1300 times a second, each wake running the device
-  // timers and a few hundred guest instructions, and used about half a core
-  // (issue #16 item 5). Timer wakes of a halted CPU are now at least
-  // IDLE_WAKE_MS apart. Interrupts from devices (console input, agent
-  // requests, network frames, 9p replies) still wake it at once (v86's
-  // stop_idling), and a busy guest is not affected; only a timer of an idle
-  // guest may fire up to IDLE_WAKE_MS late (the guest clock is the TSC, so
-  // no time is lost).
-  private idleLess(emulator: any): void {
-    const v = emulator.v86;
-    if (!v || typeof v.yield !== "function") return;
-    const wake = v.yield.bind(v);
-    v.yield = (t: number, tick: number) => {
-      // A plain timer for a halted CPU: v86's own way is a round trip
-      // through a worker (no 4 ms clamp), two messages per wake.
-      if (v.cpu?.in_hlt?.[0]) window.setTimeout(() => v.yield_callback(tick), Math.max(t, IDLE_WAKE_MS));
-      else wake(t, tick);
-    };
   }
 
   // trackFileLoads counts v86's 9p file loads in flight (the only 9p work
@@ -508,7 +484,6 @@ export class PgWasm extends EventTarget {
       this.progress({ phase: "download", loaded, total, message: `Downloading VM files: ${fmtMB(loaded)} of ${fmtMB(total)}` });
     });
     this.watchEmulator(emulator);
-    this.idleLess(emulator);
     await new Promise<void>(resolve => emulator.add_listener("emulator-loaded", () => resolve()));
     // Before any restore: v86 would put a restored guest's clock back by
     // the previous state's uptime, and the guest would hang until it caught
