@@ -99,6 +99,9 @@ func (s *server) prepareSnapshot(ctx context.Context, thorough bool) response {
 					break
 				}
 			}
+			if err := s.warmConsoleCancel(ctx); err != nil {
+				log.Notes = append(log.Notes, "console cancel warm-up: "+err.Error())
+			}
 		}
 		// Run the agent's own garbage collector and scavenger now, so their
 		// code is resident too, and the warm-up's garbage is given back.
@@ -273,6 +276,38 @@ func reseedSessions(path string) error {
 	return nil
 }
 
+// consoleCancelSQL cancels the console's running statement ("active" as
+// $1) as the page does on Ctrl-C (cancelConsoleQuery in web/src/pgwasm.ts,
+// which reads pg_stat_get_activity() directly: cheaper to plan; the view
+// here calls it, so this warms the page's query too).
+const consoleCancelSQL = "select pg_cancel_backend(pid) from pg_stat_activity where pid <> pg_backend_pid() " +
+	"and backend_type = 'client backend' and application_name = 'psql' and client_addr is null " +
+	"and state = $1 order by backend_start limit 1"
+
+// warmConsoleCancel runs a Ctrl-C as the page handles it: a statement
+// typed into psql is cancelled through the agent's session. The pages of
+// that path (the agent's query, pg_cancel_backend's role checks, the
+// backend's abort, psql printing the error) are then resident in the
+// state: faulted in over 9p after a restore they made the first Ctrl-C take
+// 10-20 s with the page's CPU throttled 4x (issue #16 item 4). Side effect:
+// psql's history shows the statement after a restore.
+func (s *server) warmConsoleCancel(ctx context.Context) error {
+	started := s.sys.now()
+	if err := typeInto(s.sys.console, "select pg_sleep(30);\n"); err != nil {
+		return err
+	}
+	line, _ := json.Marshal(map[string]any{"id": 0, "op": "query", "sql": consoleCancelSQL, "params": []string{"active"}})
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return errors.New("psql's statement was not running within 20 s")
+		}
+		if r, ok := s.handleLine(ctx, line)[0].(response); ok && r.OK && r.result != nil && len(r.Rows) == 1 && r.Rows[0][0] != nil && *r.Rows[0][0] == "t" {
+			break
+		}
+	}
+	return s.waitConsoleIdle(ctx, started, "the cancelled statement")
+}
+
 // typeIntoConsole types text into the psql console and waits until psql's
 // session is idle again.
 func (s *server) typeIntoConsole(ctx context.Context, text, what string) error {
@@ -280,6 +315,11 @@ func (s *server) typeIntoConsole(ctx context.Context, text, what string) error {
 	if err := typeInto(s.sys.console, text); err != nil {
 		return err
 	}
+	return s.waitConsoleIdle(ctx, started, what)
+}
+
+// waitConsoleIdle waits until psql's session went idle after started.
+func (s *server) waitConsoleIdle(ctx context.Context, started time.Time, what string) error {
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		res, err := s.db.Query(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'psql' AND state = 'idle' AND state_change > to_timestamp($1::float8 / 1000)",
 			[]*string{ptr(strconv.FormatInt(started.UnixMilli(), 10))})

@@ -65,10 +65,11 @@ export interface Status {
 const STALL_MS = 30000;
 const HARD_CAP = 10;
 const SAMPLE_MS = 500;
-// Least time between timer wakes of a halted guest CPU (see idleLess).
-const IDLE_WAKE_MS = 20;
 // Closed 9p files whose contents stay in memory (see trackFileLoads).
 const KEEP_FILE_BYTES = 48 << 20;
+// The first limit of the agent's cancel of the console's statement (see
+// cancelConsole); past it, it waits on while the VM makes progress.
+const CANCEL_LIMIT_MS = 10000;
 // A psql prompt at the end of the console output.
 const PROMPT = /[=\-('"*]?[#>] $/;
 const PANIC = /Kernel panic - not syncing[^\r\n]*/;
@@ -198,6 +199,9 @@ export class PgWasm extends EventTarget {
   private consoleBytes = 0;
   private lastConsoleAt = 0;
   private toConsole: ((d: string) => void) | null = null;
+  // warming: warmCancel runs; cancelling: a Ctrl-C is being handled.
+  private warming = false;
+  private cancelling = false;
   private consoleWriter: ChannelWriter | null = null;
 
   constructor(opts: BootOptions = {}) {
@@ -265,28 +269,6 @@ export class PgWasm extends EventTarget {
     emulator.add_listener("cpu-event-halt", () => this.markDead("its CPU halted"));
     clearInterval(this.sampler);
     this.sampler = window.setInterval(() => this.sample(), SAMPLE_MS);
-  }
-
-  // idleLess makes an idle VM cheap. With the guest in HLT, v86 sleeps
-  // until its next timer (the kernel's PIT, one-shot) and wakes for it: an
-  // idle tab woke 100-1300 times a second, each wake running the device
-  // timers and a few hundred guest instructions, and used about half a core
-  // (issue #16 item 5). Timer wakes of a halted CPU are now at least
-  // IDLE_WAKE_MS apart. Interrupts from devices (console input, agent
-  // requests, network frames, 9p replies) still wake it at once (v86's
-  // stop_idling), and a busy guest is not affected; only a timer of an idle
-  // guest may fire up to IDLE_WAKE_MS late (the guest clock is the TSC, so
-  // no time is lost).
-  private idleLess(emulator: any): void {
-    const v = emulator.v86;
-    if (!v || typeof v.yield !== "function") return;
-    const wake = v.yield.bind(v);
-    v.yield = (t: number, tick: number) => {
-      // A plain timer for a halted CPU: v86's own way is a round trip
-      // through a worker (no 4 ms clamp), two messages per wake.
-      if (v.cpu?.in_hlt?.[0]) window.setTimeout(() => v.yield_callback(tick), Math.max(t, IDLE_WAKE_MS));
-      else wake(t, tick);
-    };
   }
 
   // trackFileLoads counts v86's 9p file loads in flight (the only 9p work
@@ -502,7 +484,6 @@ export class PgWasm extends EventTarget {
       this.progress({ phase: "download", loaded, total, message: `Downloading VM files: ${fmtMB(loaded)} of ${fmtMB(total)}` });
     });
     this.watchEmulator(emulator);
-    this.idleLess(emulator);
     await new Promise<void>(resolve => emulator.add_listener("emulator-loaded", () => resolve()));
     // Before any restore: v86 would put a restored guest's clock back by
     // the previous state's uptime, and the guest would hang until it caught
@@ -610,49 +591,74 @@ export class PgWasm extends EventTarget {
   // sendConsole types into the psql console. Until psql reads input at a
   // fresh prompt (after a start or a restore) the text is kept and sent
   // then: a prompt on the screen is no promise that the console takes
-  // input (issue #16 item 0).
-  //
-  // Ctrl-C while a statement runs (Enter was sent, no prompt since) cancels
-  // it through the agent's open session instead of the tty: psql's own
-  // cancel request, sent from its SIGINT handler, needs a new connection
-  // to the postmaster, whose forked child faults its pages in over 9p the
-  // first time after a restore; psql shows nothing until that is done (17 s
-  // and more on a slow machine). psql then just sees its statement fail
-  // with "canceling statement due to user request". When the agent finds
-  // no running statement of the console (psql runs a \! command, say), is
-  // busy with another request or does not answer within 5 s, the Ctrl-C
-  // goes to the tty as usual. See also warmCancel.
+  // input (issue #16 item 0). A Ctrl-C while a statement runs goes to
+  // cancelConsole instead.
   sendConsole(data: string): void {
     if (!this.consoleReady || !this.toConsole) {
       this.inputQueue.push(data);
       return;
     }
-    if (data === "\x03" && this.consoleBusy && !this.agent.busy) {
-      void this.cancelConsoleQuery().then(ok => {
-        if (!ok) this.toConsole?.(data);
-      });
+    if (data === "\x03" && this.consoleBusy && (!this.agent.busy || this.warming)) {
+      void this.cancelConsole();
       return;
     }
     if (data.includes("\r")) this.consoleBusy = true;
     this.toConsole(data);
   }
 
-  // warmCancel runs, once the VM is ready, what a Ctrl-C will need, so its
-  // pages are in memory by then: the query that finds the console's
-  // statement (matching nothing now) and a statement cancelled the same way
-  // (its error and abort path). Both run in the agent's own session.
-  private async warmCancel(): Promise<void> {
-    await this.cancelConsoleQuery("warm-up: matches nothing");
-    const sql = "select pg_cancel_backend(pg_backend_pid()), pg_sleep(1)";
-    await this.agent.request({ op: "query", sql }, 30000, false).catch(() => undefined);
+  // cancelConsole cancels the console's running statement (Enter was sent,
+  // no prompt since) through the agent's open session instead of the tty:
+  // psql's own cancel request, sent from its SIGINT handler, needs a new
+  // connection to the postmaster, whose forked child faults its pages in
+  // over 9p the first time after a restore, and psql shows nothing until
+  // that is done (17 s in issue #16 item 4). psql then just sees its
+  // statement fail with "canceling statement due to user request".
+  //
+  // The request queues behind the page's own warm-up (warmCancel) and
+  // waits as long as the VM makes progress: skipping a busy agent, or
+  // giving up after a fixed 5 s, sent the Ctrl-C to the tty exactly when
+  // the VM was slow (4x throttled: 22 s). The Ctrl-C goes to the tty only
+  // when the agent finds no running statement of the console (psql runs a
+  // \! command, say) or fails, and at once when the agent is busy with an
+  // API request, which may run for minutes. A Ctrl-C while one is being
+  // handled adds nothing.
+  private async cancelConsole(): Promise<void> {
+    if (this.cancelling) return;
+    this.cancelling = true;
+    try {
+      if (!(await this.cancelConsoleQuery())) this.toConsole?.("\x03");
+    } finally {
+      this.cancelling = false;
+    }
   }
 
+  // warmCancel runs, once the VM is ready, the query a Ctrl-C will send
+  // (matching nothing now): the first statement of the agent's session
+  // after a restore costs seconds (under a 4x throttled CPU), and a Ctrl-C
+  // should not pay them. The rest of the cancel path (pg_cancel_backend's
+  // role checks, the backend's abort, psql printing the error) is resident
+  // in the image's snapshot (the agent's warm-up cancels a console
+  // statement the same way); a second warm-up statement here that cancelled
+  // itself held the agent 4 s more.
+  private async warmCancel(): Promise<void> {
+    this.warming = true;
+    try {
+      await this.cancelConsoleQuery("warm-up: matches nothing");
+    } finally {
+      this.warming = false;
+    }
+  }
+
+  // cancelConsoleQuery cancels the oldest psql backend on the Unix socket in
+  // the given state. It reads pg_stat_get_activity(), not the view
+  // pg_stat_activity, whose joins the emulator plans and runs on every
+  // call (the view's query took 1.4-2.8 s with the CPU throttled 4x).
   private async cancelConsoleQuery(state = "active"): Promise<boolean> {
     const sql =
-      "select pg_cancel_backend(pid) from pg_stat_activity where pid <> pg_backend_pid() " +
+      "select pg_cancel_backend(pid) from pg_stat_get_activity(null) where pid <> pg_backend_pid() " +
       "and backend_type = 'client backend' and application_name = 'psql' and client_addr is null " +
       "and state = $1 order by backend_start limit 1";
-    const r = await this.agent.request({ op: "query", sql, params: [state] }, 5000, false).catch(() => null);
+    const r = await this.agent.request({ op: "query", sql, params: [state] }, CANCEL_LIMIT_MS).catch(() => null);
     return r?.rows?.[0]?.[0] === "t";
   }
 

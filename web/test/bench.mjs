@@ -8,7 +8,9 @@
 //
 // With --idle SECONDS it measures only the CPU a ready tab uses while
 // nothing runs (issue #16 item 5): every Chromium process's user+system
-// time over SECONDS, after --settle SECONDS (default 10), from /proc.
+// time over SECONDS, from /proc, once the page has kept its session
+// (autosave) and --settle SECONDS (default 10) more have passed; also split
+// by Chromium process type.
 //
 // With --channels N it measures only the page API's way to the guest agent
 // (issue #11): `select 1` N times and a 1 MB result (10,000 rows of 100
@@ -34,7 +36,8 @@ const arg = name => {
 
 // browserCPU sums user+system CPU seconds of this process's descendants
 // that are not the pgwasm server (Chromium: browser, renderer, GPU,
-// utility processes), from /proc/<pid>/stat.
+// utility processes), from /proc/<pid>/stat, in all and by Chromium's
+// process type (--type=renderer and so on; the browser process has none).
 function browserCPU() {
   const hz = 100; // USER_HZ on Linux
   const procs = new Map();
@@ -44,7 +47,8 @@ function browserCPU() {
       const st = fs.readFileSync(`/proc/${d}/stat`, "utf8");
       const comm = st.slice(st.indexOf("(") + 1, st.lastIndexOf(")"));
       const f = st.slice(st.lastIndexOf(")") + 2).split(" ");
-      procs.set(Number(d), { comm, ppid: Number(f[1]), cpu: (Number(f[11]) + Number(f[12])) / hz });
+      const type = /--type=([\w-]+)/.exec(fs.readFileSync(`/proc/${d}/cmdline`, "utf8"))?.[1] || "browser";
+      procs.set(Number(d), { comm, type, ppid: Number(f[1]), cpu: (Number(f[11]) + Number(f[12])) / hz });
     } catch {
       // gone
     }
@@ -57,8 +61,13 @@ function browserCPU() {
   }
   mine.delete(process.pid);
   let total = 0;
-  for (const pid of mine) total += procs.get(pid).cpu;
-  return { seconds: total, processes: mine.size };
+  const byType = {};
+  for (const pid of mine) {
+    const p = procs.get(pid);
+    total += p.cpu;
+    byType[p.type] = (byType[p.type] || 0) + p.cpu;
+  }
+  return { seconds: total, processes: mine.size, byType };
 }
 
 const srv = await startServer();
@@ -74,6 +83,9 @@ try {
     await page.goto(srv.url);
     await waitReady(page);
     await page.evaluate(() => window.pgwasm.query("select 1"));
+    // That query is a change the page keeps (autosave, a few seconds of
+    // work): the tab is idle once it is kept.
+    await page.waitForFunction(() => !window.pgwasmPage.unsaved(), null, { timeout: 300000, polling: 500 });
     await new Promise(r => setTimeout(r, Number(arg("--settle") || 10) * 1000));
     const a = browserCPU(), t0 = Date.now();
     await new Promise(r => setTimeout(r, idle * 1000));
@@ -82,6 +94,8 @@ try {
     out.idle_cpu_seconds = b.seconds - a.seconds;
     out.idle_cpu_percent = (100 * (b.seconds - a.seconds)) / wall;
     out.idle_processes = b.processes;
+    // By process type: the renderer runs the page and the emulator.
+    out.idle_cpu_percent_by_type = Object.fromEntries(Object.entries(b.byType).map(([k, v]) => [k, (100 * (v - (a.byType[k] || 0))) / wall]));
   } else {
     await measurePage(out);
   }

@@ -100,17 +100,13 @@ test("engine: typing the instant the prompt appears is kept (throttled)", async 
   await waitReady(page, 300000);
 });
 
-// The issue asks for 3 s on its machine; throttled 4x on a loaded 2-core
-// host the whole path (agent query, the backend's abort, psql's output) is
-// several times slower, so the bound here is CANCEL_MS (default 3 s times
-// the throttle rate halved) and the figure is printed.
-const CANCEL_MS = Number(process.env.PGWASM_TEST_CANCEL_MS || 3000 * Math.max(1, RATE / 2));
+// Issue #16 item 4: Ctrl-C cancels pg_sleep(10) within 3 s, the first
+// time, with the CPU throttled 4x (PGWASM_TEST_CANCEL_MS overrides the
+// bound). It comes right after the start, while the page still warms the
+// cancel path up: the cancel queues behind that in the agent.
+const CANCEL_MS = Number(process.env.PGWASM_TEST_CANCEL_MS || 3000);
 
-// todo: the 3 s target of issue #16 item 4 is not met with the CPU throttled
-// 4x: 22 s in the session-4 CI run on a quiet machine (~8 s measured on a
-// loaded one before the last engine changes). The test still runs and
-// reports its time; `todo` keeps the suite's verdict on what works.
-test("engine: Ctrl-C cancels pg_sleep(10) at once, the first time (throttled)", { todo: "issue #16 item 4: Ctrl-C under 4x throttling takes up to 22 s" }, async () => {
+test("engine: Ctrl-C cancels pg_sleep(10) at once, the first time (throttled)", async () => {
   await ensurePage();
   await page.click("#terminal");
   await page.keyboard.type("select pg_sleep(10);\n");
