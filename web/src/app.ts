@@ -4,6 +4,7 @@ import "@xterm/xterm/css/xterm.css";
 import { PgWasm, MEMORY_SIZES, UPLOAD_DIR, probeStates, type Manifest, type NetworkInfo, type Progress } from "./pgwasm";
 import { readHeader, StateError } from "./statefile";
 import * as store from "./store";
+import { DEFAULT_MEMORY_MB } from "./memory";
 import { importFile, importKind, fileExists } from "./importer";
 
 const $ = <T extends HTMLElement = HTMLElement>(sel: string) => document.querySelector(sel) as T;
@@ -18,7 +19,7 @@ interface Settings {
 const SETTINGS_KEY = "pgwasm.settings";
 
 function loadSettings(): Settings {
-  const d: Settings = { memory: 128, fontSize: 15, fullBoot: false, autosave: true, copyOnSelect: false };
+  const d: Settings = { memory: DEFAULT_MEMORY_MB, fontSize: 15, fullBoot: false, autosave: true, copyOnSelect: false };
   try {
     const s = JSON.parse(localStorage.getItem(SETTINGS_KEY) || "{}");
     if (MEMORY_SIZES.includes(s.memory)) d.memory = s.memory;

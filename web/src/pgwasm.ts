@@ -17,14 +17,13 @@ import { virtioConsoleWriter, type ChannelWriter } from "../../harness/virtio-co
 import { Agent, type QueryResult } from "./agent";
 import { PsqlTerminal } from "./terminal";
 import { openState, readHeader, wrapState, StateError } from "./statefile";
+// The memory rule is internal/manifest's, generated into memory.ts.
+import { MEMORY_SIZES, DEFAULT_MEMORY_MB, VGA_MEMORY_MB } from "./memory";
 
 export { StateError } from "./statefile";
 export type { QueryResult, Column } from "./agent";
 
-export const MEMORY_SIZES = [128, 256, 512, 1024];
-// The VGA memory every snapshot is taken with (internal/vm.VGAMemoryMB): a
-// state restores only with identical device settings.
-const VGA_MEMORY_MB = 2;
+export { MEMORY_SIZES };
 export const UPLOAD_DIR = "/uploads";
 // localStorage key prefix of the network sessions saved states had.
 const NET_KEY = "pgwasm.network.";
@@ -207,7 +206,7 @@ export class PgWasm extends EventTarget {
   constructor(opts: BootOptions = {}) {
     super();
     this.opts = opts;
-    this.memoryMB = opts.memory || 128;
+    this.memoryMB = opts.memory || DEFAULT_MEMORY_MB;
     this.imageBase = new URL(opts.imageBase || "image/", here()).href.replace(/\/?$/, "/");
     this.apiBase = new URL(opts.apiBase || "./", here()).href;
     this.agent = new Agent(virtioConsoleWriter(() => this.emulator, AGENT_PORT));
