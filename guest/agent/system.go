@@ -237,7 +237,7 @@ func (s *server) warmUp(ctx context.Context, log *snapshotLog) {
 // after a restore, and waits until psql's session is idle again, so the
 // pages of psql, its libraries and its backend are resident in the state.
 func (s *server) warmConsole(ctx context.Context) error {
-	return s.typeIntoConsole(ctx, "select 1 as one;\n", "the warm-up query")
+	return s.typeIntoConsole(ctx, " select 1 as one;\n", "the warm-up query")
 }
 
 // reseedSessions makes every PostgreSQL session reseed its random
@@ -289,11 +289,12 @@ const consoleCancelSQL = "select pg_cancel_backend(pid) from pg_stat_activity wh
 // that path (the agent's query, pg_cancel_backend's role checks, the
 // backend's abort, psql printing the error) are then resident in the
 // state: faulted in over 9p after a restore they made the first Ctrl-C take
-// 10-20 s with the page's CPU throttled 4x (issue #16 item 4). Side effect:
-// psql's history shows the statement after a restore.
+// 10-20 s with the page's CPU throttled 4x (issue #16 item 4). The leading
+// space keeps it out of psql's history (HISTCONTROL=ignorespace in the
+// image's .psqlrc).
 func (s *server) warmConsoleCancel(ctx context.Context) error {
 	started := s.sys.now()
-	if err := typeInto(s.sys.console, "select pg_sleep(30);\n"); err != nil {
+	if err := typeInto(s.sys.console, " select pg_sleep(30);\n"); err != nil {
 		return err
 	}
 	line, _ := json.Marshal(map[string]any{"id": 0, "op": "query", "sql": consoleCancelSQL, "params": []string{"active"}})
