@@ -166,3 +166,31 @@ func TestBuildRealKernel(t *testing.T) {
 		t.Errorf("second Build = %+v, %v; want a cache hit with the same bzImage", again, err)
 	}
 }
+
+// A kept tree is reused unless the build in it did not finish; trees of
+// other keys go. No source package is given, so a tree that is not reused
+// fails with "not downloaded" instead of unpacking.
+func TestPrepareTreeReusesOnlyFinishedTrees(t *testing.T) {
+	cache := t.TempDir()
+	key := strings.Repeat("b", 64)
+	work := filepath.Join(cache, "tree-"+key[:16])
+	src := filepath.Join(work, "linux-source-6.1")
+	os.MkdirAll(src, 0o755)
+	os.WriteFile(filepath.Join(src, "Makefile"), []byte("# kbuild\n"), 0o644)
+	other := filepath.Join(cache, "tree-"+strings.Repeat("c", 16))
+	os.MkdirAll(other, 0o755)
+	pkg := deb.Package{Name: "linux-source-6.1", Version: "6.1.176-1"}
+
+	gotWork, tree, reused, err := prepareTree(context.Background(), cache, pkg, key)
+	if err != nil || !reused || gotWork != work || tree != src {
+		t.Fatalf("prepareTree of a finished tree = %q, %q, %v, %v; want %q, %q, reused", gotWork, tree, reused, err, work, src)
+	}
+	if _, err := os.Stat(other); err == nil {
+		t.Error("the tree of another key is still there")
+	}
+	// The mark prepareTree left is what an interrupted build leaves.
+	_, _, reused, err = prepareTree(context.Background(), cache, pkg, key)
+	if reused || err == nil || !strings.Contains(err.Error(), "not downloaded") {
+		t.Errorf("prepareTree of an unfinished tree = reused %v, %v; want a fresh unpack (here: not downloaded)", reused, err)
+	}
+}
