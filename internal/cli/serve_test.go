@@ -178,30 +178,6 @@ func TestServeRunsAndStops(t *testing.T) {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
-// waitMetric waits until the server's /metrics has the line want.
-func waitMetric(t *testing.T, base, want string) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get(base + "/metrics")
-		if err != nil {
-			t.Fatalf("GET /metrics: %v", err)
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			t.Fatalf("GET /metrics: %v", err)
-		}
-		if slices.Contains(strings.Split(string(b), "\n"), want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/metrics never had %q", want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // inProcess is the serve command running in this process.
 type inProcess struct {
 	stack.Addrs
@@ -288,7 +264,18 @@ func TestServeDrain(t *testing.T) {
 	// Dial returns after the upgrade, before the server has attached the
 	// websocket to its session; one attached after the drain began is
 	// sent on at once (correctly), which is not what this test checks.
-	waitMetric(t, base, "pgwasm_relay_websockets 1")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		n, err := servetest.Metric(context.Background(), base, "pgwasm_relay_websockets")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == "1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("websocket not attached after 20 s (pgwasm_relay_websockets %q)", n)
+		}
+	}
 
 	signalled := time.Now()
 	cancel()

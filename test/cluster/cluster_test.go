@@ -340,16 +340,14 @@ func checkSpread(t *testing.T, c *cluster, n int) {
 	count := func() []float64 {
 		var out []float64
 		for _, r := range c.replicas {
-			resp, err := http.Get("http://" + r.httpAddr + "/metrics")
+			s, err := servetest.Metric(context.Background(), "http://"+r.httpAddr, `pgwasm_http_requests_total{code="404",route="api"}`)
 			if err != nil {
 				t.Fatal(err)
 			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
 			v := 0.0
-			for _, line := range strings.Split(string(b), "\n") {
-				if strings.HasPrefix(line, `pgwasm_http_requests_total{code="404",route="api"}`) {
-					fmt.Sscan(strings.Fields(line)[1], &v)
+			if s != "" {
+				if v, err = strconv.ParseFloat(s, 64); err != nil {
+					t.Fatalf("replica %s: 404 count %q: %v", r.httpAddr, s, err)
 				}
 			}
 			out = append(out, v)

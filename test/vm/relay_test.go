@@ -1,7 +1,6 @@
 package vm_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -87,23 +86,6 @@ func (s *serve) deleteSession(t *testing.T, se *server.SessionInfo) {
 	}
 }
 
-// websockets reads the relay's gauge of attached websockets.
-func (s *serve) websockets(t *testing.T) string {
-	t.Helper()
-	resp, err := http.Get(s.url + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "pgwasm_relay_websockets "); ok {
-			return v
-		}
-	}
-	return ""
-}
-
 func waitFor(ctx context.Context, what string, f func() (bool, string)) error {
 	last := ""
 	for {
@@ -161,7 +143,10 @@ func TestRelaySwitch(t *testing.T) {
 		if err != nil {
 			return false, err.Error()
 		}
-		ws := srv.websockets(t)
+		ws, err := servetest.Metric(ctx, srv.url, "pgwasm_relay_websockets")
+		if err != nil {
+			return false, err.Error()
+		}
 		return st.Relay == "open" && ws == "1", fmt.Sprintf("harness %q, relay websockets %q", st.Relay, ws)
 	})
 	wcancel()

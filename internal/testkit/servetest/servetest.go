@@ -6,11 +6,13 @@
 package servetest
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 
 	"github.com/pgwasm/pgwasm/internal/server"
 )
@@ -46,4 +48,29 @@ func CreateSession(ctx context.Context, baseURL string) (*server.SessionInfo, er
 		return nil, fmt.Errorf("POST /api/sessions: no id, token or relay URL in %s", body)
 	}
 	return &se, nil
+}
+
+// Metric returns the value of series (a metric name with its labels, as
+// /metrics prints it, e.g. `pgwasm_relay_websockets`) from the server at
+// base; "" when the server does not report it.
+func Metric(ctx context.Context, base, series string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("GET /metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			return v, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("GET /metrics: %w", err)
+	}
+	return "", nil
 }
