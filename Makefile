@@ -24,7 +24,7 @@ endif
 export PGWASM_CACHE
 AS_BUILDER := scripts/as-builder.sh $(BUILD) --
 
-.PHONY: help setup build web image lock snapshot run test test-go test-vm test-web test-e2e fuzz bench clean clean-cache FORCE
+.PHONY: help setup build web package image lock snapshot run test test-go test-vm test-web test-e2e fuzz bench clean clean-cache FORCE
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +36,19 @@ build: $(PGWASM) $(AGENT) ## build the pgwasm binary and the guest agent
 
 web: setup ## bundle the browser app (web/) into internal/web/dist with esbuild's Go API
 	$(GO) run ./internal/web/cmd/webbuild -web web -out internal/web/dist
+
+# The npm package (web/package, docs/web.md "Use it from your app"): tsc
+# emits the API's declarations, webbuild adds the same bundle as /pgwasm.js,
+# v86.wasm and xterm.css, npm pack writes the tarball.
+PKG_VERSION = $(shell node -p 'require("./web/package/package.json").version')
+PACKAGE = $(BUILD)/pgwasm-$(PKG_VERSION).tgz
+
+package: setup ## build the npm package pgwasm into build/pgwasm-<version>.tgz
+	rm -rf $(BUILD)/package-types
+	cd web && npx tsc -p package/tsconfig.json --outDir $(abspath $(BUILD))/package-types
+	$(GO) run ./internal/web/cmd/webbuild -web web -package web/package -types $(BUILD)/package-types
+	cd web/package && npm pack --silent --pack-destination $(abspath $(BUILD)) >/dev/null
+	@ls -l $(PACKAGE)
 
 $(PGWASM): FORCE web
 	@mkdir -p $(BIN)
@@ -90,9 +103,9 @@ test-vm: snapshot ## boot the real VM (headless v86 in Node) and test it end to 
 	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) test -count=1 -timeout 30m -v ./test/vm/...
 	PGWASM_IMAGE=$(abspath $(IMAGE)) $(GO) test -count=1 -timeout 10m -v -run 'VMStepGuest|BootExportTree|ClusterRealVM' ./internal/image/ ./internal/vm/ ./test/cluster/
 
-test-web: build snapshot ## browser tests: Playwright driving Debian's Chromium against pgwasm serve
+test-web: build snapshot package ## browser tests: Playwright driving Debian's Chromium against pgwasm serve, and the npm package
 	cd web && npx tsc -p .
-	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) node web/test/run.mjs
+	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) PGWASM_PACKAGE=$(abspath $(PACKAGE)) node web/test/run.mjs
 
 test-e2e: build snapshot ## scenarios of issue #5: real serve + VM + host PostgreSQL 15 (about 9 min)
 	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) test -count=1 -timeout 40m -v ./test/e2e/
