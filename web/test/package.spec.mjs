@@ -1,0 +1,170 @@
+// The npm package (make package: build/pgwasm-<version>.tgz, or
+// PGWASM_PACKAGE): the tarball holds what its package.json says, its types
+// compile in a fresh consumer project, and web/package/example, served
+// with the unpacked tarball by a plain static server, boots the VM in
+// Chromium from a static copy of the image (PGWASM_IMAGE) on another
+// origin: no pgwasm serve at all. Offline: the consumer gets the tarball
+// and web/node_modules' copy of the one dependency, as npm install would.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import http from "node:http";
+import os from "node:os";
+import path from "node:path";
+import { launchBrowser, root, artifacts } from "./lib.mjs";
+
+const pkgDir = path.join(root, "web", "package");
+const version = JSON.parse(fs.readFileSync(path.join(pkgDir, "package.json"), "utf8")).version;
+const tarball = process.env.PGWASM_PACKAGE || path.join(root, "build", `pgwasm-${version}.tgz`);
+const image = process.env.PGWASM_IMAGE || path.join(root, "build", "image");
+const tsc = path.join(root, "web", "node_modules", "typescript", "bin", "tsc");
+
+let tmp, unpacked, manifest;
+
+before(() => {
+  if (!fs.existsSync(tarball)) throw new Error(`no package at ${tarball} (make package)`);
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), "pgwasm-package-"));
+  execFileSync("tar", ["-xzf", tarball, "-C", tmp]);
+  unpacked = path.join(tmp, "package"); // npm pack's top directory
+  manifest = JSON.parse(fs.readFileSync(path.join(unpacked, "package.json"), "utf8"));
+});
+
+after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+function listFiles(dir, prefix = "") {
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap(e =>
+    e.isDirectory() ? listFiles(path.join(dir, e.name), prefix + e.name + "/") : [prefix + e.name]);
+}
+
+test("npm pack: the tarball holds what package.json lists, and no more", t => {
+  assert.equal(manifest.name, "pgwasm");
+  assert.equal(manifest.version, version, "the tarball is stale: make package");
+  const files = listFiles(unpacked).sort();
+  // npm adds package.json and README itself; "files" lists the rest.
+  const listed = f => f === "package.json" || f === "README.md" ||
+    manifest.files.some(e => e.endsWith("/") ? f.startsWith(e) : f === e);
+  assert.deepEqual(files.filter(f => !listed(f)), [], "files the package.json does not list");
+  for (const e of manifest.files) assert.ok(files.some(f => e.endsWith("/") ? f.startsWith(e) : f === e), `${e} is listed but missing`);
+  assert.deepEqual(files.filter(f => /\.map$|\.spec\.|(?<!\.d)\.ts$|tsconfig|example/.test(f)), [], "source maps, tests or sources in the tarball");
+  // Every entry point the package.json names is in the tarball.
+  const targets = [manifest.types, ...Object.values(manifest.exports).flatMap(v => typeof v === "string" ? [v] : Object.values(v))];
+  for (const target of targets) assert.ok(files.includes(path.posix.normalize(target)), `${target} (named in package.json) is missing`);
+  const packed = fs.statSync(tarball).size;
+  const size = files.reduce((n, f) => n + fs.statSync(path.join(unpacked, f)).size, 0);
+  t.diagnostic(`${path.basename(tarball)}: ${files.length} files, ${(packed / 1e6).toFixed(2)} MB packed, ${(size / 1e6).toFixed(2)} MB unpacked`);
+  // v86's 11 MB debug build or source maps would pass the checks above.
+  assert.ok(packed < 1 << 20, `tarball is ${packed} bytes`);
+});
+
+// A consumer's code: the @ts-expect-error lines fail the compile if the
+// API's types are missing or degraded to any.
+const consumer = `
+import { boot, PgWasm, StateError, MEMORY_SIZES, type BootOptions, type QueryResult, type NetworkInfo, type Status } from "pgwasm";
+const opts: BootOptions = { imageBase: "https://static.example.com/image/", headless: true, memory: MEMORY_SIZES[0] };
+const pg: PgWasm = await boot(opts);
+const r: QueryResult = await pg.query("select $1::int * 7 as answer", [6]);
+const first: string | null = r.rows[0][0];
+const all: QueryResult[] = await pg.exec("select 1; select 2");
+const state: Blob = await pg.saveState();
+await pg.restoreState(state);
+const net: NetworkInfo = await pg.startNetwork();
+pg.addEventListener("status", e => console.log((e as CustomEvent<Status>).detail.status));
+// @ts-expect-error rows hold text, not numbers
+const wrong: number = r.rows[0][0];
+// @ts-expect-error imageBase is a URL string
+await boot({ imageBase: 42 });
+console.log(first, all.length, net.password, new StateError("x").message, wrong);
+`;
+
+for (const resolution of ["Bundler", "NodeNext"]) {
+  test(`npm pack: the types compile in a consumer project (moduleResolution ${resolution})`, () => {
+    const dir = path.join(tmp, `consumer-${resolution}`);
+    const modules = path.join(dir, "node_modules");
+    fs.mkdirSync(path.join(modules, "@xterm"), { recursive: true });
+    fs.cpSync(unpacked, path.join(modules, "pgwasm"), { recursive: true });
+    // The package's one dependency (types of the terminal), at the version
+    // it names.
+    for (const [dep, want] of Object.entries(manifest.dependencies || {})) {
+      const src = path.join(root, "web", "node_modules", dep);
+      const have = JSON.parse(fs.readFileSync(path.join(src, "package.json"), "utf8")).version;
+      assert.equal(have, want, `web/node_modules has ${dep} ${have}, the package wants ${want}`);
+      fs.symlinkSync(src, path.join(modules, dep));
+    }
+    fs.writeFileSync(path.join(dir, "package.json"), JSON.stringify({ name: "consumer", private: true, type: "module" }));
+    fs.writeFileSync(path.join(dir, "main.ts"), consumer);
+    const module = resolution === "NodeNext" ? "NodeNext" : "ESNext";
+    fs.writeFileSync(path.join(dir, "tsconfig.json"), JSON.stringify({
+      compilerOptions: { target: "ES2022", module, moduleResolution: resolution, lib: ["ES2022", "DOM"], strict: true, noEmit: true, skipLibCheck: false },
+      files: ["main.ts"],
+    }));
+    try {
+      execFileSync(process.execPath, [tsc, "-p", dir], { cwd: dir, encoding: "utf8" });
+    } catch (err) {
+      assert.fail(`tsc failed in the consumer project:\n${err.stdout}${err.stderr}`);
+    }
+  });
+}
+
+// serveStatic serves dir (and mounts) like any static host: GET only, no
+// server routes, a CORS header when cors. It records every request.
+function serveStatic(mounts, { cors = false } = {}) {
+  const types = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".json": "application/json", ".wasm": "application/wasm" };
+  const log = [];
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, "http://x");
+    const p = decodeURIComponent(url.pathname);
+    const [prefix, dir] = Object.entries(mounts).find(([m]) => p.startsWith(m)) || [];
+    const file = dir && path.join(dir, p.slice(prefix.length));
+    const ok = file && file.startsWith(dir) && fs.existsSync(file) && fs.statSync(file).isFile();
+    log.push({ path: p, status: ok ? 200 : 404 });
+    if (!ok) { res.writeHead(404).end(); return; }
+    const headers = { "Content-Type": types[path.extname(file)] || "application/octet-stream", "Content-Length": fs.statSync(file).size };
+    if (cors) headers["Access-Control-Allow-Origin"] = "*";
+    res.writeHead(200, headers);
+    fs.createReadStream(file).pipe(res);
+  });
+  return new Promise(resolve => server.listen(0, "127.0.0.1", () =>
+    resolve({ url: `http://127.0.0.1:${server.address().port}/`, log, close: () => new Promise(r => { server.close(r); server.closeAllConnections(); }) })));
+}
+
+test("npm pack: the example page boots the VM from the packed package and static image files", async t => {
+  if (!fs.existsSync(path.join(image, "manifest.json"))) throw new Error(`no VM image in ${image} (make snapshot)`);
+  // The example's import map points where npm install puts the package's
+  // module.
+  const html = fs.readFileSync(path.join(pkgDir, "example", "index.html"), "utf8");
+  const mapped = JSON.parse(html.match(/<script type="importmap">([\s\S]*?)<\/script>/)[1]).imports.pgwasm;
+  assert.equal(mapped, "./node_modules/pgwasm/" + path.posix.normalize(manifest.exports["."].default));
+  const site = await serveStatic({ "/node_modules/pgwasm/": unpacked, "/": path.join(pkgDir, "example") });
+  // Another origin (as a CDN would be): the image needs CORS, nothing more.
+  const images = await serveStatic({ "/": image }, { cors: true });
+  const { ctx, close } = await launchBrowser();
+  try {
+    const p = await ctx.newPage();
+    const errors = [];
+    p.on("pageerror", e => errors.push(e.message));
+    await p.goto(`${site.url}index.html?image=${encodeURIComponent(images.url)}`);
+    await p.waitForFunction(() => document.querySelector("#answer").textContent || /failed/.test(document.querySelector("#progress").textContent),
+      null, { timeout: 300000, polling: 250 });
+    assert.equal(await p.textContent("#answer"), "42", await p.textContent("#progress"));
+    const r = await p.evaluate(() => window.pg.query("select 6*7"));
+    assert.deepEqual(r.rows, [["42"]]);
+    await p.screenshot({ path: path.join(artifacts, "web-package-example.png") });
+    assert.deepEqual(errors, []);
+    // Everything came from the two static hosts, v86's WebAssembly and the
+    // terminal's style sheet from the package's own directory. The only
+    // misses: the browser's favicon and the probes for states of memory
+    // sizes the image has none for.
+    const missed = [...site.log, ...images.log].filter(r => r.status !== 200 && r.path !== "/favicon.ico" && !/^\/state-\d+\.json$/.test(r.path));
+    assert.deepEqual(missed, []);
+    for (const f of ["dist/pgwasm.js", "dist/v86.wasm", "dist/xterm.css"]) {
+      assert.ok(site.log.some(r => r.path === "/node_modules/pgwasm/" + f), `${f} not loaded from the package`);
+    }
+    assert.ok(images.log.some(r => /^\/state-\d+\.bin\.zst$/.test(r.path)), "no state loaded from the image host");
+    t.diagnostic(`requests: ${site.log.length} to the site, ${images.log.length} to the image host`);
+  } finally {
+    await close();
+    await site.close();
+    await images.close();
+  }
+});
