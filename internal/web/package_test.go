@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/evanw/esbuild/pkg/api"
 )
 
 func TestAddJSExtensions(t *testing.T) {
@@ -56,5 +58,50 @@ func TestBuildPackage(t *testing.T) {
 	}
 	if _, err := BuildPackage(PackageOptions{WebDir: "../../web", PackageDir: pkg, TypesDir: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "declarations missing") {
 		t.Errorf("build without declarations: err = %v, want declarations missing", err)
+	}
+}
+
+// TestPackageBundles bundles a consumer of the package for the browser with
+// esbuild, as an app's build would: v86's Node-only dynamic imports
+// (node:crypto, node:fs/promises) must be mapped away by the package.json's
+// "browser" field, or the consumer's build fails to resolve them.
+func TestPackageBundles(t *testing.T) {
+	app := t.TempDir()
+	pkg := filepath.Join(app, "node_modules", "pgwasm")
+	if err := os.MkdirAll(pkg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	manifest, err := os.ReadFile("../../web/package/package.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	types := t.TempDir()
+	for name, data := range map[string]string{
+		filepath.Join(pkg, "package.json"):  string(manifest),
+		filepath.Join(types, "pgwasm.d.ts"): "export {};\n",
+		filepath.Join(app, "main.js"):       `import { boot } from "pgwasm"; boot({ imageBase: "/image/" });` + "\n",
+		filepath.Join(app, "package.json"):  `{"type": "module"}` + "\n",
+	} {
+		if err := os.WriteFile(name, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := BuildPackage(PackageOptions{WebDir: "../../web", PackageDir: pkg, TypesDir: types}); err != nil {
+		if strings.Contains(err.Error(), "web libraries missing") {
+			t.Skip(err)
+		}
+		t.Fatal(err)
+	}
+	res := api.Build(api.BuildOptions{
+		AbsWorkingDir: app,
+		EntryPoints:   []string{"main.js"},
+		Bundle:        true,
+		Format:        api.FormatESModule,
+		Platform:      api.PlatformBrowser,
+		Outdir:        filepath.Join(app, "out"),
+		LogLevel:      api.LogLevelSilent,
+	})
+	for _, msg := range api.FormatMessages(res.Errors, api.FormatMessagesOptions{Kind: api.ErrorMessage}) {
+		t.Error(msg)
 	}
 }
