@@ -162,9 +162,9 @@ function staticServer() {
 }
 
 async function browser() {
-  // The same Chromium launch as our page's tests; imported here, not at the
-  // top, so that the Node start measurements do not load playwright.
-  const { launchBrowser } = await import("../web/test/lib.mjs");
+  // The same Chromium launch as our page's; imported here, not at the top,
+  // so that the Node start measurements do not load playwright.
+  const { launchBrowser } = await import("../web/chromium.mjs");
   const srv = await staticServer();
   const url = `http://127.0.0.1:${srv.address().port}/`;
   const out = { version, cold: [], warm: [] };

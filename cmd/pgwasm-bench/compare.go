@@ -356,7 +356,7 @@ func measureCompare(ctx context.Context, cfg *Config, logger *slog.Logger, errs 
 	// 3. Us: pgwasm serve + the VM restored with its NIC on the relay; the
 	// query set through the agent, psql and pgbench through the port tunnel.
 	if cfg.Bin == "" {
-		fail("VM comparison", fmt.Errorf("no pgwasm binary: set PGWASM_BIN or -pgwasm-bin"))
+		fail("VM comparison", fmt.Errorf("no pgwasm binary: set PGWASM_BIN or -bin"))
 	} else if err := compareVM(ctx, cfg, spec, pg, r, budget, logger, fail); err != nil {
 		fail("VM comparison", err)
 	}

@@ -34,11 +34,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/peterbourgon/ff/v3"
+	"github.com/peterbourgon/ff/v3/ffcli"
+
 	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
-// Config is the command's settings; flags, with PGWASM_IMAGE as the image
-// directory's default.
+// Config is the command's settings: flags, each also settable as a PGWASM_*
+// environment variable as in pgwasm itself (-image is PGWASM_IMAGE, -bin
+// PGWASM_BIN), so the Makefile hands both programs the same variables.
 type Config struct {
 	Out          string
 	ImageDir     string
@@ -74,13 +78,9 @@ type Config struct {
 
 // RegisterFlags defines the flags on fs.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	imageDir := os.Getenv("PGWASM_IMAGE")
-	if imageDir == "" {
-		imageDir = "build/image"
-	}
 	fs.StringVar(&c.Out, "out", "", "write the report (markdown) to this file as well as stdout")
-	fs.StringVar(&c.ImageDir, "image", imageDir, "built image directory with state-<MB>.bin.zst (env PGWASM_IMAGE)")
-	fs.StringVar(&c.HarnessDir, "harness", os.Getenv("PGWASM_HARNESS"), "Node harness directory (found from the working directory when empty)")
+	fs.StringVar(&c.ImageDir, "image", "build/image", "built image directory with state-<MB>.bin.zst")
+	fs.StringVar(&c.HarnessDir, "harness", "", "Node harness directory (found from the working directory when empty)")
 	fs.StringVar(&c.NativeBinDir, "native-pg", "/usr/lib/postgresql/15/bin", "host PostgreSQL server binaries for the native query comparison")
 	fs.StringVar(&c.Go, "go", "go", "go command that runs the Go benchmarks")
 	fs.Func("memory", "comma list of memory sizes (MB): each gets a snapshot (cached by image key); the first is restored and booted (default 128,256,512)", func(s string) error {
@@ -107,7 +107,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.StringVar(&c.BenchDir, "bench-dir", "bench", "directory of the Node comparison scripts (queries.json, pglite.mjs; npm ci there)")
-	fs.StringVar(&c.Bin, "pgwasm-bin", os.Getenv("PGWASM_BIN"), "pgwasm binary for serve (relay + tunnel) in the comparison (env PGWASM_BIN)")
+	fs.StringVar(&c.Bin, "bin", "", "pgwasm binary for serve (relay + tunnel) in the comparison")
 	fs.IntVar(&c.Starts, "starts", 3, "PGlite starts in Node (each a fresh process)")
 	fs.IntVar(&c.QuerySetRuns, "queryset-runs", 3, "timed runs of each query of bench/queries.json (a query's own runs wins when larger; native: at least 5)")
 	fs.IntVar(&c.PgbenchRuns, "pgbench-runs", 3, "pgbench runs per case and database")
@@ -166,16 +166,27 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
+// parseConfig reads the flags and their PGWASM_* variables; a variable
+// counts as given, so -quick does not lower a count set in the environment.
+func parseConfig(args []string, stderr io.Writer) (*Config, error) {
 	var cfg Config
 	fs := flag.NewFlagSet("pgwasm-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg.RegisterFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	// The usage text is laid out as pgwasm's own commands lay theirs out.
+	fs.Usage = func() {
+		fmt.Fprint(stderr, ffcli.DefaultUsageFunc(&ffcli.Command{
+			Name:       "pgwasm-bench",
+			ShortUsage: "pgwasm-bench [flags] (every flag also as PGWASM_<NAME>, e.g. PGWASM_IMAGE)",
+			ShortHelp:  "measure pgwasm side by side with PGlite and native PostgreSQL; write docs/BENCHMARKS.md",
+			FlagSet:    fs,
+		}))
+	}
+	if err := ff.Parse(fs, args, ff.WithEnvVarPrefix("PGWASM")); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -186,6 +197,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		cfg.Memory = []int{manifest.DefaultMemoryMB, 256, 512}
 	}
 	cfg.Args = strings.Join(args, " ")
+	return &cfg, nil
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseConfig(args, stderr)
+	if err != nil {
+		// Help and bad flags exit 2, as pgwasm's own commands do.
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "pgwasm-bench: %v\n", err)
+		}
+		return 2
+	}
 	level := slog.LevelInfo
 	if cfg.Verbose {
 		level = slog.LevelDebug
@@ -202,25 +225,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	start := time.Now()
-	rep := &report{Cfg: &cfg, Env: collectEnv(ctx, &cfg, logger)}
+	rep := &report{Cfg: cfg, Env: collectEnv(ctx, cfg, logger)}
 	if cfg.part("vm") {
-		rep.VM = measureVM(ctx, &cfg, logger, &rep.Errors)
+		rep.VM = measureVM(ctx, cfg, logger, &rep.Errors)
 	}
 	if cfg.part("net") {
-		rep.Net = measureNet(ctx, &cfg, logger, &rep.Errors)
+		rep.Net = measureNet(ctx, cfg, logger, &rep.Errors)
 	}
 	if cfg.part("idle") {
-		rep.Idle = measureIdle(ctx, &cfg, logger, &rep.Errors)
+		rep.Idle = measureIdle(ctx, cfg, logger, &rep.Errors)
 	}
 	var cluster *clusterResults
 	if cfg.part("cluster") {
-		cluster = measureCluster(ctx, &cfg, logger, &rep.Errors)
+		cluster = measureCluster(ctx, cfg, logger, &rep.Errors)
 	}
 	// The comparison goes last: it is the one part that takes fewer runs
 	// when time is short, so it gets what the fixed-length parts left.
 	if cfg.part("compare") {
 		cfg.CompareBudget = fitBudget(ctx, cfg.CompareBudget, compareTail)
-		rep.Cmp = measureCompare(ctx, &cfg, logger, &rep.Errors)
+		rep.Cmp = measureCompare(ctx, cfg, logger, &rep.Errors)
 	}
 	rep.Env.Wall = time.Since(start).Round(time.Second).String()
 	rep.Env.LoadEnd = loadAvg()

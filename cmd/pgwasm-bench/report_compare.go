@@ -17,15 +17,15 @@ var (
 	causeCPU = cause{"Emulated CPU",
 		"every guest instruction runs through v86's x86-to-wasm translation in a 32-bit VM (no SSE4), where PGlite is PostgreSQL compiled to wasm ahead of time. " +
 			"What would change it: a faster v86 JIT or fewer emulated instructions per query (PostgreSQL is Debian's -O2 i686 build; jit is off everywhere)"}
-	causeRTT = cause{"The agent's serial channel",
-		"each API request crosses v86's emulated serial port (a byte at a time, an interrupt each) to the guest agent and back, and the VM's timer interrupts and scheduler run in emulation. " +
-			"What would change it: a virtio-console or shared-memory channel for the agent instead of the emulated UART"}
+	causeRTT = cause{"The agent's channel",
+		"each API request crosses v86's virtio-console device to the guest agent and back, and waits for the emulated machine to notice it: its interrupts, timers and scheduler run in emulation. " +
+			"What would change it: see [agent-protocol.md](agent-protocol.md) for where a round trip's time goes"}
 	causeStart = cause{"Restoring a whole VM",
 		"a start fetches and decompresses the zstd state of the VM's RAM and starts v86. " +
 			"What would change it: a smaller state (less resident guest memory, see [vm.md](vm.md#what-the-state-holds-128-mb-after-prepare_snapshot)) or memory restored lazily"}
 	causeBytes = cause{"The state is most of the download",
 		"our data is the zstd state of the VM's RAM (kernel, agent, PostgreSQL's processes resident), where PGlite ships a filesystem image and creates its cluster in the page. " +
-			"What would change it: a smaller state (see [vm.md](vm.md#what-the-state-holds-128-mb-after-prepare_snapshot)); more compression gains little (zstd -22 --long: -2.5%)"}
+			"What would change it: a smaller state (see [vm.md](vm.md#what-the-state-holds-128-mb-after-prepare_snapshot))"}
 	causeNet = cause{"The emulated network path",
 		"every packet crosses the emulated NE2000 NIC, the guest kernel's TCP, the websocket relay and the host netstack, with TLS inside the VM; " +
 			"v86 runs the whole VM on one host thread, so 4 clients share one emulated CPU and get no more throughput than 1. " +
@@ -115,7 +115,7 @@ func (r *report) writeCompare(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	if a, t := c.VMQ["select1"].Summarize(), c.TunnelPsqlRTT.Summarize(); a.OK() && t.OK() && t.Median < a.Median {
-		fmt.Fprintf(w, "Our agent path is slower than our network path: `select 1` takes %s through the agent API in Node but %s from psql through the tunnel, so the agent's serial channel, not the VM, sets the API's round trip.\n\n", fmtQ(a.Median), fmtQ(t.Median))
+		fmt.Fprintf(w, "Our agent path is slower than our network path: `select 1` takes %s through the agent API in Node but %s from psql through the tunnel, so the agent's channel, not the VM, sets the API's round trip.\n\n", fmtQ(a.Median), fmtQ(t.Median))
 	}
 	if len(score.wins) > 0 {
 		fmt.Fprintf(w, "**Where we win against PGlite:**\n\n")

@@ -37,7 +37,7 @@ func TestWriteCompare(t *testing.T) {
 	out := buf.String()
 	for _, want := range []string{
 		"**Emulated CPU.**",                      // count1m lost under the CPU cause
-		"**The agent's serial channel.**",        // select1 is fast: the channel dominates
+		"**The agent's channel.**",               // select1 is fast: the channel dominates
 		"**The state is most of the download.**", // bytes
 		"**The emulated network path.**",         // pgbench
 		"page load to first query, Chromium, cold: 1400 ms against PGlite's 2250 ms", // a win

@@ -154,103 +154,22 @@ type serveParts struct {
 
 func (c *serveConfig) parts() (serveParts, error) {
 	var p serveParts
-	p.relay = c.relay
-	pol, err := policy.Parse(c.allowEgress)
-	if err != nil {
-		return p, fmt.Errorf("cannot parse --allow-egress: %w", err)
+	var err error
+	if p.relay, err = c.relayConfig(); err != nil {
+		return p, err
 	}
-	p.relay.Egress = pol
-	switch {
-	case c.sessionSecret != "" && c.sessionSecretFile != "":
-		return p, errors.New("give --session-secret or --session-secret-file, not both")
-	case c.sessionSecretFile != "":
-		b, err := os.ReadFile(c.sessionSecretFile)
-		if err != nil {
-			return p, fmt.Errorf("cannot read --session-secret-file: %w", err)
-		}
-		p.relay.SessionSecret = bytes.TrimSpace(b)
-		if len(p.relay.SessionSecret) == 0 {
-			return p, fmt.Errorf("--session-secret-file %s is empty", c.sessionSecretFile)
-		}
-	case c.sessionSecret != "":
-		p.relay.SessionSecret = []byte(c.sessionSecret)
+	if p.server, err = c.serverConfig(); err != nil {
+		return p, err
 	}
-	if n := len(p.relay.SessionSecret); n > 0 && n < relay.MinSecretLen {
-		return p, fmt.Errorf("session secret of %d bytes: want at least %d", n, relay.MinSecretLen)
+	if err := c.allowOrigins(&p); err != nil {
+		return p, err
 	}
-	p.relay.DNSUpstreams = c.dnsUpstreams
-	if !off(c.hostAlias) {
-		if p.relay.HostAlias, err = netip.ParseAddr(c.hostAlias); err != nil {
-			return p, fmt.Errorf("cannot parse --host-alias: %w", err)
-		}
-	}
-
-	if c.publicURL != "" {
-		u, err := url.Parse(c.publicURL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return p, fmt.Errorf("bad --public-url %q: want http(s)://host[:port][/path]", c.publicURL)
-		}
-		p.server.PublicURL = u
-	}
-	p.server.AllowedOrigins = c.allowedOrigins
-	for _, o := range c.allowedOrigins {
-		// The relay matches websocket origins by host.
-		if o == "*" {
-			p.relay.AllowedOrigins = []string{"*"}
-			break
-		}
-		u, err := url.Parse(o)
-		if err != nil || u.Host == "" {
-			return p, fmt.Errorf("bad --allowed-origins entry %q: want scheme://host[:port]", o)
-		}
-		p.relay.AllowedOrigins = append(p.relay.AllowedOrigins, u.Host)
-	}
-	if p.server.PublicURL != nil && len(p.relay.AllowedOrigins) > 0 && p.relay.AllowedOrigins[0] != "*" {
-		p.relay.AllowedOrigins = append(p.relay.AllowedOrigins, p.server.PublicURL.Host)
-	}
-	if err := server.CheckAllowedHosts(c.allowedHosts); err != nil {
-		return p, fmt.Errorf("cannot parse --allowed-hosts: %w", err)
-	}
-	p.server.AllowedHosts = c.allowedHosts
-	// A name to listen on is a name the server is reached under.
-	if h, _, err := net.SplitHostPort(c.listen); err == nil && h != "" {
-		if _, err := netip.ParseAddr(h); err != nil {
-			p.server.AllowedHosts = append(slices.Clip(p.server.AllowedHosts), h)
-		}
-	}
-	p.server.TrustForwardedFor = c.trustForwardedFor
-	trust := c.trustForwardedFor
 	// A session re-created on a websocket counts against the same
 	// per-client limit as one made through the API.
+	trust := c.trustForwardedFor
 	p.relay.ClientAddr = func(r *http.Request) netip.Addr { return server.ClientAddr(r, trust) }
-	p.server.ImageDir = c.image
-	p.server.TunnelHost = c.tunnelHost
-
-	p.tunnel = tunnel.DefaultConfig()
-	if p.tunnel.PortFirst, p.tunnel.PortLast, err = parsePortRange(c.tunnelPorts); err != nil {
-		return p, fmt.Errorf("cannot parse --tunnel-ports: %w", err)
-	}
-	if p.tunnel.PortBind, err = netip.ParseAddr(c.tunnelBind); err != nil {
-		return p, fmt.Errorf("cannot parse --tunnel-bind: %w", err)
-	}
-	p.tunnel.Domain = c.tunnelDomain
-	if c.tunnelDomain == "" || strings.Contains(c.tunnelDomain, "/") {
-		return p, fmt.Errorf("bad --tunnel-domain %q", c.tunnelDomain)
-	}
-	p.tunnel.HandshakeTimeout = c.tunnelHandshake
-	tl := c.tunnelLimits
-	p.tunnel.MaxConnsPerSource, p.tunnel.MaxConnsPerSession, p.tunnel.MaxPreauthPerSession = tl.MaxConnsPerSource, tl.MaxConnsPerSession, tl.MaxPreauthPerSession
-	p.tunnel.AuthTimeout, p.tunnel.MaxHandshakesPerSource = tl.AuthTimeout, tl.MaxHandshakesPerSource
-	p.tunnel.DialTimeout = tl.DialTimeout
-	if (c.tunnelCert == "") != (c.tunnelKey == "") {
-		return p, errors.New("--tunnel-tls-cert and --tunnel-tls-key go together")
-	}
-	if c.tunnelCert != "" {
-		cert, err := tls.LoadX509KeyPair(c.tunnelCert, c.tunnelKey)
-		if err != nil {
-			return p, fmt.Errorf("cannot load the tunnel certificate: %w", err)
-		}
-		p.tunnel.Certificate = &cert
+	if p.tunnel, err = c.tunnelConfig(); err != nil {
+		return p, err
 	}
 	if c.lazySessions && (p.tunnel.PortFirst != 0 || len(p.relay.SessionSecret) == 0) {
 		return p, errors.New("--lazy-sessions needs --tunnel-ports off (a port belongs to one server) and a --session-secret shared by the servers")
@@ -262,6 +181,125 @@ func (c *serveConfig) parts() (serveParts, error) {
 		return p, fmt.Errorf("bad --tunnel-sni-port %d", c.sniPublicPort)
 	}
 	return p, nil
+}
+
+func (c *serveConfig) relayConfig() (relay.Config, error) {
+	r := c.relay
+	pol, err := policy.Parse(c.allowEgress)
+	if err != nil {
+		return r, fmt.Errorf("cannot parse --allow-egress: %w", err)
+	}
+	r.Egress = pol
+	if r.SessionSecret, err = c.secret(); err != nil {
+		return r, err
+	}
+	r.DNSUpstreams = c.dnsUpstreams
+	if !off(c.hostAlias) {
+		if r.HostAlias, err = netip.ParseAddr(c.hostAlias); err != nil {
+			return r, fmt.Errorf("cannot parse --host-alias: %w", err)
+		}
+	}
+	return r, nil
+}
+
+func (c *serveConfig) secret() ([]byte, error) {
+	var secret []byte
+	switch {
+	case c.sessionSecret != "" && c.sessionSecretFile != "":
+		return nil, errors.New("give --session-secret or --session-secret-file, not both")
+	case c.sessionSecretFile != "":
+		b, err := os.ReadFile(c.sessionSecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("cannot read --session-secret-file: %w", err)
+		}
+		secret = bytes.TrimSpace(b)
+		if len(secret) == 0 {
+			return nil, fmt.Errorf("--session-secret-file %s is empty", c.sessionSecretFile)
+		}
+	case c.sessionSecret != "":
+		secret = []byte(c.sessionSecret)
+	}
+	if n := len(secret); n > 0 && n < relay.MinSecretLen {
+		return nil, fmt.Errorf("session secret of %d bytes: want at least %d", n, relay.MinSecretLen)
+	}
+	return secret, nil
+}
+
+func (c *serveConfig) serverConfig() (server.Config, error) {
+	var s server.Config
+	if c.publicURL != "" {
+		u, err := url.Parse(c.publicURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return s, fmt.Errorf("bad --public-url %q: want http(s)://host[:port][/path]", c.publicURL)
+		}
+		s.PublicURL = u
+	}
+	s.AllowedOrigins = c.allowedOrigins
+	if err := server.CheckAllowedHosts(c.allowedHosts); err != nil {
+		return s, fmt.Errorf("cannot parse --allowed-hosts: %w", err)
+	}
+	s.AllowedHosts = c.allowedHosts
+	// A name to listen on is a name the server is reached under.
+	if h, _, err := net.SplitHostPort(c.listen); err == nil && h != "" {
+		if _, err := netip.ParseAddr(h); err != nil {
+			s.AllowedHosts = append(slices.Clip(s.AllowedHosts), h)
+		}
+	}
+	s.TrustForwardedFor = c.trustForwardedFor
+	s.ImageDir = c.image
+	s.TunnelHost = c.tunnelHost
+	return s, nil
+}
+
+// allowOrigins gives the relay the hosts of --allowed-origins: it matches
+// websocket origins by host, and the public URL's host is one of them.
+func (c *serveConfig) allowOrigins(p *serveParts) error {
+	for _, o := range c.allowedOrigins {
+		if o == "*" {
+			p.relay.AllowedOrigins = []string{"*"}
+			return nil
+		}
+		u, err := url.Parse(o)
+		if err != nil || u.Host == "" {
+			return fmt.Errorf("bad --allowed-origins entry %q: want scheme://host[:port]", o)
+		}
+		p.relay.AllowedOrigins = append(p.relay.AllowedOrigins, u.Host)
+	}
+	if p.server.PublicURL != nil && len(p.relay.AllowedOrigins) > 0 {
+		p.relay.AllowedOrigins = append(p.relay.AllowedOrigins, p.server.PublicURL.Host)
+	}
+	return nil
+}
+
+func (c *serveConfig) tunnelConfig() (tunnel.Config, error) {
+	t := tunnel.DefaultConfig()
+	var err error
+	if t.PortFirst, t.PortLast, err = parsePortRange(c.tunnelPorts); err != nil {
+		return t, fmt.Errorf("cannot parse --tunnel-ports: %w", err)
+	}
+	if t.PortBind, err = netip.ParseAddr(c.tunnelBind); err != nil {
+		return t, fmt.Errorf("cannot parse --tunnel-bind: %w", err)
+	}
+	if c.tunnelDomain == "" || strings.Contains(c.tunnelDomain, "/") {
+		return t, fmt.Errorf("bad --tunnel-domain %q", c.tunnelDomain)
+	}
+	t.Domain = c.tunnelDomain
+	t.HandshakeTimeout = c.tunnelHandshake
+	tl := c.tunnelLimits
+	t.MaxConnsPerSource, t.MaxConnsPerSession, t.MaxPreauthPerSession = tl.MaxConnsPerSource, tl.MaxConnsPerSession, tl.MaxPreauthPerSession
+	t.AuthTimeout, t.MaxHandshakesPerSource = tl.AuthTimeout, tl.MaxHandshakesPerSource
+	t.DialTimeout = tl.DialTimeout
+	if (c.tunnelCert == "") != (c.tunnelKey == "") {
+		return t, errors.New("--tunnel-tls-cert and --tunnel-tls-key go together")
+	}
+	if c.tunnelCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.tunnelCert, c.tunnelKey)
+		if err != nil {
+			return t, fmt.Errorf("cannot load the tunnel certificate: %w", err)
+		}
+		t.Certificate = &cert
+	}
+	return t, nil
 }
 
 func newServeCommand(e *env) *ffcli.Command {

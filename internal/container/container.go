@@ -31,6 +31,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 // Where things are inside the image, and who runs them.
@@ -69,11 +70,11 @@ func Build(opts Options) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	manifest, err := os.ReadFile(filepath.Join(opts.VMImage, "manifest.json"))
+	manifestJSON, err := os.ReadFile(filepath.Join(opts.VMImage, manifest.FileName))
 	if err != nil {
 		return nil, fmt.Errorf("VM image %s (want a `pgwasm image build` output): %w", opts.VMImage, err)
 	}
-	sum := sha256.Sum256(manifest)
+	sum := sha256.Sum256(manifestJSON)
 	labels := map[string]string{
 		"org.opencontainers.image.title":       "pgwasm",
 		"org.opencontainers.image.description": "pgwasm serve: PostgreSQL in a browser VM, its relay and tunnel",

@@ -47,13 +47,19 @@ type errorJSON struct {
 	Error string `json:"error"`
 }
 
+// writeJSON encodes before it writes, so a value that cannot be encoded
+// becomes a 500 instead of a success status with a cut body. A failed write
+// means the client is gone: nothing is left to tell.
 func writeJSON(w http.ResponseWriter, code int, v any) {
+	body, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		code = http.StatusInternalServerError
+		body = []byte(`{"error": "cannot encode the response"}`)
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
+	_, _ = w.Write(append(body, '\n'))
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {

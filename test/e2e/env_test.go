@@ -78,7 +78,6 @@ type server struct {
 	bin     string
 	args    []string
 	httpURL string
-	sniPort int
 	logPath string
 
 	mu   sync.Mutex
@@ -93,7 +92,7 @@ func startServer(t *testing.T, egressPorts ...int) *server {
 	image, bin := paths(t)
 	ports := testkit.FreePorts(t, "127.0.0.1", 2)
 	first, last := testkit.FreeRange(t, "127.0.0.1", 8)
-	s := &server{t: t, bin: bin, httpURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), sniPort: ports[1],
+	s := &server{t: t, bin: bin, httpURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]),
 		logPath: filepath.Join(t.TempDir(), "serve.log")}
 	s.args = []string{
 		"--listen", fmt.Sprintf("127.0.0.1:%d", ports[0]),
