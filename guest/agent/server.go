@@ -174,9 +174,13 @@ func (s *server) serve(ctx context.Context, rw io.ReadWriter) error {
 	w := bufio.NewWriter(rw)
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
-	send := func(v any) error {
-		if err := enc.Encode(v); err != nil {
-			return fmt.Errorf("cannot write response: %w", err)
+	// send writes one answer (a ping's is two lines: the announcement and
+	// the response) with one write, so it leaves the VM in one piece.
+	send := func(vs ...any) error {
+		for _, v := range vs {
+			if err := enc.Encode(v); err != nil {
+				return fmt.Errorf("cannot write response: %w", err)
+			}
 		}
 		if err := w.Flush(); err != nil {
 			return fmt.Errorf("cannot write response: %w", err)
@@ -197,8 +201,8 @@ func (s *server) serve(ctx context.Context, rw io.ReadWriter) error {
 				return err
 			}
 		} else if len(line) > 0 {
-			for _, v := range s.handleLine(ctx, line) {
-				if err := send(v); err != nil {
+			if vs := s.handleLine(ctx, line); len(vs) > 0 {
+				if err := send(vs...); err != nil {
 					return err
 				}
 			}

@@ -11,7 +11,10 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The agent speaks PostgreSQL's frontend/backend protocol (version 3.0)
@@ -189,20 +192,22 @@ func (c *pgConn) async(typ byte, body []byte) {
 // that closed it (restart, crash) before a request is sent on it. Messages
 // that arrived while idle are consumed first: a backend killed by a shutdown
 // sends an error before its end of file.
+//
+// It must not wait: it runs before every request. It used to peek with a
+// 1 ms read deadline, and in the VM that deadline expired only at the
+// guest's next timer tick, 4-8 ms later with HZ=250 (docs/agent-protocol.md,
+// "Latency"); that was most of a `select 1`.
 func (c *pgConn) alive() bool {
 	for i := 0; i < 16 && !c.closed; i++ {
 		if c.r.Buffered() == 0 {
-			c.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
-			_, err := c.r.Peek(1)
-			c.conn.SetReadDeadline(time.Time{})
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				return true
-			}
+			pending, err := c.pending()
 			if err != nil {
 				c.log.Info("postgres connection lost", "err", err)
 				c.Close()
 				return false
+			}
+			if !pending {
+				return true
 			}
 		}
 		typ, body, err := c.receive()
@@ -220,6 +225,40 @@ func (c *pgConn) alive() bool {
 	}
 	c.Close()
 	return false
+}
+
+// pending reports, without waiting, whether the server has sent something
+// the session has not read: a peek that does not block (MSG_PEEK|
+// MSG_DONTWAIT on the socket). An end of file is io.EOF.
+func (c *pgConn) pending() (bool, error) {
+	sc, ok := c.conn.(syscall.Conn)
+	if !ok {
+		return false, fmt.Errorf("postgres connection %T has no file descriptor to peek at", c.conn)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false, fmt.Errorf("cannot peek at the postgres connection: %w", err)
+	}
+	var (
+		n       int
+		peekErr error
+		b       [1]byte
+	)
+	err = rc.Read(func(fd uintptr) bool {
+		n, _, peekErr = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return true // never wait for the socket to become readable
+	})
+	switch {
+	case err != nil:
+		return false, fmt.Errorf("cannot peek at the postgres connection: %w", err)
+	case errors.Is(peekErr, unix.EAGAIN), errors.Is(peekErr, unix.EINTR):
+		return false, nil
+	case peekErr != nil:
+		return false, fmt.Errorf("cannot peek at the postgres connection: %w", peekErr)
+	case n == 0:
+		return false, io.EOF
+	}
+	return true, nil
 }
 
 // statement collects one statement's result.
