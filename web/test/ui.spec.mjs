@@ -52,11 +52,36 @@ const focusedName = p =>
     return el.id ? "#" + el.id : el.dataset.key ? "key:" + el.dataset.key : el.getAttribute("aria-label") || el.tagName.toLowerCase() + ":" + el.textContent.trim();
   });
 
-// todo: in session 6's final CI run (and run alone right after) Enter on
-// the focused "Upload files" input opened no file chooser within 30 s; the
-// tab order and the way out of the terminal checked before it passed. Cause
-// not found yet (app.ts and this test did not change that session).
-test("keyboard only: every control in the tab order, file inputs included, and a way out of the terminal", { todo: "Enter on the focused upload input opened no file chooser in session 6's CI; cause not found" }, async () => {
+// The file inputs: Chromium opens a chooser on Enter every time (CDP's
+// Page.fileChooserOpened said so in every try), but Playwright turns its
+// interception on only when a "filechooser" listener is added, without
+// waiting, and Chromium may apply it after the key press: then headless
+// Chromium drops the chooser and Playwright never sees it (7 of 14 tries on
+// a loaded host, and session 6's CI). So the listener is added at the start
+// of the test, long before the first key press, and stays until its end.
+test("keyboard only: every control in the tab order, file inputs included, and a way out of the terminal", async () => {
+  const choosers = [];
+  const onChooser = c => choosers.push(c);
+  page.on("filechooser", onChooser);
+  // nextChooser runs press and waits for the file chooser it opens.
+  const nextChooser = async press => {
+    const n = choosers.length;
+    await press();
+    const deadline = Date.now() + 30000;
+    while (choosers.length === n) {
+      if (Date.now() > deadline) throw new Error("no file chooser opened");
+      await new Promise(r => setTimeout(r, 100));
+    }
+    return choosers[n];
+  };
+  try {
+    await keyboardOnly(nextChooser);
+  } finally {
+    page.off("filechooser", onChooser);
+  }
+});
+
+async function keyboardOnly(nextChooser) {
   await page.goto(srv.url);
   await waitReady(page);
   await waitScreen(page, /postgres=# $/m);
@@ -100,13 +125,13 @@ test("keyboard only: every control in the tab order, file inputs included, and a
   // File inputs open the file chooser with Enter.
   await focus("#upload");
   assert.equal(await focusedName(page), "#upload");
-  const [chooser] = await Promise.all([page.waitForEvent("filechooser"), page.keyboard.press("Enter")]);
+  const chooser = await nextChooser(() => page.keyboard.press("Enter"));
   await chooser.setFiles({ name: "kb.csv", mimeType: "text/csv", buffer: Buffer.from("a,b\n1,2\n") });
   let m = await waitMessage(page);
   assert.equal(m.kind, "ok", m.text);
   await page.waitForFunction(() => !document.querySelector("#restore-file").disabled);
   await focus("#restore-file");
-  const [chooser2] = await Promise.all([page.waitForEvent("filechooser"), page.keyboard.press("Space")]);
+  const chooser2 = await nextChooser(() => page.keyboard.press("Space"));
   await chooser2.setFiles([]);
   // A checkbox with Space (and back).
   const before = await page.isChecked("#copyonselect");
@@ -148,7 +173,7 @@ test("keyboard only: every control in the tab order, file inputs included, and a
   await page.keyboard.press("Enter");
   assert.equal(await page.evaluate(() => document.querySelector("details").open), false);
   await page.keyboard.press("Enter");
-});
+}
 
 test("status and errors are announced, sit under the terminal, and can be dismissed", async () => {
   for (const sel of ["#status", "#message"]) assert.ok(await page.getAttribute(sel, "aria-live"), `${sel} is no live region`);
