@@ -163,8 +163,14 @@ const auto = {
 };
 
 const unsaved = () => !!pg && auto.changes !== auto.saved;
-// For the tests and the benchmark: what the autosave did and cost.
-(window as any).pgwasmPage = { autosave: auto.stats, unsaved };
+// For the tests and the benchmark: what the autosave did and cost, and
+// keepSoon, which drops the wait between two autosaves (up to minutes on
+// a slow machine) so a test sees the next one once the page is idle.
+const keepSoon = () => {
+  auto.notBefore = 0;
+  scheduleAutosave(0);
+};
+(window as any).pgwasmPage = { autosave: auto.stats, unsaved, keepSoon };
 
 // touch records a change to the VM (a query, typing in psql, an upload).
 function touch(): void {
