@@ -57,8 +57,9 @@ const focusedName = p =>
 // interception on only when a "filechooser" listener is added, without
 // waiting, and Chromium may apply it after the key press: then headless
 // Chromium drops the chooser and Playwright never sees it (7 of 14 tries on
-// a loaded host, and session 6's CI). So the listener is added at the start
-// of the test, long before the first key press, and stays until its end.
+// a loaded host; likely session 6's CI too). So the listener is added at
+// the start of the test, long before the first key press, and stays until
+// its end.
 test("keyboard only: every control in the tab order, file inputs included, and a way out of the terminal", async () => {
   const choosers = [];
   const onChooser = c => choosers.push(c);
