@@ -566,8 +566,8 @@ async function adoptLate(vm: PgWasm): Promise<void> {
   if ((window as any).pgwasm !== vm || !vm.emulator) return;
   // start() gave up before it opened the console: keys typed since wait
   // in the engine until this. After a quick start psql must redraw its
-  // prompt, as the engine's start does (the resumed tty dropped what was
-  // typed, although the snapshot's prompt is on the screen).
+  // prompt first, as in the engine's start: the snapshot's prompt is on
+  // the screen, but the resumed tty drops what is typed before the redraw.
   await vm.openConsole(!vm.fullBoot || !vm.terminal?.atPrompt()).catch(() => undefined);
   vm.timings.ready = Math.round(performance.now() - t0) + (vm.timings.agent_ready || 0);
   message("PostgreSQL is up after all: the VM is ready.", "ok");
