@@ -163,8 +163,14 @@ const auto = {
 };
 
 const unsaved = () => !!pg && auto.changes !== auto.saved;
-// For the tests and the benchmark: what the autosave did and cost.
-(window as any).pgwasmPage = { autosave: auto.stats, unsaved };
+// For the tests and the benchmark: what the autosave did and cost, and
+// keepSoon, which drops the wait between two autosaves (up to minutes on
+// a slow machine) so a test sees the next one once the page is idle.
+const keepSoon = () => {
+  auto.notBefore = 0;
+  scheduleAutosave(0);
+};
+(window as any).pgwasmPage = { autosave: auto.stats, unsaved, keepSoon };
 
 // touch records a change to the VM (a query, typing in psql, an upload).
 function touch(): void {
@@ -559,8 +565,10 @@ async function adoptLate(vm: PgWasm): Promise<void> {
   }
   if ((window as any).pgwasm !== vm || !vm.emulator) return;
   // start() gave up before it opened the console: keys typed since wait
-  // in the engine until this.
-  await vm.openConsole(!vm.terminal?.atPrompt()).catch(() => undefined);
+  // in the engine until this. After a quick start psql must redraw its
+  // prompt first, as in the engine's start: the snapshot's prompt is on
+  // the screen, but the resumed tty drops what is typed before the redraw.
+  await vm.openConsole(!vm.fullBoot || !vm.terminal?.atPrompt()).catch(() => undefined);
   vm.timings.ready = Math.round(performance.now() - t0) + (vm.timings.agent_ready || 0);
   message("PostgreSQL is up after all: the VM is ready.", "ok");
   ready(vm);

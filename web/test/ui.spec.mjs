@@ -6,7 +6,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import path from "node:path";
-import { startServer, launchBrowser, waitReady, waitScreen, waitMessage, apiQuery, artifacts, screenText } from "./lib.mjs";
+import { startServer, launchBrowser, waitReady, waitScreen, waitMessage, apiQuery, artifacts, screenText, throttleCPU } from "./lib.mjs";
 
 let srv, browser, page;
 
@@ -52,11 +52,37 @@ const focusedName = p =>
     return el.id ? "#" + el.id : el.dataset.key ? "key:" + el.dataset.key : el.getAttribute("aria-label") || el.tagName.toLowerCase() + ":" + el.textContent.trim();
   });
 
-// todo: in session 6's final CI run (and run alone right after) Enter on
-// the focused "Upload files" input opened no file chooser within 30 s; the
-// tab order and the way out of the terminal checked before it passed. Cause
-// not found yet (app.ts and this test did not change that session).
-test("keyboard only: every control in the tab order, file inputs included, and a way out of the terminal", { todo: "Enter on the focused upload input opened no file chooser in session 6's CI; cause not found" }, async () => {
+// The file inputs: Chromium opens a chooser on Enter every time (CDP's
+// Page.fileChooserOpened said so in every try), but Playwright turns its
+// interception on only when a "filechooser" listener is added, without
+// waiting, and Chromium may apply it after the key press: then headless
+// Chromium drops the chooser and Playwright never sees it (7 of 14 tries on
+// a loaded host; likely session 6's CI too). So the listener is added at
+// the start of the test, long before the first key press, and stays until
+// its end.
+test("keyboard only: every control in the tab order, file inputs included, and a way out of the terminal", async () => {
+  const choosers = [];
+  const onChooser = c => choosers.push(c);
+  page.on("filechooser", onChooser);
+  // nextChooser runs press and waits for the file chooser it opens.
+  const nextChooser = async press => {
+    const n = choosers.length;
+    await press();
+    const deadline = Date.now() + 30000;
+    while (choosers.length === n) {
+      if (Date.now() > deadline) throw new Error("no file chooser opened");
+      await new Promise(r => setTimeout(r, 100));
+    }
+    return choosers[n];
+  };
+  try {
+    await keyboardOnly(nextChooser);
+  } finally {
+    page.off("filechooser", onChooser);
+  }
+});
+
+async function keyboardOnly(nextChooser) {
   await page.goto(srv.url);
   await waitReady(page);
   await waitScreen(page, /postgres=# $/m);
@@ -100,13 +126,13 @@ test("keyboard only: every control in the tab order, file inputs included, and a
   // File inputs open the file chooser with Enter.
   await focus("#upload");
   assert.equal(await focusedName(page), "#upload");
-  const [chooser] = await Promise.all([page.waitForEvent("filechooser"), page.keyboard.press("Enter")]);
+  const chooser = await nextChooser(() => page.keyboard.press("Enter"));
   await chooser.setFiles({ name: "kb.csv", mimeType: "text/csv", buffer: Buffer.from("a,b\n1,2\n") });
   let m = await waitMessage(page);
   assert.equal(m.kind, "ok", m.text);
   await page.waitForFunction(() => !document.querySelector("#restore-file").disabled);
   await focus("#restore-file");
-  const [chooser2] = await Promise.all([page.waitForEvent("filechooser"), page.keyboard.press("Space")]);
+  const chooser2 = await nextChooser(() => page.keyboard.press("Space"));
   await chooser2.setFiles([]);
   // A checkbox with Space (and back).
   const before = await page.isChecked("#copyonselect");
@@ -148,7 +174,7 @@ test("keyboard only: every control in the tab order, file inputs included, and a
   await page.keyboard.press("Enter");
   assert.equal(await page.evaluate(() => document.querySelector("details").open), false);
   await page.keyboard.press("Enter");
-});
+}
 
 test("status and errors are announced, sit under the terminal, and can be dismissed", async () => {
   for (const sel of ["#status", "#message"]) assert.ok(await page.getAttribute(sel, "aria-live"), `${sel} is no live region`);
@@ -267,9 +293,7 @@ test("emoji keep psql's table borders in place; Ctrl+C with a selection copies",
   await waitScreen(page, /as n\^C\n?postgres=# $/m);
 });
 
-// todo: in the session-4 CI run the CDP quota override did not take effect
-// (the 14 MB save succeeded), so the full-storage path is not verified there.
-test("Delete asks first; a full browser storage loses nothing", { todo: "Storage.overrideQuotaForOrigin did not limit the save in CI" }, async () => {
+test("Delete asks first; a full browser storage loses nothing", async () => {
   if (!(await page.evaluate(() => !!window.pgwasm))) {
     await page.goto(srv.url);
     await waitReady(page);
@@ -285,27 +309,58 @@ test("Delete asks first; a full browser storage loses nothing", { todo: "Storage
   await page.waitForSelector(`.state-row:not(.confirm):has-text("${name}")`);
   assert.match(await page.textContent("#storage"), /stores \d+(\.\d)? (MB|KB|GB) in this browser/);
 
-  // A quota smaller than what is stored: the save fails with a clear
-  // message, the state kept before is still there, the VM answers.
-  const cdp = await browser.ctx.newCDPSession(page);
-  const origin = srv.url.replace(/\/$/, "");
-  await cdp.send("Storage.overrideQuotaForOrigin", { origin, quotaSize: 1 << 20 });
+  // A full storage. Chromium 156 does not enforce a quota from CDP's
+  // Storage.overrideQuotaForOrigin on IndexedDB (checked: the override
+  // active with 1 MB, a 14 MB record of random bytes was committed; the
+  // reason this test was todo), so the browser's refusal is injected where
+  // it happens: every write of a state (a record holding a blob) fails
+  // with a QuotaExceededError and stores nothing.
+  const kept = () => page.evaluate(() => new Promise((resolve, reject) => {
+    const r = indexedDB.open("pgwasm");
+    r.onerror = () => reject(r.error);
+    r.onsuccess = () => {
+      const g = r.result.transaction("session").objectStore("session").get("current");
+      g.onsuccess = () => {
+        resolve(g.result ? `${g.result.created} ${g.result.size}` : "none");
+        r.result.close();
+      };
+      g.onerror = () => reject(g.error);
+    };
+  }));
+  const keptBefore = await kept();
+  await page.evaluate(() => {
+    const P = IDBObjectStore.prototype;
+    const orig = { add: P.add, put: P.put };
+    for (const k of ["add", "put"]) {
+      P[k] = function (...args) {
+        if (args[0]?.blob instanceof Blob) throw new DOMException("The quota has been exceeded.", "QuotaExceededError");
+        return orig[k].apply(this, args);
+      };
+    }
+    window.storageNotFull = () => Object.assign(P, orig);
+  });
   try {
+    // Save in browser: a clear message, the state kept before is still there.
     await page.fill("#state-name", name + "-big");
     await page.click("#save-idb");
-    console.error("quota: saving");
     m = await waitMessage(page);
-    console.error("quota:", m);
     assert.equal(m.kind, "error", m.text);
     assert.match(m.text, /storage is full.*nothing was lost/);
+    assert.equal(await page.locator(`.state-row:has-text("${name}-big")`).count(), 0);
+    assert.equal(await page.locator(`.state-row:has-text("${name}")`).count(), 1);
+    // Autosave: a change, then the page tries to keep the session.
+    await apiQuery(page, "create table if not exists quota_full(a int)");
+    await page.evaluate(() => window.pgwasmPage.keepSoon());
+    await page.waitForFunction(() => /session was not kept/.test(document.querySelector("#message:not([hidden])")?.textContent || ""), null, { timeout: 300000, polling: 250 });
+    assert.match(await page.textContent("#message"), /storage is full.*nothing was lost/);
+    assert.equal(await kept(), keptBefore, "the kept session changed");
+    assert.equal(await page.evaluate(() => window.pgwasmPage.unsaved()), true, "the page took the unsaved change as kept");
+    await page.click("#message-close");
   } finally {
-    await cdp.send("Storage.overrideQuotaForOrigin", { origin });
+    await page.evaluate(() => window.storageNotFull());
   }
-  assert.equal(await page.locator(`.state-row:has-text("${name}-big")`).count(), 0);
-  assert.equal(await page.locator(`.state-row:has-text("${name}")`).count(), 1);
-  console.error("quota: query");
-  assert.deepEqual((await apiQuery(page, "select 2 + 2")).rows, [["4"]]);
-  console.error("quota: done");
+  // The VM answers, and has what was done meanwhile.
+  assert.deepEqual((await apiQuery(page, "select to_regclass('quota_full') is not null, 2 + 2")).rows, [["t", "4"]]);
 
   await page.click(`[aria-label="Delete state “${name}”"]`);
   await page.click(".state-row.confirm .confirm-yes");
@@ -403,15 +458,18 @@ test("a phone with its keyboard open keeps the prompt and the keys visible", asy
   }
 });
 
-// todo: its fault injection (replacing the engine's waitPostgres) no longer
-// makes the engine's start give up since the engine's waits follow progress:
-// in session 4 it either never saw "did not start in time" or, in CI, the
-// typed line never reached psql. The page's adoption path is not verified.
-test("a start that outlasts the engine's wait: the page takes the VM once PostgreSQL answers", { todo: "fault injection does not match the engine's progress-following waits" }, async () => {
+// A start that outlasts the engine's waits: the engine gives up (on a
+// machine that looks stalled, or after ten times a wait's limit) while the
+// VM runs on. The CPU is throttled 4x, as on a slow laptop, so the start is
+// slow for real; what no throttle can make happen in a test's time is the
+// engine giving up (its waits follow the VM's progress), so that is
+// injected: its wait for PostgreSQL fails at once. The page must say so
+// with the controls off, then take the VM once PostgreSQL answers, with a
+// console that reads what is typed (keys typed meanwhile included).
+test("a start that outlasts the engine's wait: the page takes the VM once PostgreSQL answers", async () => {
   const p = await newPage();
   try {
-    // Fault injection: the engine's wait for PostgreSQL gives up at once,
-    // as it did after 300 s on a slow machine; the VM itself runs on.
+    await throttleCPU(p, 4);
     await p.addInitScript(() => {
       let vm;
       Object.defineProperty(window, "pgwasm", {
@@ -424,15 +482,29 @@ test("a start that outlasts the engine's wait: the page takes the VM once Postgr
           };
         },
       });
+      // Every message the page shows, with the state of its controls then
+      // (the adoption may replace the first one within a second).
+      window.messages = [];
+      addEventListener("DOMContentLoaded", () => {
+        const el = document.querySelector("#message-text");
+        new MutationObserver(() => window.messages.push({ text: el.textContent, saveDisabled: document.querySelector("#save-idb").disabled })).observe(el, { childList: true, characterData: true, subtree: true });
+      });
     });
     await p.goto(srv.url);
     await p.waitForSelector("#resume:not([hidden])", { timeout: 15000 }).then(() => p.click("#resume-no")).catch(() => {});
-    await p.waitForFunction(() => /did not start in time/.test(document.querySelector("#message")?.textContent || ""), null, { timeout: 240000 });
-    assert.equal(await p.isDisabled("#save-idb"), true);
-    await p.waitForFunction(() => !document.querySelector("#save-idb").disabled, null, { timeout: 240000, polling: 250 });
+    await p.waitForFunction(() => window.messages.some(m => /did not start in time/.test(m.text)), null, { timeout: 300000, polling: 250 });
+    const late = await p.evaluate(() => window.messages.find(m => /did not start in time/.test(m.text)));
+    assert.match(late.text, /injected timeout.*keeps running/);
+    assert.equal(late.saveDisabled, true, "controls were on while the VM was not taken");
+    // Typed while the page waits: kept until the console reads.
+    await p.click("#terminal");
+    await p.keyboard.type("select 'late but ready' as s;\n", { delay: 5 });
+    await p.waitForFunction(() => !document.querySelector("#save-idb").disabled, null, { timeout: 300000, polling: 250 });
+    assert.ok(await p.evaluate(() => window.messages.some(m => /PostgreSQL is up after all/.test(m.text))));
     assert.match(await p.textContent("#status"), /Ready: PostgreSQL 17/);
+    await waitScreen(p, /^ late but ready\s*$/m, 120000);
     assert.deepEqual((await apiQuery(p, "select 6 * 7")).rows, [["42"]]);
-    await typeSQL(p, "select 'late but ready' as s;", /^ late but ready\s*$/m);
+    await typeSQL(p, "select 'typed after' as s;", /^ typed after\s*$/m, 120000);
   } finally {
     await p.close();
   }
