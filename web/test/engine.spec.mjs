@@ -154,11 +154,7 @@ test("engine: a failed Start network deletes its session (#13 item 5)", async ()
   assert.ok(deleted, "no DELETE for the failed start's session");
 });
 
-// todo: still fails on this host (round 1: the state restored at once
-// after a reload hangs: "the VM's agent did not answer after the restore:
-// the VM made no progress for 54 s"), although saves and restores now wait
-// for v86's 9p loads (quiesce); the cause is not found yet (issue #16 item 2).
-test("engine: reload → restore → Start network, repeated, never panics (#16 items 2, 8)", { todo: "issue #16 item 2: a restore right after a reload can still hang" }, async () => {
+test("engine: reload → restore → Start network, repeated, never panics (#16 items 2, 8)", async () => {
   const reps = Number(process.env.PGWASM_TEST_REPEAT || 3);
   const marker = crypto.randomBytes(4).toString("hex");
   const url0 = await startNetworkOK("before the save");
@@ -280,12 +276,9 @@ test("engine: a request over the agent's 1 MiB line limit fails at once, and the
   console.error(`oversized request refused in ${Math.round(out.ms)} ms (CPU throttled ${RATE}x)`);
 });
 
-// todo: in its first run (load 14, throttled 4x) the restore hung: "the
-// VM's agent did not answer after the restore: the VM made no progress for
-// 31 s", the symptom of issue #16 item 2 (a restore can hang); whether the
-// writes in flight play a part is not known yet. It runs before the full
-// boot, which starts a new VM whatever this one left.
-test("engine: a restore while requests are being written: none of their bytes reaches the restored VM (throttled)", { todo: "hung after the restore in its first run (issue #16 item 2's symptom)" }, async () => {
+// It runs before the full boot, which starts a new VM whatever this one
+// left.
+test("engine: a restore while requests are being written: none of their bytes reaches the restored VM (throttled)", async () => {
   await ensurePage();
   // A restore while long requests are still being written: the bytes
   // queued for the old VM must not reach the restored one (its agent would

@@ -5,7 +5,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+export { launchBrowser } from "../chromium.mjs";
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const artifacts = path.join(root, "build", "test-artifacts");
@@ -38,19 +38,6 @@ export async function startServer({ bin = process.env.PGWASM_BIN || path.join(ro
   }
   const url = `http://${JSON.parse(fs.readFileSync(ready, "utf8")).http}/`;
   return { url, log, stop: () => new Promise(r => { proc.on("exit", () => { fs.rmSync(dir, { recursive: true, force: true }); r(); }); proc.kill("SIGTERM"); }) };
-}
-
-export async function launchBrowser() {
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "pgwasm-chromium-"));
-  const ctx = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    viewport: { width: 1280, height: 800 },
-    acceptDownloads: true,
-  });
-  return { ctx, close: async () => { await ctx.close(); fs.rmSync(userDataDir, { recursive: true, force: true }); } };
 }
 
 // waitReady waits until the page's VM reports ready (or fails).
