@@ -7,10 +7,13 @@ cd "$(dirname "$0")/.."
 # Debian packages: dpkg-deb and apt-get unpack and resolve the image's packages;
 # postgresql gives the tests a real server and psql; zstd compresses states in
 # shell tools; nodejs/npm run v86 headless; chromium runs the browser tests.
-# flex, bison and bc build the guest kernel from source (`image build --kernel
-# source`: kconfig's parser and the timer constants); xz-utils unpacks its
-# source tarball.
-packages=(apt dpkg dpkg-dev binutils util-linux gcc-i686-linux-gnu make postgresql postgresql-client zstd nodejs npm ca-certificates chromium haproxy flex bison bc xz-utils)
+# The guest kernel is built from source (the default `image build --kernel
+# source`): gcc and libc6-dev compile its host tools (kconfig, fixdep, relocs;
+# gcc only recommends libc6-dev, and recommends are not installed here),
+# flex and bison kconfig's parser, bc the timer constants; xz-utils unpacks
+# its source tarball. No libelf-dev or libssl-dev: objtool is x86-64 only and
+# our configuration signs nothing.
+packages=(apt dpkg dpkg-dev binutils util-linux gcc-i686-linux-gnu make postgresql postgresql-client zstd nodejs npm ca-certificates chromium haproxy gcc libc6-dev flex bison bc xz-utils)
 
 missing=()
 for p in "${packages[@]}"; do
