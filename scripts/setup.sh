@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # Debian packages: dpkg-deb and apt-get unpack and resolve the image's packages;
 # postgresql gives the tests a real server and psql; zstd compresses states in
 # shell tools; nodejs/npm run v86 headless; chromium runs the browser tests.
-# The guest kernel is built from source (the default `image build --kernel
+# The guest kernel can be built from source (`image build --kernel
 # source`): gcc and libc6-dev compile its host tools (kconfig, fixdep, relocs;
 # gcc only recommends libc6-dev, and recommends are not installed here),
 # flex and bison kconfig's parser, bc the timer constants; xz-utils unpacks

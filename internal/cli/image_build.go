@@ -26,7 +26,7 @@ func (c *imageBuildConfig) registerFlags(e *env) *flag.FlagSet {
 	fs.StringVar(&c.AgentPath, "agent", "build/bin/pgwasm-agent", "the guest agent binary (linux/386)")
 	fs.StringVar(&c.extra, "extra-packages", "", "comma-separated Debian packages to add, with their dependencies")
 	fs.StringVar(&c.Mirror, "mirror", "", "Debian archive URI (default: read from the host's apt sources)")
-	fs.StringVar(&c.Kernel, "kernel", c.Kernel, "the kernel: source (built from linux-source-6.1 with guest/kernel/pgwasm.config) or debian (Debian's linux-image-686 with modules)")
+	fs.StringVar(&c.Kernel, "kernel", c.Kernel, "the kernel: debian (Debian's linux-image-686 with modules) or source (built from linux-source-6.1 with guest/kernel/pgwasm.config)")
 	fs.StringVar(&c.Cmdline, "cmdline", "", "kernel command line (default: the chosen kernel's, docs/image.md)")
 	fs.StringVar(&c.NetDevice, "net-device", c.NetDevice, "v86 NIC the image is made for: ne2k or virtio")
 	fs.StringVar(&c.HarnessDir, "harness", "", "directory of the Node harness (vm.mjs) that boots the VM to run initdb; found automatically when empty")
@@ -40,7 +40,7 @@ func newImageBuildCommand(e *env) *ffcli.Command {
 	fs := c.registerFlags(e)
 	return &ffcli.Command{
 		Name:       "build",
-		ShortUsage: "pgwasm image build [--out build/image] [--kernel source|debian] [--extra-packages a,b]",
+		ShortUsage: "pgwasm image build [--out build/image] [--kernel debian|source] [--extra-packages a,b]",
 		ShortHelp:  "build the VM image from Debian i386 packages (a cache hit when inputs are unchanged)",
 		FlagSet:    fs,
 		Options:    envOptions(),

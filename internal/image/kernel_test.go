@@ -65,7 +65,7 @@ func TestCheckKernel(t *testing.T) {
 		wantKind, wantStart string
 		err                 string
 	}{
-		{kernel: "", wantKind: KernelSource, wantStart: DefaultCmdline(KernelSource)},
+		{kernel: "", wantKind: KernelDebian, wantStart: DefaultCmdline(KernelDebian)},
 		{kernel: KernelDebian, wantKind: KernelDebian, wantStart: "console=ttyS0 "},
 		{kernel: KernelSource, wantKind: KernelSource, wantStart: DefaultCmdline(KernelSource)},
 		{kernel: KernelSource, cmdline: "console=ttyS0 debug", wantKind: KernelSource, wantStart: "console=ttyS0 debug"},
