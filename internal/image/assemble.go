@@ -370,6 +370,16 @@ func buildKernel(ctx context.Context, in *inputs, root, cacheDir, staged string,
 	return err
 }
 
+// modulesDirs are the lib/modules/<version> directories of an unpacked
+// Debian kernel package (usr/lib/modules in a merged-/usr package).
+func modulesDirs(kdir string) []string {
+	mods, _ := filepath.Glob(filepath.Join(kdir, "lib", "modules", "*"))
+	if len(mods) == 0 {
+		mods, _ = filepath.Glob(filepath.Join(kdir, "usr", "lib", "modules", "*"))
+	}
+	return mods
+}
+
 // debianKernel returns the Debian kernel package's vmlinuz and the
 // initramfs entries of the modules the initramfs loads, with their
 // modules.order (our kernel's initramfs has an empty one).
@@ -379,10 +389,7 @@ func debianKernel(ctx context.Context, kpkg deb.Package, cacheDir string, m *man
 		return "", nil, err
 	}
 	vmlinuz, _ := filepath.Glob(filepath.Join(kdir, "boot", "vmlinuz-*"))
-	mods, _ := filepath.Glob(filepath.Join(kdir, "lib", "modules", "*"))
-	if len(mods) == 0 {
-		mods, _ = filepath.Glob(filepath.Join(kdir, "usr", "lib", "modules", "*"))
-	}
+	mods := modulesDirs(kdir)
 	if len(vmlinuz) != 1 || len(mods) != 1 {
 		return "", nil, fmt.Errorf("kernel package %s: want one vmlinuz and one modules directory, found %d and %d", kpkg.Name, len(vmlinuz), len(mods))
 	}

@@ -489,10 +489,7 @@ func DebianModules(ctx context.Context, cfg Config) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	mods, _ := filepath.Glob(filepath.Join(kdir, "lib", "modules", "*"))
-	if len(mods) == 0 {
-		mods, _ = filepath.Glob(filepath.Join(kdir, "usr", "lib", "modules", "*"))
-	}
+	mods := modulesDirs(kdir)
 	if len(mods) != 1 {
 		return "", fmt.Errorf("kernel package %s: want one modules directory, found %d", kpkg.Name, len(mods))
 	}

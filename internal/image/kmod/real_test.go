@@ -15,8 +15,8 @@ import (
 
 // realModules is an unpacked lib/modules/<version> of Debian's kernel:
 // PGWASM_TEST_MODULES, or else the one the image pipeline downloads into
-// PGWASM_TEST_CACHE_DIR (make test-go sets both; the image build itself no
-// longer fetches Debian's kernel, ours being the default).
+// PGWASM_TEST_CACHE_DIR (make test-go sets both; a cache where only
+// --kernel source images were built holds no Debian kernel).
 func realModules(t *testing.T) string {
 	t.Helper()
 	if dir := os.Getenv("PGWASM_TEST_MODULES"); dir != "" {
