@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pgwasm/pgwasm/internal/testkit"
 )
 
 // cutProxy is a TCP proxy in front of the HTTP port that can cut every
@@ -42,35 +43,17 @@ func startCutProxy(t *testing.T, target string) *cutProxy {
 		t.Fatal(err)
 	}
 	p := &cutProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		p.cut(0)
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			if time.Now().Before(p.cutUntil) {
-				p.mu.Unlock()
-				c.Close()
-				continue
-			}
-			p.accepted++
+	testkit.ServeConns(t, ln, func(c net.Conn) {
+		p.mu.Lock()
+		if time.Now().Before(p.cutUntil) {
 			p.mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				p.forward(c)
-			}()
+			c.Close()
+			return
 		}
-	}()
+		p.accepted++
+		p.mu.Unlock()
+		p.forward(c)
+	})
 	return p
 }
 

@@ -17,7 +17,6 @@ import (
 	"net/url"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -118,40 +117,10 @@ func (s *serveStack) vmWithPostgresVM(tb testing.TB, ctx context.Context, pgAddr
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	tb.Cleanup(func() {
-		ln.Close()
-		// A relay restart ends the relay's side of a connection without a
-		// RST reaching the simulated VM, so its side would wait for ever.
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				pgtest.Forward(c, pgAddr)
-			}()
-		}
-	}()
+	// ServeConns closes the forwarded connections at the end: a relay
+	// restart ends the relay's side without a RST reaching the simulated VM,
+	// so its side would wait for ever.
+	testkit.ServeConns(tb, ln, func(c net.Conn) { pgtest.Forward(c, pgAddr) })
 	return info, vm
 }
 

@@ -4,9 +4,10 @@ import (
 	"bufio"
 	"io"
 	"net"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/pgwasm/pgwasm/internal/testkit"
 )
 
 // Direct17 stands in for a PostgreSQL 17 server in front of the host's
@@ -20,26 +21,7 @@ func Direct17(tb testing.TB, pgAddr string) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	tb.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				direct17(c, pgAddr)
-			}()
-		}
-	}()
+	testkit.ServeConns(tb, ln, func(c net.Conn) { direct17(c, pgAddr) })
 	return ln.Addr().String()
 }
 
