@@ -464,8 +464,8 @@ func compareVM(ctx context.Context, cfg *Config, spec *querySpec, native *native
 	tunnel := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=require connect_timeout=30", se.Tunnel.Port.Port)
 	tunnelEnv := append(os.Environ(), "PGPASSWORD="+password, "PAGER=cat")
 	var nativeConn string
-	if native != nil && native.port > 0 {
-		nativeConn = fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable connect_timeout=10", native.port)
+	if native != nil && native.Port > 0 {
+		nativeConn = fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable connect_timeout=10", native.Port)
 	}
 	psqlRuns := max(cfg.QuerySetRuns, 5)
 	for _, t := range []struct {
