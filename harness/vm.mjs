@@ -11,7 +11,8 @@
 //   agent      pass one request object to the guest agent, return its response
 //              (channel: another channel than the default; stream: {chunk_bytes,
 //              max_bytes} streams a query's or exec's rows as "agent_part"
-//              events before the answer, which then holds only the rest)
+//              events before the answer, which then holds only the rest;
+//              profile: true adds where the time went, see feedClock)
 //   console    write to ttyS0 and/or read its output until a pattern appears
 //   save_state write the raw (uncompressed) v86 state to a path
 //   set_relay  move the NIC to another relay URL and open its websocket
@@ -138,13 +139,30 @@ function onAgentReady(channel, ev) {
 
 const oneByte = new Uint8Array(1);
 
+// feedClock measures, for a profiled request (agent command with profile:
+// true), when the agent's bytes came and how long the host spent on them
+// (line collection, JSON.parse, assembly, forwarding parts): one request
+// at a time, which is how the measurement sends them.
+const feedClock = { on: false, ms: 0, first: 0, last: 0 };
+function feedAgent(channel, bytes) {
+    if (!feedClock.on) {
+        agent.clients[channel].feed(bytes);
+        return;
+    }
+    const t = performance.now();
+    if (!feedClock.first) feedClock.first = t;
+    feedClock.last = t;
+    agent.clients[channel].feed(bytes);
+    feedClock.ms += performance.now() - t;
+}
+
 // agentRequest sends one request with the client's own id (so ids from the
 // Go side can never clash with the harness's pings) and resolves with the
 // agent's final response, given the Go side's id back. With stream set
 // (cmd.stream of the agent command), a query's or exec's rows come in
 // parts; each part goes to the Go side at once as an "agent_part" event
 // naming the command's id, and the response holds only the rows of no part.
-async function agentRequest(req, timeoutMs, channel = agent.channel, cmdID = 0, stream = null) {
+async function agentRequest(req, timeoutMs, channel = agent.channel, cmdID = 0, stream = null, profile = false) {
     const client = agent.clients[channel];
     if (!client) throw new Error(`agent: unknown channel ${JSON.stringify(channel)} (serial or virtio-console)`);
     const options = { timeoutMs };
@@ -153,10 +171,32 @@ async function agentRequest(req, timeoutMs, channel = agent.channel, cmdID = 0, 
         options.keepRows = false;
         options.onRows = (statement, columns, rows) => send({ event: "agent_part", cmd_id: cmdID, statement, ...(columns ? { columns } : {}), rows });
     }
-    const msg = await client.request(req, options);
+    let prof = null;
+    if (profile) {
+        Object.assign(feedClock, { on: true, ms: 0, first: 0, last: 0 });
+        prof = { t: performance.now(), instr: state.emulator.get_instruction_counter() };
+    }
+    let msg;
+    try {
+        msg = await client.request(req, options);
+    } finally {
+        feedClock.on = false;
+    }
     if (msg.refused) delete msg.refused;
     msg.id = req.id;
-    return msg;
+    if (prof) {
+        // Guest instructions from the write to the answer's last byte
+        // (a 32-bit counter: the difference wraps correctly).
+        const end = performance.now();
+        return { msg, profile: {
+            total_ms: end - prof.t,
+            first_byte_ms: feedClock.first ? feedClock.first - prof.t : 0,
+            last_byte_ms: feedClock.last ? feedClock.last - prof.t : 0,
+            host_feed_ms: feedClock.ms,
+            instructions: (state.emulator.get_instruction_counter() - prof.instr) >>> 0,
+        } };
+    }
+    return { msg };
 }
 
 // Writer for ttyS0 (console): chunked, see serial.mjs.
@@ -502,9 +542,9 @@ async function start(cmd) {
     emulator.add_listener("serial0-output-byte", onConsoleByte);
     emulator.add_listener("serial1-output-byte", byte => {
         oneByte[0] = byte;
-        agent.clients.serial.feed(oneByte);
+        feedAgent("serial", oneByte);
     });
-    if (cmd.virtio_console) emulator.add_listener(`virtio-console${VIRTIO_AGENT_PORT}-output-bytes`, bytes => agent.clients["virtio-console"].feed(bytes));
+    if (cmd.virtio_console) emulator.add_listener(`virtio-console${VIRTIO_AGENT_PORT}-output-bytes`, bytes => feedAgent("virtio-console", bytes));
     await new Promise(resolve => emulator.add_listener("emulator-loaded", resolve));
     mark("emulator_loaded");
     countBlobs(emulator, cmd.blob_dir);
@@ -605,7 +645,10 @@ const handlers = {
         await waitAgent(cmd.timeout_ms || 60000);
         return { version: agent.client.version, protocol: agent.client.protocol, channel: agent.channel, timings: state.timings };
     },
-    agent: async cmd => ({ response: await agentRequest(cmd.request, cmd.timeout_ms || 60000, cmd.channel || agent.channel, cmd.id, cmd.stream) }),
+    agent: async cmd => {
+        const { msg, profile } = await agentRequest(cmd.request, cmd.timeout_ms || 60000, cmd.channel || agent.channel, cmd.id, cmd.stream, cmd.profile);
+        return profile ? { response: msg, profile } : { response: msg };
+    },
     console: consoleCommand,
     save_state: saveState,
     set_relay: setRelay,
