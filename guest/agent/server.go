@@ -245,7 +245,29 @@ func (s *server) serve(ctx context.Context, rw io.ReadWriter) error {
 		}
 		return nil
 	}
-	s.emit = func(v any) error { return send(v) }
+	// A part is written by hand (appendPart): it is most of a large
+	// result's bytes.
+	var partBuf []byte
+	s.emit = func(v any) error {
+		p, ok := v.(part)
+		if !ok {
+			return send(v)
+		}
+		var err error
+		if partBuf, err = appendPart(partBuf[:0], p); err != nil {
+			return fmt.Errorf("cannot encode a result part: %w", err)
+		}
+		if _, err := w.Write(partBuf); err != nil {
+			return fmt.Errorf("cannot write response: %w", err)
+		}
+		if cap(partBuf) > 4*maxChunk {
+			partBuf = nil // one huge row: do not keep its buffer
+		}
+		if err := w.Flush(); err != nil {
+			return fmt.Errorf("cannot write response: %w", err)
+		}
+		return nil
+	}
 	if err := send(s.ready()); err != nil {
 		return err
 	}
