@@ -3,8 +3,11 @@
 // limits, the reset after a restore, streamed results and requests in
 // pieces). The page talks to the agent on virtio-console port 1 (/dev/hvc1
 // in the guest); this class only sees bytes.
-import { AgentClient, type Judge as ClientJudge, type RowBatch, type RowsCallback } from "../../harness/agent-client.mjs";
-import type { ChannelWriter } from "../../harness/virtio-console.mjs";
+import { AgentClient } from "../../harness/agent-client.mjs";
+
+// The types below are spelled out here, not taken from the harness's
+// declarations, so that the npm package's declarations (emitted from this
+// file) need nothing outside web/src.
 
 export interface AgentError extends Error {
   sqlstate?: string;
@@ -26,16 +29,27 @@ export interface QueryResult {
   rows_affected: number;
 }
 
-export type { RowBatch, RowsCallback };
+// RowBatch is a part of a streamed result: rows of statement `statement`
+// (0 for a query), with the columns on a statement's first batch.
+export interface RowBatch {
+  statement: number;
+  columns: Column[] | null;
+  rows: (string | null)[][];
+}
+
+export type RowsCallback = (statement: number, columns: Column[] | null, rows: (string | null)[][]) => void;
 
 // Writer puts bytes on the agent's channel; reset drops what it still
 // queues (harness/virtio-console.mjs).
-export type Writer = ChannelWriter;
+export interface Writer {
+  (bytes: Uint8Array): void;
+  reset(): void;
+}
 
 // Judge decides what a request that ran past its time limit does next:
 // "wait" (the VM is still making progress: give it more time) or a reason
 // to give up. waitedMs counts from the request's send.
-export type Judge = ClientJudge;
+export type Judge = (op: string, waitedMs: number, limitMs: number) => "wait" | string;
 
 // Ops whose rows come back in parts when the agent can (protocol 2): the
 // agent then never builds one message of the whole result, and its
