@@ -9,7 +9,10 @@
 //              or "virtio-console", where agent requests go by default)
 //   wait_agent wait until the guest agent answers on the default channel
 //   agent      pass one request object to the guest agent, return its response
-//              (channel: another channel than the default)
+//              (channel: another channel than the default; stream: {chunk_bytes,
+//              max_bytes} streams a query's or exec's rows as "agent_part"
+//              events before the answer, which then holds only the rest;
+//              profile: true adds where the time went, see feedClock)
 //   console    write to ttyS0 and/or read its output until a pattern appears
 //   save_state write the raw (uncompressed) v86 state to a path
 //   set_relay  move the NIC to another relay URL and open its websocket
@@ -19,12 +22,13 @@
 //   stats      9p blob bytes fetched, phase timings, the console tail, relay state
 //   irq_debug  the emulated interrupt controllers' registers (diagnostics)
 //   stop       destroy the emulator and exit
-// Events ({"event":...}): "agent_ready" when the agent announces itself.
+// Events ({"event":...}): "agent_ready" when the agent announces itself;
+// "agent_part" ({cmd_id, statement, columns?, rows}) for a streamed result.
 
 import fs from "node:fs";
 import readline from "node:readline";
 import { V86 } from "v86";
-import { lineCollector } from "./lines.mjs";
+import { AgentClient } from "./agent-client.mjs";
 import { serialWriter } from "./serial.mjs";
 import { keepTSCOnRestore } from "./tsc.mjs";
 import { virtioConsoleWriter } from "./virtio-console.mjs";
@@ -112,126 +116,97 @@ function consoleCommand(cmd) {
 // command names another.
 const VIRTIO_AGENT_PORT = 1;
 
+// One protocol client per channel (harness/agent-client.mjs, shared with
+// the page): ids, the matching of "id":0 refusals, streamed results.
 const agent = {
     channel: "serial",
-    ready: false,          // the default channel's agent has answered
-    version: "",
-    waiters: [],
-    pending: new Map(),    // request id -> {resolve}; ids are ours, so unique on every channel
-    nextID: 1,
-    write: {
-        serial: serialWriter(() => state.emulator, 1),
-        "virtio-console": virtioConsoleWriter(() => state.emulator, VIRTIO_AGENT_PORT),
+    clients: {
+        serial: new AgentClient(serialWriter(() => state.emulator, 1), { onReady: ev => onAgentReady("serial", ev) }),
+        "virtio-console": new AgentClient(virtioConsoleWriter(() => state.emulator, VIRTIO_AGENT_PORT), { onReady: ev => onAgentReady("virtio-console", ev) }),
+    },
+    get client() {
+        return this.clients[this.channel];
     },
 };
 
-function onAgentLine(channel, line) {
-    if (!line.trim()) return;
-    let msg;
-    try {
-        msg = JSON.parse(line);
-    } catch {
-        log("agent: not JSON", { channel, line: line.slice(0, 200) });
-        return;
-    }
-    if (msg.event === "ready") {
-        // Every channel announces itself when the agent opens it; only the
-        // default channel's announcement makes the agent ready for us.
-        if (channel !== agent.channel) return;
-        mark("agent_ready");
-        agent.ready = true;
-        agent.version = msg.version || "";
-        send({ event: "agent_ready", version: agent.version, channel, t_ms: since() });
-        for (const w of agent.waiters.splice(0)) w();
-        return;
-    }
-    if (msg.id === 0 && msg.ok === false) {
-        // The agent could not read the request's id (a line over its 1 MiB
-        // limit, or not JSON). It answers in order, so this is the answer
-        // to the oldest request waiting on this channel.
-        for (const [id, p] of agent.pending) {
-            if (p.channel !== channel) continue;
-            agent.pending.delete(id);
-            p.resolve(msg);
-            return;
-        }
-    }
-    const pending = agent.pending.get(msg.id);
-    if (!pending) {
-        log("agent: unexpected message", { channel, line: line.slice(0, 200) });
-        return;
-    }
-    agent.pending.delete(msg.id);
-    pending.resolve(msg);
+// Every channel announces itself when the agent opens it; only the default
+// channel's announcement is passed on to the Go side.
+function onAgentReady(channel, ev) {
+    if (channel !== agent.channel) return;
+    mark("agent_ready");
+    send({ event: "agent_ready", version: ev.version || "", protocol: agent.client.protocol, channel, t_ms: since() });
 }
 
-const serialAgentBytes = lineCollector(line => onAgentLine("serial", line));
-const virtioAgentBytes = lineCollector(line => onAgentLine("virtio-console", line));
 const oneByte = new Uint8Array(1);
 
-// agentRequest sends one request with our own id (so ids from the Go side can
-// never clash with the harness's pings) and resolves with the agent's response.
-function agentRequest(req, timeoutMs, channel = agent.channel) {
-    const write = agent.write[channel];
-    if (!write) return Promise.reject(new Error(`agent: unknown channel ${JSON.stringify(channel)} (serial or virtio-console)`));
-    const id = agent.nextID++;
-    const line = JSON.stringify({ ...req, id }) + "\n";
-    return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => {
-            agent.pending.delete(id);
-            reject(new Error(`agent: no answer to ${req.op} on ${channel} within ${timeoutMs} ms`));
-        }, timeoutMs);
-        agent.pending.set(id, {
-            channel,
-            resolve(msg) {
-                clearTimeout(timer);
-                msg.id = req.id;
-                resolve(msg);
-            },
-        });
-        try {
-            write(Buffer.from(line, "utf8"));
-        } catch (err) {
-            clearTimeout(timer);
-            agent.pending.delete(id);
-            reject(err);
-        }
-    });
+// feedClock measures, for a profiled request (agent command with profile:
+// true), when the agent's bytes came and how long the host spent on them
+// (line collection, JSON.parse, assembly, forwarding parts): one request
+// at a time, which is how the measurement sends them.
+const feedClock = { on: false, ms: 0, first: 0, last: 0 };
+function feedAgent(channel, bytes) {
+    if (!feedClock.on) {
+        agent.clients[channel].feed(bytes);
+        return;
+    }
+    const t = performance.now();
+    if (!feedClock.first) feedClock.first = t;
+    feedClock.last = t;
+    agent.clients[channel].feed(bytes);
+    feedClock.ms += performance.now() - t;
+}
+
+// agentRequest sends one request with the client's own id (so ids from the
+// Go side can never clash with the harness's pings) and resolves with the
+// agent's final response, given the Go side's id back. With stream set
+// (cmd.stream of the agent command), a query's or exec's rows come in
+// parts; each part goes to the Go side at once as an "agent_part" event
+// naming the command's id, and the response holds only the rows of no part.
+async function agentRequest(req, timeoutMs, channel = agent.channel, cmdID = 0, stream = null, profile = false) {
+    const client = agent.clients[channel];
+    if (!client) throw new Error(`agent: unknown channel ${JSON.stringify(channel)} (serial or virtio-console)`);
+    const options = { timeoutMs };
+    if (stream) {
+        options.stream = { chunkBytes: stream.chunk_bytes, maxBytes: stream.max_bytes };
+        options.keepRows = false;
+        options.onRows = (statement, columns, rows) => send({ event: "agent_part", cmd_id: cmdID, statement, ...(columns ? { columns } : {}), rows });
+    }
+    let prof = null;
+    if (profile) {
+        Object.assign(feedClock, { on: true, ms: 0, first: 0, last: 0 });
+        prof = { t: performance.now(), instr: state.emulator.get_instruction_counter() };
+    }
+    let msg;
+    try {
+        msg = await client.request(req, options);
+    } finally {
+        feedClock.on = false;
+    }
+    if (msg.refused) delete msg.refused;
+    msg.id = req.id;
+    if (prof) {
+        // Guest instructions from the write to the answer's last byte
+        // (a 32-bit counter: the difference wraps correctly).
+        const end = performance.now();
+        return { msg, profile: {
+            total_ms: end - prof.t,
+            first_byte_ms: feedClock.first ? feedClock.first - prof.t : 0,
+            last_byte_ms: feedClock.last ? feedClock.last - prof.t : 0,
+            host_feed_ms: feedClock.ms,
+            instructions: (state.emulator.get_instruction_counter() - prof.instr) >>> 0,
+        } };
+    }
+    return { msg };
 }
 
 // Writer for ttyS0 (console): chunked, see serial.mjs.
 const consoleWrite = serialWriter(() => state.emulator, 0);
 
-// waitAgent resolves when the agent has announced itself on the default
-// channel. After a restore the agent announced itself long ago (before the
-// save), so ask it with a ping, which also makes it announce again.
+// waitAgent resolves when the agent has answered on the default channel:
+// its announcement after a boot, a ping after a restore.
 async function waitAgent(timeoutMs) {
-    const deadline = Date.now() + timeoutMs;
-    if (agent.ready) return;
-    const announced = new Promise(resolve => agent.waiters.push(resolve));
-    if (!state.restored) {
-        let timer;
-        const timeout = new Promise((_, reject) => {
-            timer = setTimeout(() => reject(new Error(`agent did not announce itself on ${agent.channel} within ${timeoutMs} ms`)), timeoutMs);
-        });
-        try {
-            await Promise.race([announced, timeout]);
-        } finally {
-            clearTimeout(timer);
-        }
-        return;
-    }
-    while (!agent.ready) {
-        const left = deadline - Date.now();
-        if (left <= 0) throw new Error(`agent did not answer a ping on ${agent.channel} within ${timeoutMs} ms`);
-        try {
-            await agentRequest({ op: "ping" }, Math.min(2000, left));
-            mark("agent_ready");
-            agent.ready = true;
-        } catch {
-            // The ping may be lost while the guest resumes; try again.
-        }
-    }
+    await agent.client.waitReady(timeoutMs, state.restored);
+    mark("agent_ready");
 }
 
 // ---- 9p blob accounting ----
@@ -557,7 +532,7 @@ async function start(cmd) {
         options.cmdline = cmd.cmdline;
     }
     const channel = cmd.agent_channel || "serial";
-    if (!agent.write[channel]) throw new Error(`agent_channel must be serial or virtio-console, not ${JSON.stringify(channel)}`);
+    if (!agent.clients[channel]) throw new Error(`agent_channel must be serial or virtio-console, not ${JSON.stringify(channel)}`);
     if (channel === "virtio-console" && !cmd.virtio_console) throw new Error("agent_channel virtio-console needs virtio_console: true");
     agent.channel = channel;
     const stateBuf = cmd.state_path ? fs.readFileSync(cmd.state_path) : null;
@@ -567,9 +542,9 @@ async function start(cmd) {
     emulator.add_listener("serial0-output-byte", onConsoleByte);
     emulator.add_listener("serial1-output-byte", byte => {
         oneByte[0] = byte;
-        serialAgentBytes(oneByte);
+        feedAgent("serial", oneByte);
     });
-    if (cmd.virtio_console) emulator.add_listener(`virtio-console${VIRTIO_AGENT_PORT}-output-bytes`, virtioAgentBytes);
+    if (cmd.virtio_console) emulator.add_listener(`virtio-console${VIRTIO_AGENT_PORT}-output-bytes`, bytes => feedAgent("virtio-console", bytes));
     await new Promise(resolve => emulator.add_listener("emulator-loaded", resolve));
     mark("emulator_loaded");
     countBlobs(emulator, cmd.blob_dir);
@@ -668,9 +643,12 @@ const handlers = {
     start,
     wait_agent: async cmd => {
         await waitAgent(cmd.timeout_ms || 60000);
-        return { version: agent.version, channel: agent.channel, timings: state.timings };
+        return { version: agent.client.version, protocol: agent.client.protocol, channel: agent.channel, timings: state.timings };
     },
-    agent: async cmd => ({ response: await agentRequest(cmd.request, cmd.timeout_ms || 60000, cmd.channel || agent.channel) }),
+    agent: async cmd => {
+        const { msg, profile } = await agentRequest(cmd.request, cmd.timeout_ms || 60000, cmd.channel || agent.channel, cmd.id, cmd.stream, cmd.profile);
+        return profile ? { response: msg, profile } : { response: msg };
+    },
     console: consoleCommand,
     save_state: saveState,
     set_relay: setRelay,

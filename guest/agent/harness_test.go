@@ -205,6 +205,15 @@ func (f *fakeDB) Exec(_ context.Context, sql string) ([]result, error) {
 	return []result{{Columns: []column{}, Rows: [][]*string{}, Command: "OK"}}, nil
 }
 
+// The fake has no rows to stream: the streamed forms answer as the others.
+func (f *fakeDB) QueryStream(ctx context.Context, sql string, params []*string, _ *streamOpts) (result, error) {
+	return f.Query(ctx, sql, params)
+}
+
+func (f *fakeDB) ExecStream(ctx context.Context, sql string, _ *streamOpts) ([]result, error) {
+	return f.Exec(ctx, sql)
+}
+
 func (f *fakeDB) State(context.Context) dbState {
 	if f.state != nil {
 		return *f.state

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -130,6 +131,11 @@ func (c *pgClient) retry(ctx context.Context, op func(*pgConn) error) error {
 // Query runs one statement with the extended protocol; params are text and
 // their types are inferred by the server.
 func (c *pgClient) Query(ctx context.Context, sql string, params []*string) (result, error) {
+	return c.QueryStream(ctx, sql, params, nil)
+}
+
+// QueryStream is Query with the rows streamed to stream (nil: not streamed).
+func (c *pgClient) QueryStream(ctx context.Context, sql string, params []*string, stream *streamOpts) (result, error) {
 	values := make([][]byte, len(params))
 	for i, p := range params {
 		if p != nil {
@@ -142,7 +148,7 @@ func (c *pgClient) Query(ctx context.Context, sql string, params []*string) (res
 		if err := conn.extended(sql, values); err != nil {
 			return err
 		}
-		return conn.run(ctx, true, c.cfg.MaxResultBytes, func(r result) { res = &r })
+		return conn.run(ctx, true, c.limits(stream), func(r result) { res = &r })
 	})
 	if err != nil {
 		return result{}, err
@@ -156,13 +162,18 @@ func (c *pgClient) Query(ctx context.Context, sql string, params []*string) (res
 
 // Exec runs any number of statements with the simple protocol.
 func (c *pgClient) Exec(ctx context.Context, sql string) ([]result, error) {
+	return c.ExecStream(ctx, sql, nil)
+}
+
+// ExecStream is Exec with the rows streamed to stream (nil: not streamed).
+func (c *pgClient) ExecStream(ctx context.Context, sql string, stream *streamOpts) ([]result, error) {
 	var results []result
 	err := c.retry(ctx, func(conn *pgConn) error {
 		results = results[:0]
 		if err := conn.simple(sql); err != nil {
 			return err
 		}
-		return conn.run(ctx, false, c.cfg.MaxResultBytes, func(r result) { results = append(results, r) })
+		return conn.run(ctx, false, c.limits(stream), func(r result) { results = append(results, r) })
 	})
 	c.nameTypes(ctx, results)
 	if err != nil {
@@ -173,6 +184,38 @@ func (c *pgClient) Exec(ctx context.Context, sql string) ([]result, error) {
 		return nil, err
 	}
 	return results, nil
+}
+
+// limits turns a request's stream options into run's limits. Unstreamed,
+// the whole result is held, up to -max-result-bytes. Streamed, the agent
+// holds one chunk at a time, so the cap is the caller's (0: none).
+func (c *pgClient) limits(stream *streamOpts) limits {
+	if stream == nil {
+		return limits{max: c.cfg.MaxResultBytes}
+	}
+	lim := limits{max: stream.MaxBytes, chunk: stream.ChunkBytes}
+	if lim.max <= 0 {
+		lim.max = math.MaxInt64
+	}
+	lim.sink = func(stmt int, cols []column, rows [][]*string) error {
+		if cols != nil {
+			// The types not built in are looked up after the statement
+			// (the session is busy now): a part names them by OID, the
+			// final response by name.
+			named := make([]column, len(cols))
+			for i, col := range cols {
+				name, ok := c.typeName(col.TypeOID)
+				if !ok {
+					name = strconv.FormatUint(uint64(col.TypeOID), 10)
+				}
+				named[i] = col
+				named[i].Type = name
+			}
+			cols = named
+		}
+		return stream.Send(stmt, cols, rows)
+	}
+	return lim
 }
 
 // nameTypes fills in the type names of every column, asking pg_type about
@@ -191,7 +234,7 @@ func (c *pgClient) nameTypes(ctx context.Context, results []result) {
 		err := conn.extended("SELECT oid, typname FROM pg_catalog.pg_type WHERE oid = ANY($1::oid[])",
 			[][]byte{[]byte("{" + strings.Join(unknown, ",") + "}")})
 		if err == nil {
-			err = conn.run(ctx, true, 1<<20, func(r result) {
+			err = conn.run(ctx, true, limits{max: 1 << 20}, func(r result) {
 				for _, row := range r.Rows {
 					if len(row) == 2 && row[0] != nil && row[1] != nil {
 						if oid, err := strconv.ParseUint(*row[0], 10, 32); err == nil {

@@ -17,6 +17,21 @@ import (
 // maxLine is the longest request line the agent accepts (docs/agent-protocol.md).
 const maxLine = 1 << 20
 
+// protocol is the wire protocol's version, sent in the ready event: 2 adds
+// streamed results and streamed requests, both opt-in per request, so a
+// host that speaks 1 sees no change (docs/agent-protocol.md).
+const protocol = 2
+
+// Streamed results come in parts of chunk_bytes of row data (defaultChunk
+// when unset); maxRequest caps a request sent in pieces (the agent holds it
+// whole: PostgreSQL needs the statement text in one message).
+const (
+	defaultChunk = 256 << 10
+	minChunk     = 4 << 10
+	maxChunk     = maxLine
+	maxRequest   = 64 << 20
+)
+
 // request is the union of every op's fields.
 type request struct {
 	ID       int64     `json:"id"`
@@ -33,6 +48,40 @@ type request struct {
 	// Thorough (prepare_snapshot) also evicts file pages and replays a
 	// typical session: for the published snapshot, not for a user's save.
 	Thorough bool `json:"thorough"`
+	// Stream (query, exec) sends the rows in parts of ChunkBytes; MaxBytes
+	// caps their total (0: no cap).
+	Stream     bool  `json:"stream"`
+	ChunkBytes int64 `json:"chunk_bytes"`
+	MaxBytes   int64 `json:"max_bytes"`
+	// More says that the next line continues this request's sql (a
+	// request sent in pieces); a continuation line has only id, sql and more.
+	More bool `json:"more"`
+}
+
+// streamOpts is a streamed request's bounds and where its parts go.
+type streamOpts struct {
+	ChunkBytes int64
+	MaxBytes   int64
+	Send       func(stmt int, cols []column, rows [][]*string) error
+}
+
+// part is one piece of a streamed result: rows of statement Statement
+// (columns with the first piece of each statement). The final response
+// follows the parts and carries the rows not sent in one.
+type part struct {
+	ID        int64       `json:"id"`
+	More      bool        `json:"more"`
+	Statement int         `json:"statement"`
+	Columns   []column    `json:"columns,omitempty"`
+	Rows      [][]*string `json:"rows"`
+}
+
+// pieces is a request arriving in pieces: its first line, with the sql
+// of all lines so far. err, once set, is the answer when the last piece comes.
+type pieces struct {
+	req request
+	sql []byte
+	err error
 }
 
 // response is the union of every op's answer; empty fields are left out so
@@ -74,8 +123,9 @@ type column struct {
 }
 
 type readyEvent struct {
-	Event   string `json:"event"`
-	Version string `json:"version"`
+	Event    string `json:"event"`
+	Version  string `json:"version"`
+	Protocol int    `json:"protocol"`
 }
 
 // sqlError carries PostgreSQL's error fields to the response.
@@ -96,6 +146,10 @@ func (e *sqlError) Error() string { return e.Message + " (SQLSTATE " + e.SQLStat
 type database interface {
 	Query(ctx context.Context, sql string, params []*string) (result, error)
 	Exec(ctx context.Context, sql string) ([]result, error)
+	// The streamed forms send rows to stream.Send while they come; the
+	// result holds only the rest.
+	QueryStream(ctx context.Context, sql string, params []*string, stream *streamOpts) (result, error)
+	ExecStream(ctx context.Context, sql string, stream *streamOpts) ([]result, error)
 	State(ctx context.Context) dbState
 }
 
@@ -141,6 +195,10 @@ type server struct {
 	log     *slog.Logger
 	start   time.Time
 	version string
+	// emit sends one message at once (a streamed result's part); set by serve.
+	emit func(v any) error
+	// partial is the request being received in pieces, if any.
+	partial *pieces
 }
 
 func newServer(cfg config, db database, log *slog.Logger) *server {
@@ -187,6 +245,29 @@ func (s *server) serve(ctx context.Context, rw io.ReadWriter) error {
 		}
 		return nil
 	}
+	// A part is written by hand (appendPart): it is most of a large
+	// result's bytes.
+	var partBuf []byte
+	s.emit = func(v any) error {
+		p, ok := v.(part)
+		if !ok {
+			return send(v)
+		}
+		var err error
+		if partBuf, err = appendPart(partBuf[:0], p); err != nil {
+			return fmt.Errorf("cannot encode a result part: %w", err)
+		}
+		if _, err := w.Write(partBuf); err != nil {
+			return fmt.Errorf("cannot write response: %w", err)
+		}
+		if cap(partBuf) > 4*maxChunk {
+			partBuf = nil // one huge row: do not keep its buffer
+		}
+		if err := w.Flush(); err != nil {
+			return fmt.Errorf("cannot write response: %w", err)
+		}
+		return nil
+	}
 	if err := send(s.ready()); err != nil {
 		return err
 	}
@@ -197,6 +278,9 @@ func (s *server) serve(ctx context.Context, rw io.ReadWriter) error {
 		line, tooLong, err := readLine(r, maxLine)
 		if tooLong {
 			s.log.Warn("request line too long", "limit", maxLine)
+			// The id 0 answer is also the answer to a request in pieces
+			// this line was meant to continue: the host fails its oldest.
+			s.partial = nil
 			if err := send(response{Error: fmt.Sprintf("request line longer than %d bytes", maxLine)}); err != nil {
 				return err
 			}
@@ -248,7 +332,7 @@ func readLine(r *bufio.Reader, max int) (line []byte, tooLong bool, err error) {
 }
 
 func (s *server) ready() readyEvent {
-	return readyEvent{Event: "ready", Version: s.version}
+	return readyEvent{Event: "ready", Version: s.version, Protocol: protocol}
 }
 
 // handleLine decodes and runs one request and returns what to send back, in
@@ -275,14 +359,89 @@ func (s *server) handleLine(ctx context.Context, line []byte) []any {
 		}
 		return []any{response{ID: id.ID, Error: "invalid request: " + err.Error()}}
 	}
+	var done bool
+	var out []any
+	if out, done = s.gather(&req); !done {
+		return out
+	}
 	started := time.Now()
 	resp := s.handle(ctx, &req)
 	resp.ID = req.ID
 	s.log.Debug("request", "id", req.ID, "op", req.Op, "ok", resp.OK, "err", resp.Error, "took", time.Since(started))
 	if req.Op == "ping" {
-		return []any{s.ready(), resp}
+		return append(out, s.ready(), resp)
 	}
-	return []any{resp}
+	return append(out, resp)
+}
+
+// gather puts a request sent in pieces together (docs/agent-protocol.md,
+// "Streamed requests"). It returns what to send first and whether req is
+// now whole and should run. The pieces are not answered one by one, so
+// sending them costs no round trips; every request gets one answer.
+func (s *server) gather(req *request) (out []any, whole bool) {
+	p := s.partial
+	if p != nil && (req.ID != p.req.ID || req.Op != "") {
+		// A new request while one was still in pieces: the host gave up on
+		// that one; answer it so nobody waits for it.
+		out = append(out, response{ID: p.req.ID, Error: fmt.Sprintf("request %d was not finished: its last piece (without \"more\") never came", p.req.ID)})
+		s.partial, p = nil, nil
+	}
+	if p == nil {
+		if req.Op == "" && req.More {
+			// A piece of a request the agent no longer holds (an earlier
+			// piece was refused with id 0): drop it; its last piece, with
+			// no op, gets "request has no op".
+			return out, false
+		}
+		if !req.More {
+			return out, true
+		}
+		s.partial = &pieces{req: *req, sql: []byte(req.SQL)}
+		return out, false
+	}
+	if p.err == nil {
+		if len(p.sql)+len(req.SQL) > maxRequest {
+			p.err = fmt.Errorf("request in pieces longer than %d bytes of sql", maxRequest)
+			p.sql = nil
+		} else {
+			p.sql = append(p.sql, req.SQL...)
+		}
+	}
+	if req.More {
+		return out, false
+	}
+	s.partial = nil
+	if p.err != nil {
+		return append(out, response{ID: p.req.ID, Error: p.err.Error()}), false
+	}
+	*req = p.req
+	req.SQL, req.More = string(p.sql), false
+	return out, true
+}
+
+// streamOpts returns the stream options of a request, nil if it asks for
+// none: parts go out as they come, tagged with the request's id.
+func (s *server) streamOpts(req *request) (*streamOpts, error) {
+	if !req.Stream {
+		return nil, nil
+	}
+	chunk := req.ChunkBytes
+	if chunk == 0 {
+		chunk = defaultChunk
+	}
+	if chunk < minChunk || chunk > maxChunk {
+		return nil, fmt.Errorf("chunk_bytes must be from %d to %d", minChunk, maxChunk)
+	}
+	if req.MaxBytes < 0 {
+		return nil, errors.New("max_bytes must not be negative")
+	}
+	id := req.ID
+	return &streamOpts{ChunkBytes: chunk, MaxBytes: req.MaxBytes, Send: func(stmt int, cols []column, rows [][]*string) error {
+		if s.emit == nil {
+			return errors.New("streamed results need a channel")
+		}
+		return s.emit(part{ID: id, More: true, Statement: stmt, Columns: cols, Rows: rows})
+	}}, nil
 }
 
 func (s *server) handle(ctx context.Context, req *request) response {
@@ -296,13 +455,21 @@ func (s *server) handle(ctx context.Context, req *request) response {
 		if req.SQL == "" {
 			return fail(errors.New("query needs sql"))
 		}
-		res, err := s.db.Query(ctx, req.SQL, req.Params)
+		stream, err := s.streamOpts(req)
+		if err != nil {
+			return fail(err)
+		}
+		res, err := s.db.QueryStream(ctx, req.SQL, req.Params, stream)
 		if err != nil {
 			return fail(err)
 		}
 		return response{OK: true, result: &res}
 	case "exec":
-		res, err := s.db.Exec(ctx, req.SQL)
+		stream, err := s.streamOpts(req)
+		if err != nil {
+			return fail(err)
+		}
+		res, err := s.db.ExecStream(ctx, req.SQL, stream)
 		if err != nil {
 			return fail(err)
 		}

@@ -267,12 +267,32 @@ type statement struct {
 	size    int64
 	tooBig  bool
 	started bool
+	// held is the size of the rows not handed to the sink yet; sentCols
+	// says the sink has had this statement's columns.
+	held     int64
+	sentCols bool
+}
+
+// rowSink takes a statement's rows while they come (a streamed result,
+// docs/agent-protocol.md "Streamed results"): stmt is the statement's index
+// among the results, cols is set only on its first call for a statement.
+// An error stops the rows of this request (the rest is drained).
+type rowSink func(stmt int, cols []column, rows [][]*string) error
+
+// limits bounds what run keeps. Without a sink every row is held until the
+// statement ends and max caps their total; with one, rows go to the sink
+// whenever chunk bytes of them are held, so the agent holds at most about
+// one chunk (plus one row), and max caps the total streamed.
+type limits struct {
+	max   int64
+	chunk int64
+	sink  rowSink
 }
 
 // run sends a request and reads the answers up to ReadyForQuery, calling
 // done for each finished statement. It returns the first error; the session
 // is usable afterwards unless it is closed.
-func (c *pgConn) run(ctx context.Context, extended bool, maxBytes int64, done func(result)) error {
+func (c *pgConn) run(ctx context.Context, extended bool, lim limits, done func(result)) error {
 	stop := c.watch(ctx)
 	defer stop()
 	if err := c.flush(); err != nil {
@@ -287,6 +307,8 @@ func (c *pgConn) run(ctx context.Context, extended bool, maxBytes int64, done fu
 	st := statement{}
 	reset := func() { st = statement{res: result{Columns: []column{}, Rows: [][]*string{}}} }
 	reset()
+	maxBytes := lim.max
+	ndone := 0 // statements finished: the index of the current one
 	for {
 		typ, body, err := c.receive()
 		if err != nil {
@@ -329,6 +351,27 @@ func (c *pgConn) run(ctx context.Context, extended bool, maxBytes int64, done fu
 				continue
 			}
 			st.res.Rows = append(st.res.Rows, row)
+			if lim.sink == nil {
+				continue
+			}
+			st.held += int64(8 * n)
+			for _, v := range row {
+				if v != nil {
+					st.held += int64(len(*v))
+				}
+			}
+			if st.held < lim.chunk {
+				continue
+			}
+			var cols []column
+			if !st.sentCols {
+				cols, st.sentCols = st.res.Columns, true
+			}
+			if err := lim.sink(ndone, cols, st.res.Rows); err != nil {
+				keep(err)
+				st.tooBig = true
+			}
+			st.res.Rows, st.held = [][]*string{}, 0
 		case 'C': // CommandComplete
 			tag, _ := cstring(body)
 			if st.tooBig {
@@ -337,6 +380,7 @@ func (c *pgConn) run(ctx context.Context, extended bool, maxBytes int64, done fu
 				st.res.Command = tag
 				st.res.RowsAffected = rowsAffected(tag)
 				done(st.res)
+				ndone++
 			}
 			reset()
 		case 'I': // EmptyQueryResponse: an empty statement is not a statement

@@ -88,6 +88,10 @@ type harness struct {
 	mu      sync.Mutex
 	nextID  int64
 	pending map[int64]chan map[string]json.RawMessage
+	// parts gets the "agent_part" events of a streamed agent command, by
+	// the command's id; called on the reader goroutine, in order, before
+	// the command's answer.
+	parts   map[int64]func(map[string]json.RawMessage)
 	console []string // last console lines, for error messages
 	onEvent func(name string, ev map[string]json.RawMessage)
 	// onConsole, if set, gets every whole line the guest prints on ttyS0.
@@ -130,6 +134,7 @@ func startHarness(ctx context.Context, node, dir string, logger *slog.Logger, on
 		stdin:     stdin,
 		logger:    logger,
 		pending:   map[int64]chan map[string]json.RawMessage{},
+		parts:     map[int64]func(map[string]json.RawMessage){},
 		onEvent:   onEvent,
 		onConsole: onConsole,
 		done:      make(chan struct{}),
@@ -164,6 +169,17 @@ func (h *harness) readStdout(r io.Reader) {
 		if ev, ok := msg["event"]; ok {
 			var name string
 			_ = json.Unmarshal(ev, &name)
+			if name == "agent_part" {
+				var id int64
+				_ = json.Unmarshal(msg["cmd_id"], &id)
+				h.mu.Lock()
+				f := h.parts[id]
+				h.mu.Unlock()
+				if f != nil {
+					f(msg)
+				}
+				continue
+			}
 			h.logger.Debug("harness event", "event", name)
 			if h.onEvent != nil {
 				h.onEvent(name, msg)
@@ -217,12 +233,25 @@ func (h *harness) consoleTail() string {
 // call sends one command and waits for its answer. fields must not set "id"
 // or "cmd". An answer with ok=false becomes an error carrying its message.
 func (h *harness) call(ctx context.Context, cmd string, fields map[string]any) (map[string]json.RawMessage, error) {
+	return h.callParts(ctx, cmd, fields, nil)
+}
+
+// callParts is call with onPart getting the command's "agent_part" events.
+func (h *harness) callParts(ctx context.Context, cmd string, fields map[string]any, onPart func(map[string]json.RawMessage)) (map[string]json.RawMessage, error) {
 	h.mu.Lock()
 	h.nextID++
 	id := h.nextID
 	ch := make(chan map[string]json.RawMessage, 1)
 	h.pending[id] = ch
+	if onPart != nil {
+		h.parts[id] = onPart
+	}
 	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		delete(h.parts, id)
+		h.mu.Unlock()
+	}()
 
 	req := map[string]any{"id": id, "cmd": cmd}
 	for k, v := range fields {

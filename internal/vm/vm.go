@@ -138,6 +138,9 @@ type VM struct {
 	v86      string
 	t0       time.Time
 	channel  string // the agent channel requests go to
+	// protocol is the agent's protocol version on that channel (its
+	// ready event): 2 and later stream results.
+	protocol int
 
 	mu      sync.Mutex
 	timings Timings
@@ -271,15 +274,19 @@ func (v *VM) boot(ctx context.Context, harnessDir string, files BootFiles, state
 	}
 	var harnessTimings map[string]int64
 	_ = json.Unmarshal(msg["timings"], &harnessTimings)
+	_ = json.Unmarshal(msg["protocol"], &v.protocol)
 	v.mu.Lock()
 	v.timings.AgentReady = v.since()
 	v.timings.Harness = harnessTimings
 	v.mu.Unlock()
 
 	if statePath != "" {
-		// The guest clock stopped when the state was saved.
+		// The guest clock stopped when the state was saved. A VM whose
+		// clock cannot be set does not start (docs/agent-protocol.md,
+		// "After a restore"): now() and every timestamp written would be
+		// the save's, silently.
 		if _, err := v.Request(ctx, map[string]any{"op": "set_time", "unix_ms": time.Now().UnixMilli()}); err != nil {
-			return fmt.Errorf("cannot set the guest clock: %w", err)
+			return fmt.Errorf("cannot set the VM's clock after the restore (it would stay at the moment the state was saved): %w", err)
 		}
 	}
 	// Every VM restored from one state starts with the same kernel random
@@ -345,10 +352,24 @@ func (v *VM) Request(ctx context.Context, req map[string]any) (json.RawMessage, 
 // RequestOn is Request on a given agent channel (manifest.ChannelSerial or
 // manifest.ChannelVirtioConsole): to compare them, or to check the one a page uses.
 func (v *VM) RequestOn(ctx context.Context, channel string, req map[string]any) (json.RawMessage, error) {
+	return v.requestOn(ctx, channel, req, nil)
+}
+
+// requestOn is RequestOn with rows streamed to st (nil: not streamed).
+func (v *VM) requestOn(ctx context.Context, channel string, req map[string]any, st *streamed) (json.RawMessage, error) {
 	timeoutMS := harnessTimeout(ctx, 10*time.Minute)
-	msg, err := v.h.call(ctx, "agent", map[string]any{"request": req, "timeout_ms": timeoutMS, "channel": channel})
+	fields := map[string]any{"request": req, "timeout_ms": timeoutMS, "channel": channel}
+	var onPart func(map[string]json.RawMessage)
+	if st != nil {
+		fields["stream"] = map[string]any{"chunk_bytes": st.chunkBytes, "max_bytes": st.maxBytes}
+		onPart = st.add
+	}
+	msg, err := v.h.callParts(ctx, "agent", fields, onPart)
 	if err != nil {
 		return nil, err
+	}
+	if st != nil && st.err != nil {
+		return nil, st.err
 	}
 	raw := msg["response"]
 	var head struct {
@@ -392,7 +413,8 @@ func (v *VM) Query(ctx context.Context, sql string, params ...any) (*Result, err
 		}
 		req["params"] = ps
 	}
-	raw, err := v.Request(ctx, req)
+	st := v.stream()
+	raw, err := v.requestOn(ctx, v.channel, req, st)
 	if err != nil {
 		return nil, err
 	}
@@ -400,14 +422,71 @@ func (v *VM) Query(ctx context.Context, sql string, params ...any) (*Result, err
 	if err := json.Unmarshal(raw, &res); err != nil {
 		return nil, fmt.Errorf("query result: %w", err)
 	}
+	if st != nil {
+		res.Rows = append(st.rows(0), res.Rows...)
+	}
 	v.markQuery()
 	return &res, nil
+}
+
+// StreamChunkBytes is the size of the parts a streamed result comes in
+// (docs/agent-protocol.md, "Streamed results").
+const StreamChunkBytes = 256 << 10
+
+// stream returns the assembler for a query's or exec's parts, nil when
+// the agent does not stream (protocol 1): its result is then one message.
+func (v *VM) stream() *streamed {
+	if v.protocol < 2 {
+		return nil
+	}
+	return &streamed{chunkBytes: StreamChunkBytes}
+}
+
+// streamed gathers the rows of a streamed result's parts, per statement.
+// add runs on the harness's reader goroutine, before the answer is handed
+// over, so the caller reads the rows without a lock.
+type streamed struct {
+	chunkBytes int
+	maxBytes   int64 // 0: no cap
+	parts      [][][]*string
+	n          int // parts received
+	err        error
+}
+
+func (s *streamed) add(ev map[string]json.RawMessage) {
+	var p struct {
+		Statement int         `json:"statement"`
+		Rows      [][]*string `json:"rows"`
+	}
+	if err := json.Unmarshal(ev["rows"], &p.Rows); err != nil {
+		s.err = fmt.Errorf("streamed result part: %w", err)
+		return
+	}
+	_ = json.Unmarshal(ev["statement"], &p.Statement)
+	if p.Statement < 0 || p.Statement > 1<<20 {
+		s.err = fmt.Errorf("streamed result part for statement %d", p.Statement)
+		return
+	}
+	for len(s.parts) <= p.Statement {
+		s.parts = append(s.parts, nil)
+	}
+	s.parts[p.Statement] = append(s.parts[p.Statement], p.Rows...)
+	s.n++
+}
+
+// rows returns statement k's rows from the parts.
+func (s *streamed) rows(k int) [][]*string {
+	if k < len(s.parts) {
+		return s.parts[k]
+	}
+	return nil
 }
 
 // Exec runs any number of statements (simple protocol) and returns one result
 // per statement.
 func (v *VM) Exec(ctx context.Context, sql string) ([]Result, error) {
-	raw, err := v.Request(ctx, map[string]any{"op": "exec", "sql": sql})
+	st := v.stream()
+	raw, err := v.requestOn(ctx, v.channel, map[string]any{"op": "exec", "sql": sql}, st)
 	if err != nil {
 		return nil, err
 	}
@@ -416,6 +495,11 @@ func (v *VM) Exec(ctx context.Context, sql string) ([]Result, error) {
 	}
 	if err := json.Unmarshal(raw, &res); err != nil {
 		return nil, fmt.Errorf("exec result: %w", err)
+	}
+	if st != nil {
+		for k := range res.Results {
+			res.Results[k].Rows = append(st.rows(k), res.Results[k].Rows...)
+		}
 	}
 	v.markQuery()
 	return res.Results, nil
