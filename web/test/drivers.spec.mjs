@@ -20,6 +20,7 @@ const modules = path.join(root, "web", "node_modules");
 // The page: pg's Client on the VM's socket, a few helpers the tests call.
 const main = `
 import pg from "pg";
+import postgres from "postgres";
 import { Buffer } from "buffer";
 import { boot, SocketError } from "pgwasm";
 // Drivers written for Node parse Buffers: the socket hands out Buffers when
@@ -38,6 +39,15 @@ window.client = async () => {
   await c.connect();
   return c;
 };
+// postgres.js takes a socket that is already connected.
+window.sqljs = () => postgres({
+  user: "postgres", database: "postgres", max: 2, onnotice: () => {},
+  socket: () => new Promise((resolve, reject) => {
+    const s = vm.nodeSocket();
+    s.once("error", reject);
+    s.connect(() => { s.off("error", reject); resolve(s); });
+  }),
+});
 progress.textContent = "ready";
 `;
 
@@ -48,8 +58,11 @@ const shims = {
 export const types = { isDate: d => d instanceof Date }; export const isDate = types.isDate;
 export default { deprecate, inspect, types };`,
   "crypto.js": "export const webcrypto = globalThis.crypto; export default { webcrypto };",
+  "os.js": `export const userInfo = () => ({ username: "postgres" }); export const hostname = () => "pgwasm"; export default { userInfo, hostname };`,
+  "perf_hooks.js": "export const performance = globalThis.performance; export default { performance };",
   // Globals pg expects.
-  "globals.js": `import { Buffer } from "buffer"; import process from "process/browser.js"; export { Buffer, process };`,
+  "globals.js": `import { Buffer } from "buffer"; import process from "process/browser.js"; export { Buffer, process };
+export const setImmediate = (f, ...a) => setTimeout(f, 0, ...a); export const clearImmediate = t => clearTimeout(t);`,
 };
 
 function serveStatic(mounts, { cors = false } = {}) {
@@ -94,7 +107,7 @@ before(async () => {
       net: empty, tls: empty, dns: empty, fs: empty, path: empty, stream: empty,
       "pg-native": empty, "pg-cloudflare": empty, pgpass: empty, string_decoder: empty,
       util: path.join(tmp, "util.js"), "util/types": path.join(tmp, "util.js"),
-      crypto: path.join(tmp, "crypto.js"),
+      crypto: path.join(tmp, "crypto.js"), os: path.join(tmp, "os.js"), perf_hooks: path.join(tmp, "perf_hooks.js"),
     },
     logLevel: "error",
   });
@@ -169,6 +182,37 @@ test("node-postgres: two connections at once, LISTEN/NOTIFY between them", async
   assert.notEqual(r.pids[0], r.pids[1], "two backends");
   assert.equal(r.busy, 1, "b's query ran while a's was running");
   assert.deepEqual(r.note, { channel: "drv_events", payload: "hello from b" });
+});
+
+test("postgres.js: table, insert, select, transaction, prepared statement, SQLSTATE", async () => {
+  const r = await p.evaluate(async () => {
+    const sql = window.sqljs();
+    const out = {};
+    await sql`create table pj (id int primary key, name text)`;
+    await sql`insert into pj ${sql([{ id: 1, name: "one" }, { id: 2, name: "two" }])}`;
+    out.select = [...await sql`select id, name from pj order by id`];
+    try {
+      await sql.begin(async tx => {
+        await tx`insert into pj values (3, 'three')`;
+        out.inTx = (await tx`select count(*)::int as n from pj`)[0].n;
+        throw new Error("roll back");
+      });
+    } catch (err) { out.txError = err.message; }
+    out.afterRollback = (await sql`select count(*)::int as n from pj`)[0].n;
+    // postgres.js prepares parameterised queries by default.
+    for (const id of [1, 2]) await sql`select name from pj where id = ${id}`;
+    out.prepared = (await sql`select count(*)::int as n from pg_prepared_statements where statement like 'select name from pj where id = $1'`)[0].n;
+    try { await sql`select 1/0`; } catch (err) { out.error = { code: err.code, message: err.message }; }
+    await sql`drop table pj`;
+    await sql.end();
+    return out;
+  });
+  assert.deepEqual(r.select, [{ id: 1, name: "one" }, { id: 2, name: "two" }]);
+  assert.equal(r.inTx, 3);
+  assert.equal(r.txError, "roll back");
+  assert.equal(r.afterRollback, 2);
+  assert.ok(r.prepared >= 1, "no prepared statement");
+  assert.deepEqual(r.error, { code: "22012", message: "division by zero" });
 });
 
 test("bad input: garbage on one connection fails that one; the others and pg.query keep working", async () => {
