@@ -21,6 +21,7 @@ const modules = path.join(root, "web", "node_modules");
 const main = `
 import pg from "pg";
 import postgres from "postgres";
+import { Kysely, PostgresDialect, sql as ksql } from "kysely";
 import { Buffer } from "buffer";
 import { boot, SocketError } from "pgwasm";
 // Drivers written for Node parse Buffers: the socket hands out Buffers when
@@ -39,6 +40,11 @@ window.client = async () => {
   await c.connect();
   return c;
 };
+// Kysely on node-postgres' Pool: each pooled client gets its own socket.
+window.kysely = () => new Kysely({ dialect: new PostgresDialect({
+  pool: new pg.Pool({ user: "postgres", database: "postgres", max: 2, stream: () => vm.nodeSocket() }),
+}) });
+window.ksql = ksql;
 // postgres.js takes a socket that is already connected.
 window.sqljs = () => postgres({
   user: "postgres", database: "postgres", max: 2, onnotice: () => {},
@@ -213,6 +219,39 @@ test("postgres.js: table, insert, select, transaction, prepared statement, SQLST
   assert.equal(r.afterRollback, 2);
   assert.ok(r.prepared >= 1, "no prepared statement");
   assert.deepEqual(r.error, { code: "22012", message: "division by zero" });
+});
+
+test("Kysely on node-postgres: schema, insert, select, transaction", async t => {
+  const r = await p.evaluate(async () => {
+    const db = window.kysely();
+    const out = {};
+    await db.schema.createTable("ky").addColumn("id", "integer", c => c.primaryKey()).addColumn("name", "text").execute();
+    const rows = Array.from({ length: 1000 }, (_, i) => ({ id: i, name: "row " + i }));
+    const t0 = performance.now();
+    await db.insertInto("ky").values(rows).execute();
+    out.all = (await db.selectFrom("ky").selectAll().execute()).length;
+    out.ms = performance.now() - t0;
+    out.count = Number((await db.selectFrom("ky").select(eb => eb.fn.countAll().as("n")).executeTakeFirst()).n);
+    out.row = await db.selectFrom("ky").selectAll().where("id", "=", 500).executeTakeFirst();
+    try {
+      await db.transaction().execute(async tx => {
+        await tx.deleteFrom("ky").execute();
+        throw new Error("roll back");
+      });
+    } catch (err) { out.txError = err.message; }
+    out.after = Number((await db.selectFrom("ky").select(eb => eb.fn.countAll().as("n")).executeTakeFirst()).n);
+    try { await window.ksql`select 1/0`.execute(db); } catch (err) { out.code = err.code; }
+    await db.schema.dropTable("ky").execute();
+    await db.destroy();
+    return out;
+  });
+  assert.equal(r.count, 1000);
+  assert.equal(r.all, 1000);
+  t.diagnostic(`Kysely insert of 1,000 rows (one statement) + select of them: ${r.ms.toFixed(0)} ms; load ${os.loadavg()[0].toFixed(1)}`);
+  assert.deepEqual(r.row, { id: 500, name: "row 500" });
+  assert.equal(r.txError, "roll back");
+  assert.equal(r.after, 1000);
+  assert.equal(r.code, "22012");
 });
 
 test("bad input: garbage on one connection fails that one; the others and pg.query keep working", async () => {
