@@ -26,6 +26,8 @@ type config struct {
 	VirtioConsole string
 	Verbose       bool
 
+	Splice spliceConfig
+
 	PG pgConfig
 
 	Net netConfig
@@ -42,6 +44,9 @@ func (c *config) registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Serial, "serial", "/dev/ttyS1", "serial device that carries the protocol")
 	fs.StringVar(&c.VirtioConsole, "virtio-console", "", "virtio-console port that carries the protocol too, e.g. /dev/hvc1 (empty: none)")
 	fs.BoolVar(&c.Verbose, "v", false, "log every request")
+	fs.StringVar(&c.Splice.Device, "socket-channel", "", "virtio-console port that carries page connections into PostgreSQL, e.g. /dev/hvc2 (docs/socket-protocol.md; empty: none)")
+	fs.IntVar(&c.Splice.MaxConns, "socket-max-conns", 64, "connections the socket channel keeps open at once")
+	fs.IntVar(&c.Splice.Window, "socket-window", 64<<10, "bytes a host may send per socket connection before the agent has passed them on")
 
 	fs.StringVar(&c.PG.SocketDir, "pg-socket-dir", "/var/run/postgresql", "directory of the PostgreSQL Unix socket")
 	fs.IntVar(&c.PG.Port, "pg-port", 5432, "PostgreSQL port (names the socket file)")
@@ -95,6 +100,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	sb := newSwitchboard(log, func() any { return srv.ready() }, paths...)
 	sb.start(ctx)
+	if cfg.Splice.Device != "" {
+		// Beside the JSON loop, not in it: connections must not wait
+		// for requests, nor requests for connections.
+		go newSplicer(cfg.Splice, cfg.PG, log).run(ctx)
+	}
 	// The loop ends only with ctx: the switchboard reopens failed channels.
 	if err := srv.serve(ctx, sb.reader(ctx)); err != nil && ctx.Err() == nil {
 		log.Error("agent failed", "err", err)

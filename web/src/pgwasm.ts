@@ -14,6 +14,7 @@ import { V86 } from "v86";
 import { serialWriter } from "../../harness/serial.mjs";
 import { keepTSCOnRestore } from "../../harness/tsc.mjs";
 import { virtioConsoleWriter, type ChannelWriter } from "../../harness/virtio-console.mjs";
+import { SocketMux, NodeSocket, streamsOf, type PgSocket } from "./socket";
 import { Agent, type QueryResult } from "./agent";
 import { PsqlTerminal } from "./terminal";
 import { openState, readHeader, wrapState, StateError } from "./statefile";
@@ -21,6 +22,7 @@ import { openState, readHeader, wrapState, StateError } from "./statefile";
 import { MEMORY_SIZES, DEFAULT_MEMORY_MB, VGA_MEMORY_MB } from "./memory";
 
 export { StateError } from "./statefile";
+export { SocketError, NodeSocket, SOCKET_PROTOCOL_VERSION, type PgSocket } from "./socket";
 export type { QueryResult, Column } from "./agent";
 
 export { MEMORY_SIZES };
@@ -76,6 +78,9 @@ const PANIC = /Kernel panic - not syncing[^\r\n]*/;
 // (docs/agent-protocol.md, "Channels"). Every image the page can start has
 // it (checkAgentChannel), so there is no serial fallback.
 const AGENT_PORT = 1;
+// Page connections into PostgreSQL (connect(), nodeSocket()): port 2,
+// /dev/hvc2 in the guest (docs/socket-protocol.md).
+const SOCKET_PORT = 2;
 const AGENT_CHANNEL = "virtio-console";
 
 export interface Manifest {
@@ -202,6 +207,7 @@ export class PgWasm extends EventTarget {
   private warming = false;
   private cancelling = false;
   private consoleWriter: ChannelWriter | null = null;
+  private sockets: SocketMux;
 
   constructor(opts: BootOptions = {}) {
     super();
@@ -211,6 +217,32 @@ export class PgWasm extends EventTarget {
     this.apiBase = new URL(opts.apiBase || "./", here()).href;
     this.agent = new Agent(virtioConsoleWriter(() => this.emulator, AGENT_PORT));
     this.agent.judge = (op, waited, limit) => this.judgeWait(op, waited, limit);
+    this.sockets = new SocketMux(virtioConsoleWriter(() => this.emulator, SOCKET_PORT));
+  }
+
+  // ---- connections into PostgreSQL (the socket channel) ----
+
+  // connect opens a new PostgreSQL connection (a backend of its own) and
+  // returns its bytes as a WHATWG stream pair; speak the wire protocol on
+  // it, or hand nodeSocket() to a driver. Trusted: user postgres (or any
+  // role) needs no password, and no TLS (the bytes never leave the tab).
+  // A restore or restart of the VM fails every open connection.
+  async connect(): Promise<PgSocket> {
+    return streamsOf(await this.sockets.open());
+  }
+
+  // nodeSocket returns a net.Socket-shaped object for drivers that take a
+  // custom stream (node-postgres: `new Client({ stream: () => pg.nodeSocket() })`);
+  // the driver's connect(port, host) opens it, port and host are ignored.
+  nodeSocket(): NodeSocket {
+    return new NodeSocket(() => this.sockets.open());
+  }
+
+  // restartSockets fails the connections of the VM that was and starts a
+  // new socket session with the agent now running.
+  private restartSockets(reason: string): void {
+    this.sockets.reset(reason);
+    this.sockets.start();
   }
 
   // ---- liveness ----
@@ -248,6 +280,7 @@ export class PgWasm extends EventTarget {
     if (this.deadReason) return;
     this.deadReason = reason;
     this.agent.failAll(`the VM is dead: ${reason}`);
+    this.sockets.reset(`the VM is dead: ${reason}`);
     this.status("dead", `The VM stopped: ${reason}. Restart it (your unsaved changes are lost).`);
     this.dispatchEvent(new CustomEvent("dead", { detail: { reason } }));
   }
@@ -258,6 +291,10 @@ export class PgWasm extends EventTarget {
     emulator.add_listener(`virtio-console${AGENT_PORT}-output-bytes`, (bytes: Uint8Array) => {
       this.lastIO = Date.now();
       this.agent.feed(bytes);
+    });
+    emulator.add_listener(`virtio-console${SOCKET_PORT}-output-bytes`, (bytes: Uint8Array) => {
+      this.lastIO = Date.now();
+      this.sockets.feed(bytes);
     });
     // Frames from the guest's NIC go to the relay when the network is on.
     emulator.add_listener("net0-send", (frame: Uint8Array) => {
@@ -418,6 +455,7 @@ export class PgWasm extends EventTarget {
     try {
       await this.agent.waitReady(meta ? 60000 : 120000, !!meta);
       this.mark("agent_ready");
+      this.restartSockets("the VM was restarted");
       step = "Setting the clock and randomness";
       await this.afterResume();
       step = "Waiting for PostgreSQL";
@@ -750,11 +788,13 @@ export class PgWasm extends EventTarget {
       throw new StateError(`the emulator refused the state: ${(err as Error)?.message || err}`);
     }
     this.agent.reset("the VM was restored");
+    this.sockets.reset("the VM was restored from a state: its connections are gone (the restored VM has none of them); connect again");
     this.consoleWriter?.reset();
     this.terminal?.reset();
     this.consoleText = "";
     await this.runAndWaitStarted();
     await this.agent.waitReady(60000, true);
+    this.restartSockets("the VM was restored from a state: its connections are gone (the restored VM has none of them); connect again");
     await this.afterResume();
     await this.waitPostgres(60000);
     if (this.terminal) {
@@ -1001,6 +1041,7 @@ export class PgWasm extends EventTarget {
 
   async destroy(): Promise<void> {
     clearInterval(this.sampler);
+    this.sockets.reset("the VM was stopped");
     if (this.network || this.sessionID) await this.stopNetwork();
     await this.emulator?.destroy();
     this.emulator = null;

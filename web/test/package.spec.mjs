@@ -60,7 +60,7 @@ test("npm pack: the tarball holds what package.json lists, and no more", t => {
 // A consumer's code: the @ts-expect-error lines fail the compile if the
 // API's types are missing or degraded to any.
 const consumer = `
-import { boot, PgWasm, StateError, MEMORY_SIZES, type BootOptions, type QueryResult, type NetworkInfo, type Status } from "pgwasm";
+import { boot, PgWasm, StateError, SocketError, NodeSocket, MEMORY_SIZES, type BootOptions, type QueryResult, type NetworkInfo, type Status, type PgSocket } from "pgwasm";
 const opts: BootOptions = { imageBase: "https://static.example.com/image/", headless: true, memory: MEMORY_SIZES[0] };
 const pg: PgWasm = await boot(opts);
 const r: QueryResult = await pg.query("select $1::int * 7 as answer", [6]);
@@ -69,6 +69,13 @@ const all: QueryResult[] = await pg.exec("select 1; select 2");
 const state: Blob = await pg.saveState();
 await pg.restoreState(state);
 const net: NetworkInfo = await pg.startNetwork();
+const sock: PgSocket = await pg.connect();
+const writer: WritableStreamDefaultWriter<Uint8Array> = sock.writable.getWriter();
+const ns: NodeSocket = pg.nodeSocket().setNoDelay(true);
+ns.on("data", (b: Uint8Array) => console.log(b.length));
+// @ts-expect-error the readable side carries bytes, not text
+const text: ReadableStream<string> = sock.readable;
+console.log(writer, new SocketError("x").name, text);
 pg.addEventListener("status", e => console.log((e as CustomEvent<Status>).detail.status));
 // @ts-expect-error rows hold text, not numbers
 const wrong: number = r.rows[0][0];

@@ -1,0 +1,355 @@
+// PostgreSQL drivers from npm on pg.connect() (issue #18), in Chromium,
+// against a real VM: a page bundled by esbuild imports node-postgres (`pg`,
+// pinned in web/package.json) with browser shims for the Node modules it
+// names (net, tls, dns, ...: never used, the stream is ours) and the npm
+// package's module (web/package/dist, `make package`), boots the image
+// from a static host and runs node-postgres over `pgwasm.nodeSocket()`.
+// Env: PGWASM_IMAGE (build/image).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import http from "node:http";
+import os from "node:os";
+import path from "node:path";
+import { launchBrowser, root, artifacts } from "./lib.mjs";
+
+const image = process.env.PGWASM_IMAGE || path.join(root, "build", "image");
+const dist = path.join(root, "web", "package", "dist");
+const modules = path.join(root, "web", "node_modules");
+
+// The page: pg's Client on the VM's socket, a few helpers the tests call.
+const main = `
+import pg from "pg";
+import postgres from "postgres";
+import { Kysely, PostgresDialect, sql as ksql } from "kysely";
+import { Buffer } from "buffer";
+import { boot, SocketError } from "pgwasm";
+// Drivers written for Node parse Buffers: the socket hands out Buffers when
+// the page has a global one.
+globalThis.Buffer = Buffer;
+const progress = document.querySelector("#progress");
+const imageBase = new URLSearchParams(location.search).get("image");
+const vm = await boot({ imageBase, headless: true, onProgress: p => { progress.textContent = p.message; } })
+  .catch(err => { progress.textContent = "Boot failed: " + err.message; throw err; });
+window.vm = vm;
+window.pgLib = pg;
+window.SocketError = SocketError;
+window.client = async () => {
+  const c = new pg.Client({ user: "postgres", database: "postgres", stream: () => vm.nodeSocket() });
+  c.on("error", () => {}); // errors are checked on the calls that see them
+  await c.connect();
+  return c;
+};
+// Kysely on node-postgres' Pool: each pooled client gets its own socket.
+window.kysely = () => new Kysely({ dialect: new PostgresDialect({
+  pool: new pg.Pool({ user: "postgres", database: "postgres", max: 2, stream: () => vm.nodeSocket() }),
+}) });
+window.ksql = ksql;
+// postgres.js takes a socket that is already connected.
+window.sqljs = () => postgres({
+  user: "postgres", database: "postgres", max: 2, onnotice: () => {},
+  socket: () => new Promise((resolve, reject) => {
+    const s = vm.nodeSocket();
+    s.once("error", reject);
+    s.connect(() => { s.off("error", reject); resolve(s); });
+  }),
+});
+progress.textContent = "ready";
+`;
+
+const shims = {
+  // Node modules pg names but does not use with a custom stream.
+  "empty.js": "export default {};",
+  "util.js": `export const deprecate = f => f; export const inspect = v => String(v);
+export const types = { isDate: d => d instanceof Date }; export const isDate = types.isDate;
+export default { deprecate, inspect, types };`,
+  "crypto.js": "export const webcrypto = globalThis.crypto; export default { webcrypto };",
+  "os.js": `export const userInfo = () => ({ username: "postgres" }); export const hostname = () => "pgwasm"; export default { userInfo, hostname };`,
+  "perf_hooks.js": "export const performance = globalThis.performance; export default { performance };",
+  // Globals pg expects.
+  "globals.js": `import { Buffer } from "buffer"; import process from "process/browser.js"; export { Buffer, process };
+export const setImmediate = (f, ...a) => setTimeout(f, 0, ...a); export const clearImmediate = t => clearTimeout(t);`,
+};
+
+function serveStatic(mounts, { cors = false } = {}) {
+  const types = { ".html": "text/html", ".js": "text/javascript", ".json": "application/json", ".wasm": "application/wasm", ".css": "text/css" };
+  const server = http.createServer((req, res) => {
+    const p = decodeURIComponent(new URL(req.url, "http://x").pathname);
+    const [prefix, dir] = Object.entries(mounts).find(([m]) => p.startsWith(m)) || [];
+    const file = dir && path.join(dir, p.slice(prefix.length));
+    if (!file || !file.startsWith(dir) || !fs.existsSync(file) || !fs.statSync(file).isFile()) { res.writeHead(404, cors ? { "Access-Control-Allow-Origin": "*" } : {}).end(); return; }
+    const headers = { "Content-Type": types[path.extname(file)] || "application/octet-stream" };
+    if (cors) headers["Access-Control-Allow-Origin"] = "*";
+    res.writeHead(200, headers);
+    fs.createReadStream(file).pipe(res);
+  });
+  return new Promise(resolve => server.listen(0, "127.0.0.1", () =>
+    resolve({ url: `http://127.0.0.1:${server.address().port}/`, close: () => new Promise(r => { server.close(r); server.closeAllConnections(); }) })));
+}
+
+let tmp, site, images, browser, p;
+const errors = [];
+
+before(async () => {
+  if (!fs.existsSync(path.join(dist, "pgwasm.js"))) throw new Error(`no npm package build in ${dist} (make package)`);
+  if (!fs.existsSync(path.join(image, "manifest.json"))) throw new Error(`no VM image in ${image} (make snapshot)`);
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), "pgwasm-drivers-"));
+  for (const [name, text] of Object.entries(shims)) fs.writeFileSync(path.join(tmp, name), text);
+  fs.writeFileSync(path.join(tmp, "main.js"), main);
+  const esbuild = await import(path.join(modules, "esbuild", "lib", "main.js"));
+  const empty = path.join(tmp, "empty.js");
+  await esbuild.build({
+    entryPoints: [path.join(tmp, "main.js")],
+    outfile: path.join(tmp, "site", "main.js"),
+    bundle: true,
+    format: "esm",
+    platform: "browser",
+    target: "es2022",
+    nodePaths: [modules],
+    external: ["pgwasm"],
+    inject: [path.join(tmp, "globals.js")],
+    define: { global: "globalThis" },
+    alias: {
+      net: empty, tls: empty, dns: empty, fs: empty, path: empty, stream: empty,
+      "pg-native": empty, "pg-cloudflare": empty, pgpass: empty, string_decoder: empty,
+      util: path.join(tmp, "util.js"), "util/types": path.join(tmp, "util.js"),
+      crypto: path.join(tmp, "crypto.js"), os: path.join(tmp, "os.js"), perf_hooks: path.join(tmp, "perf_hooks.js"),
+    },
+    logLevel: "error",
+  });
+  fs.writeFileSync(path.join(tmp, "site", "index.html"), `<!doctype html><meta charset="utf-8"><title>drivers</title>
+<script type="importmap">{ "imports": { "pgwasm": "./pgwasm/pgwasm.js" } }</script>
+<p id="progress">Loading…</p><script type="module" src="main.js"></script>`);
+  site = await serveStatic({ "/pgwasm/": dist, "/": path.join(tmp, "site") });
+  images = await serveStatic({ "/": image }, { cors: true });
+  browser = await launchBrowser();
+  p = await browser.ctx.newPage();
+  p.on("pageerror", e => errors.push(e.message));
+  if (process.env.PGWASM_DEBUG) p.on("console", m => console.error("page:", m.text()));
+  await p.goto(`${site.url}index.html?image=${encodeURIComponent(images.url)}`);
+  await p.waitForFunction(() => /ready|failed/.test(document.querySelector("#progress").textContent), null, { timeout: 300000, polling: 250 });
+  assert.equal(await p.textContent("#progress"), "ready");
+});
+
+after(async () => {
+  await browser?.close();
+  await site?.close();
+  await images?.close();
+  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test("node-postgres: table, insert, select, transaction, prepared statement, SQLSTATE", async () => {
+  const r = await p.evaluate(async () => {
+    const c = await window.client();
+    const out = {};
+    await c.query("create table drv (id int primary key, name text)");
+    await c.query("insert into drv values ($1, $2), ($3, $4)", [1, "one", 2, "two"]);
+    out.select = (await c.query("select id, name from drv order by id")).rows;
+    await c.query("begin");
+    await c.query("insert into drv values (3, 'three')");
+    out.inTx = (await c.query("select count(*)::int as n from drv")).rows[0].n;
+    await c.query("rollback");
+    out.afterRollback = (await c.query("select count(*)::int as n from drv")).rows[0].n;
+    const prepared = [];
+    for (const id of [1, 2]) prepared.push((await c.query({ name: "by_id", text: "select name from drv where id = $1", values: [id] })).rows[0].name);
+    out.prepared = prepared;
+    out.isPrepared = (await c.query("select count(*)::int as n from pg_prepared_statements where name = 'by_id'")).rows[0].n;
+    try { await c.query("select 1/0"); } catch (err) { out.error = { code: err.code, message: err.message }; }
+    out.afterError = (await c.query("select 'fine' as v")).rows[0].v;
+    await c.query("drop table drv");
+    await c.end();
+    return out;
+  });
+  assert.deepEqual(r.select, [{ id: 1, name: "one" }, { id: 2, name: "two" }]);
+  assert.equal(r.inTx, 3);
+  assert.equal(r.afterRollback, 2);
+  assert.deepEqual(r.prepared, ["one", "two"]);
+  assert.equal(r.isPrepared, 1);
+  assert.deepEqual(r.error, { code: "22012", message: "division by zero" });
+  assert.equal(r.afterError, "fine");
+});
+
+test("node-postgres: two connections at once, LISTEN/NOTIFY between them", async () => {
+  const r = await p.evaluate(async () => {
+    const [a, b] = await Promise.all([window.client(), window.client()]);
+    // b looks at a's backend while a's query runs: both are served at once.
+    const slow = a.query("select pg_backend_pid() as pid, pg_sleep(3)");
+    await new Promise(res => setTimeout(res, 500));
+    const pb = await b.query("select pg_backend_pid() as pid, (select count(*)::int from pg_stat_activity where query like 'select pg_backend_pid() as pid, pg_sleep(3)%' and state = 'active') as busy");
+    const pa = await slow;
+    const got = new Promise(res => a.on("notification", n => res({ channel: n.channel, payload: n.payload })));
+    await a.query("listen drv_events");
+    await b.query("select pg_notify('drv_events', 'hello from b')");
+    const note = await Promise.race([got, new Promise(res => setTimeout(() => res("timeout"), 20000))]);
+    await a.end();
+    await b.end();
+    return { pids: [pa.rows[0].pid, pb.rows[0].pid], busy: pb.rows[0].busy, note };
+  });
+  assert.notEqual(r.pids[0], r.pids[1], "two backends");
+  assert.equal(r.busy, 1, "b's query ran while a's was running");
+  assert.deepEqual(r.note, { channel: "drv_events", payload: "hello from b" });
+});
+
+test("postgres.js: table, insert, select, transaction, prepared statement, SQLSTATE", async () => {
+  const r = await p.evaluate(async () => {
+    const sql = window.sqljs();
+    const out = {};
+    await sql`create table pj (id int primary key, name text)`;
+    await sql`insert into pj ${sql([{ id: 1, name: "one" }, { id: 2, name: "two" }])}`;
+    out.select = [...await sql`select id, name from pj order by id`];
+    try {
+      await sql.begin(async tx => {
+        await tx`insert into pj values (3, 'three')`;
+        out.inTx = (await tx`select count(*)::int as n from pj`)[0].n;
+        throw new Error("roll back");
+      });
+    } catch (err) { out.txError = err.message; }
+    out.afterRollback = (await sql`select count(*)::int as n from pj`)[0].n;
+    // postgres.js prepares parameterised queries by default.
+    for (const id of [1, 2]) await sql`select name from pj where id = ${id}`;
+    out.prepared = (await sql`select count(*)::int as n from pg_prepared_statements where statement like 'select name from pj where id = $1'`)[0].n;
+    try { await sql`select 1/0`; } catch (err) { out.error = { code: err.code, message: err.message }; }
+    await sql`drop table pj`;
+    await sql.end();
+    return out;
+  });
+  assert.deepEqual(r.select, [{ id: 1, name: "one" }, { id: 2, name: "two" }]);
+  assert.equal(r.inTx, 3);
+  assert.equal(r.txError, "roll back");
+  assert.equal(r.afterRollback, 2);
+  assert.ok(r.prepared >= 1, "no prepared statement");
+  assert.deepEqual(r.error, { code: "22012", message: "division by zero" });
+});
+
+test("Kysely on node-postgres: schema, insert, select, transaction", async t => {
+  const r = await p.evaluate(async () => {
+    const db = window.kysely();
+    const out = {};
+    await db.schema.createTable("ky").addColumn("id", "integer", c => c.primaryKey()).addColumn("name", "text").execute();
+    const rows = Array.from({ length: 1000 }, (_, i) => ({ id: i, name: "row " + i }));
+    const t0 = performance.now();
+    await db.insertInto("ky").values(rows).execute();
+    out.all = (await db.selectFrom("ky").selectAll().execute()).length;
+    out.ms = performance.now() - t0;
+    out.count = Number((await db.selectFrom("ky").select(eb => eb.fn.countAll().as("n")).executeTakeFirst()).n);
+    out.row = await db.selectFrom("ky").selectAll().where("id", "=", 500).executeTakeFirst();
+    try {
+      await db.transaction().execute(async tx => {
+        await tx.deleteFrom("ky").execute();
+        throw new Error("roll back");
+      });
+    } catch (err) { out.txError = err.message; }
+    out.after = Number((await db.selectFrom("ky").select(eb => eb.fn.countAll().as("n")).executeTakeFirst()).n);
+    try { await window.ksql`select 1/0`.execute(db); } catch (err) { out.code = err.code; }
+    await db.schema.dropTable("ky").execute();
+    await db.destroy();
+    return out;
+  });
+  assert.equal(r.count, 1000);
+  assert.equal(r.all, 1000);
+  t.diagnostic(`Kysely insert of 1,000 rows (one statement) + select of them: ${r.ms.toFixed(0)} ms; load ${os.loadavg()[0].toFixed(1)}`);
+  assert.deepEqual(r.row, { id: 500, name: "row 500" });
+  assert.equal(r.txError, "roll back");
+  assert.equal(r.after, 1000);
+  assert.equal(r.code, "22012");
+});
+
+test("bad input: garbage on one connection fails that one; the others and pg.query keep working", async () => {
+  const r = await p.evaluate(async () => {
+    const good = await window.client();
+    await good.query("select 1");
+    // Raw streams. readAll reads until the connection ends.
+    const readAll = async reader => {
+      let got = new Uint8Array(0), end = "";
+      for (;;) {
+        try {
+          const { value, done } = await reader.read();
+          if (done) { end = "closed"; break; }
+          const all = new Uint8Array(got.length + value.length);
+          all.set(got); all.set(value, got.length); got = all;
+          if (got.length > 4 && got[got.length - 6] === 90) break; // ReadyForQuery ('Z', 5 bytes)
+        } catch (err) { end = "error: " + err.message; break; }
+      }
+      return { text: new TextDecoder().decode(got), end };
+    };
+    // Garbage where the startup packet belongs: PostgreSQL logs "invalid
+    // length of startup packet" and closes.
+    const s1 = await window.vm.connect();
+    const w1 = s1.writable.getWriter();
+    await w1.write(new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const http = await readAll(s1.readable.getReader());
+    // Garbage after a login: PostgreSQL answers with a FATAL and closes.
+    const s2 = await window.vm.connect();
+    const w2 = s2.writable.getWriter();
+    const params = new TextEncoder().encode("user\0postgres\0database\0postgres\0\0");
+    const startup = new Uint8Array(8 + params.length);
+    new DataView(startup.buffer).setUint32(0, startup.length);
+    new DataView(startup.buffer).setUint32(4, 196608);
+    startup.set(params, 8);
+    await w2.write(startup);
+    const r2 = s2.readable.getReader();
+    const login = await readAll(r2);
+    await w2.write(new TextEncoder().encode("\xfe garbage garbage garbage"));
+    const fatal = await readAll(r2);
+    // A client dropped in the middle of a query: only it ends.
+    const dropped = await window.client();
+    const pending = dropped.query("select pg_sleep(30)").then(() => "finished", err => "failed: " + err.message);
+    await new Promise(res => setTimeout(res, 300));
+    dropped.connection.stream.destroy();
+    const droppedResult = await pending;
+    const after = (await good.query("select 'good' as v")).rows[0].v;
+    const api = (await window.vm.query("select 'api'")).rows[0][0];
+    await good.end();
+    return { http, login: login.end, fatal, droppedResult, after, api };
+  });
+  assert.deepEqual(r.http, { text: "", end: "closed" });
+  assert.equal(r.login, "");
+  assert.match(r.fatal.text, /^E.*FATAL.*08P01.*invalid frontend message type/s);
+  assert.equal(r.fatal.end, "closed");
+  assert.match(r.droppedResult, /^failed: /);
+  assert.equal(r.after, "good");
+  assert.equal(r.api, "api");
+});
+
+test("restore: open connections fail clearly, new ones work", async () => {
+  const r = await p.evaluate(async () => {
+    const c = await window.client();
+    await c.query("select 1");
+    const s = await window.vm.saveState();
+    const failed = new Promise(res => c.on("error", err => res(err.message)));
+    await window.vm.restoreState(s);
+    const message = await Promise.race([failed, new Promise(res => setTimeout(() => res("no error"), 20000))]);
+    let query;
+    try { await c.query("select 1"); query = "worked"; } catch (err) { query = err.message; }
+    const fresh = await window.client();
+    const v = (await fresh.query("select 'fresh' as v")).rows[0].v;
+    await fresh.end();
+    return { message, query, v };
+  });
+  assert.match(r.message, /restored/);
+  assert.notEqual(r.query, "worked");
+  assert.equal(r.v, "fresh");
+});
+
+test("measure: node-postgres select 1 over connect() against the page API's query", async t => {
+  const r = await p.evaluate(async () => {
+    const c = await window.client();
+    const median = a => { const s = [...a].sort((x, y) => x - y); return s[s.length >> 1]; };
+    const runs = 30, drv = [], api = [];
+    for (let i = 0; i < 5; i++) { await c.query("select 1"); await window.vm.query("select 1"); }
+    for (let i = 0; i < runs; i++) {
+      let t0 = performance.now();
+      await c.query("select 1");
+      drv.push(performance.now() - t0);
+      t0 = performance.now();
+      await window.vm.query("select 1");
+      api.push(performance.now() - t0);
+    }
+    await c.end();
+    return { drv: median(drv), api: median(api), drvMin: Math.min(...drv), apiMin: Math.min(...api), runs };
+  });
+  t.diagnostic(`select 1, median of ${r.runs} (alternating): node-postgres over connect() ${r.drv.toFixed(2)} ms (min ${r.drvMin.toFixed(2)}), pg.query ${r.api.toFixed(2)} ms (min ${r.apiMin.toFixed(2)}), ratio ${(r.drv / r.api).toFixed(2)}; load ${os.loadavg()[0].toFixed(1)}`);
+  assert.ok(r.drv > 0 && r.api > 0);
+  await p.screenshot({ path: path.join(artifacts, "web-drivers.png") });
+  assert.deepEqual(errors, []);
+});
