@@ -67,6 +67,28 @@ try {
     return { irq: await q("select pg_read_file('/proc/interrupts')"), stat: await q("select pg_read_file('/proc/stat')") };
   });
   const cdp = await browser.ctx.newCDPSession(page);
+  if (args.includes("--trace")) {
+    // A Chrome trace instead of the CPU profile: the events on the
+    // renderer's threads by thread and name (which work the V8 thread pool
+    // does while the page idles).
+    const events = [];
+    cdp.on("Tracing.dataCollected", e => events.push(...e.value));
+    const done = new Promise(r => cdp.once("Tracing.tracingComplete", r));
+    await cdp.send("Tracing.start", { traceConfig: { includedCategories: ["v8", "v8.wasm", "disabled-by-default-v8.compile", "disabled-by-default-v8.wasm.turbofan", "disabled-by-default-v8.wasm.detailed", "disabled-by-default-v8.gc", "toplevel", "blink", "devtools.timeline"] } });
+    await new Promise(r => setTimeout(r, seconds * 1000));
+    await cdp.send("Tracing.end");
+    await done;
+    const threads = new Map();
+    for (const e of events) if (e.name === "thread_name") threads.set(`${e.pid}/${e.tid}`, e.args.name);
+    const by = new Map();
+    for (const e of events) {
+      if (e.ph !== "X" || !e.dur) continue;
+      const k = `${threads.get(`${e.pid}/${e.tid}`) || e.tid} ${e.cat} ${e.name}`;
+      by.set(k, (by.get(k) || 0) + e.dur / 1000);
+    }
+    console.log(JSON.stringify([...by].sort((a, b) => b[1] - a[1]).slice(0, 30).map(([k, ms]) => [k, +((100 * ms) / (seconds * 1000)).toFixed(1)]), null, 1));
+    process.exit(0);
+  }
   await cdp.send("Profiler.enable");
   await cdp.send("Profiler.setSamplingInterval", { interval: 500 });
   const g0 = await guest();
