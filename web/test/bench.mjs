@@ -48,7 +48,7 @@ function browserCPU() {
       const comm = st.slice(st.indexOf("(") + 1, st.lastIndexOf(")"));
       const f = st.slice(st.lastIndexOf(")") + 2).split(" ");
       const type = /--type=([\w-]+)/.exec(fs.readFileSync(`/proc/${d}/cmdline`, "utf8"))?.[1] || "browser";
-      procs.set(Number(d), { comm, type, ppid: Number(f[1]), cpu: (Number(f[11]) + Number(f[12])) / hz });
+      procs.set(Number(d), { comm, type, ppid: Number(f[1]), cpu: (Number(f[11]) + Number(f[12])) / hz, threads: threadCPU(d, hz) });
     } catch {
       // gone
     }
@@ -62,12 +62,39 @@ function browserCPU() {
   mine.delete(process.pid);
   let total = 0;
   const byType = {};
+  const byThread = {};
   for (const pid of mine) {
     const p = procs.get(pid);
     total += p.cpu;
     byType[p.type] = (byType[p.type] || 0) + p.cpu;
+    for (const [name, cpu] of Object.entries(p.threads)) byThread[`${p.type}/${name}`] = (byThread[`${p.type}/${name}`] || 0) + cpu;
   }
-  return { seconds: total, processes: mine.size, byType };
+  return { seconds: total, processes: mine.size, byType, byThread };
+}
+
+// threadCPU is a process's CPU seconds by thread name (Chromium names them:
+// the page's main thread is the renderer's first, "chromium"; v86's timer
+// worker runs in "DedicatedWorker"; V8's background compiles and GC in
+// "ThreadPoolForeg").
+function threadCPU(pid, hz) {
+  const by = {};
+  let tasks = [];
+  try {
+    tasks = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return by;
+  }
+  for (const t of tasks) {
+    try {
+      const st = fs.readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8");
+      const name = st.slice(st.indexOf("(") + 1, st.lastIndexOf(")"));
+      const f = st.slice(st.lastIndexOf(")") + 2).split(" ");
+      by[name] = (by[name] || 0) + (Number(f[11]) + Number(f[12])) / hz;
+    } catch {
+      // gone
+    }
+  }
+  return by;
 }
 
 const srv = await startServer();
@@ -87,9 +114,50 @@ try {
     // work): the tab is idle once it is kept.
     await page.waitForFunction(() => !window.pgwasmPage.unsaved(), null, { timeout: 300000, polling: 500 });
     await new Promise(r => setTimeout(r, Number(arg("--settle") || 10) * 1000));
+    // What the emulator does meanwhile (docs/vm.md, "Idle CPU"): every
+    // main_loop call, whether it left the CPU in HLT, the wait it asked
+    // for and the guest instructions it ran.
+    await page.evaluate(() => {
+      const emu = window.pgwasm.emulator;
+      const cpu = emu.v86.cpu;
+      const s = (window.__idle = { calls: 0, hlt: 0, sub1ms: 0, zero: 0, instr: 0, busyMs: 0, compiles: 0, compileBytes: 0 });
+      // v86's JIT hands each compiled guest code block to V8 as a new
+      // WebAssembly module here (V8 compiles it on its thread pool).
+      const fin = cpu.codegen_finalize;
+      cpu.codegen_finalize = (...a) => {
+        s.compiles++;
+        s.compileBytes += a[4] || 0;
+        return fin.apply(cpu, a);
+      };
+      const orig = cpu.main_loop;
+      cpu.main_loop = () => {
+        const t = performance.now(), ic = cpu.instruction_counter[0];
+        const r = orig.call(cpu);
+        s.busyMs += performance.now() - t;
+        s.instr += (cpu.instruction_counter[0] - ic) >>> 0;
+        s.calls++;
+        if (cpu.in_hlt[0]) s.hlt++;
+        if (r <= 0) s.zero++;
+        else if (r < 1) s.sub1ms++;
+        return r;
+      };
+    });
     const a = browserCPU(), t0 = Date.now();
     await new Promise(r => setTimeout(r, idle * 1000));
     const b = browserCPU(), wall = (Date.now() - t0) / 1000;
+    const em = await page.evaluate(() => window.__idle);
+    out.idle_cpu_percent_by_thread = Object.fromEntries(Object.entries(b.byThread)
+      .map(([k, v]) => [k, +((100 * (v - (a.byThread[k] || 0))) / wall).toFixed(1)]).filter(([, v]) => v >= 0.5).sort((x, y) => y[1] - x[1]));
+    out.idle_emulator = {
+      main_loop_per_s: +(em.calls / wall).toFixed(1),
+      ended_in_hlt_pct: +((100 * em.hlt) / Math.max(1, em.calls)).toFixed(1),
+      asked_under_1ms_pct: +((100 * em.sub1ms) / Math.max(1, em.calls)).toFixed(1),
+      asked_0_pct: +((100 * em.zero) / Math.max(1, em.calls)).toFixed(1),
+      guest_instr_per_s: Math.round(em.instr / wall),
+      main_loop_busy_pct: +((100 * em.busyMs) / 1000 / wall).toFixed(1),
+      jit_modules_per_s: +(em.compiles / wall).toFixed(1),
+      jit_kb_per_s: +(em.compileBytes / 1024 / wall).toFixed(1),
+    };
     out.idle_seconds = wall;
     out.idle_cpu_seconds = b.seconds - a.seconds;
     out.idle_cpu_percent = (100 * (b.seconds - a.seconds)) / wall;
