@@ -101,7 +101,7 @@ test-go: build ## Go unit and loopback integration tests (no VM), fuzz seed corp
 
 test-vm: snapshot ## boot the real VM (headless v86 in Node) and test it end to end, the image build's VM step and a real VM behind the HAProxy cluster
 	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) test -count=1 -timeout 30m -v ./test/vm/...
-	PGWASM_IMAGE=$(abspath $(IMAGE)) $(GO) test -count=1 -timeout 10m -v -run 'VMStepGuest|BootExportTree|ClusterRealVM' ./internal/image/ ./internal/vm/ ./test/cluster/
+	PGWASM_IMAGE=$(abspath $(IMAGE)) $(GO) test -count=1 -timeout 10m -v -run 'VMStepGuest|BootExportTree|ClusterRealVM|StreamRealVM' ./internal/image/ ./internal/vm/ ./test/cluster/
 
 test-web: build snapshot package ## browser tests: Playwright driving Debian's Chromium against pgwasm serve, and the npm package
 	cd web && npx tsc -p .

@@ -31,6 +31,7 @@ import { V86 } from "v86";
 import { AgentClient } from "./agent-client.mjs";
 import { serialWriter } from "./serial.mjs";
 import { keepTSCOnRestore } from "./tsc.mjs";
+import { wholeMillisecondWaits } from "./yield.mjs";
 import { virtioConsoleWriter } from "./virtio-console.mjs";
 
 // Anything v86 prints must not corrupt the protocol on stdout.
@@ -549,6 +550,7 @@ async function start(cmd) {
     mark("emulator_loaded");
     countBlobs(emulator, cmd.blob_dir);
     if (!keepTSCOnRestore(emulator)) log("TSC fix unavailable: v86 internals changed; a restored guest's clock may jump");
+    if (!wholeMillisecondWaits(emulator)) log("v86's yield not found: an idle guest makes v86 spin before each timer event");
 
     if (stateBuf) {
         // Restored here rather than through initial_state so that a bad file

@@ -18,7 +18,7 @@ import (
 
 // protocolVersion changes when the wire protocol does; the build's VCS
 // revision, when known, is appended so a host can tell builds apart.
-const protocolVersion = "1"
+const protocolVersion = "2"
 
 // config holds every setting of the agent; the defaults match the guest image.
 type config struct {

@@ -126,7 +126,7 @@ func TestRun(t *testing.T) {
 	r := bufio.NewReader(master)
 	master.SetReadDeadline(time.Now().Add(30 * time.Second))
 	line, err := r.ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, `{"event":"ready","version":"1`) {
+	if err != nil || !strings.HasPrefix(line, `{"event":"ready","version":"2`) {
 		t.Fatalf("first line %q (%v), want the ready event", line, err)
 	}
 	if _, err := master.WriteString(`{"id":1,"op":"query","sql":"SELECT current_user"}` + "\n"); err != nil {

@@ -13,6 +13,7 @@
 import { V86 } from "v86";
 import { serialWriter } from "../../harness/serial.mjs";
 import { keepTSCOnRestore } from "../../harness/tsc.mjs";
+import { wholeMillisecondWaits } from "../../harness/yield.mjs";
 import { virtioConsoleWriter, type ChannelWriter } from "../../harness/virtio-console.mjs";
 import { SocketMux, NodeSocket, streamsOf, type PgSocket } from "./socket";
 import { Agent, type QueryResult } from "./agent";
@@ -526,6 +527,8 @@ export class PgWasm extends EventTarget {
     // the previous state's uptime, and the guest would hang until it caught
     // up (issue #16 item 2; harness/tsc.mjs).
     keepTSCOnRestore(emulator);
+    // No busy loop before each guest timer tick (harness/yield.mjs).
+    wholeMillisecondWaits(emulator);
     this.trackFileLoads(emulator);
     this.mark("emulator_loaded");
     return emulator;
@@ -568,7 +571,9 @@ export class PgWasm extends EventTarget {
   // tab restored from that state (ours is mixed in before anything draws a
   // key); its network needs DHCP again on our relay.
   private async afterResume(): Promise<void> {
-    await this.agent.call({ op: "set_time", unix_ms: Date.now() }, 10000).catch(() => undefined);
+    await this.agent.call({ op: "set_time", unix_ms: Date.now() }, 10000).catch(err => {
+      throw new Error(`cannot set the VM's clock after the restore (it would stay at the moment the state was saved): ${(err as Error)?.message || err}`);
+    });
     const entropy = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
     await this.agent.call({ op: "add_entropy", entropy }, 10000);
     if (this.network) {
