@@ -133,8 +133,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.IdleSessions, "idle-sessions", 10000, "idle sessions to hold (the benchmark has 1000 and 10000)")
 	fs.StringVar(&c.Benchtime, "benchtime", "1s", "go test -benchtime for throughput, round trip and tunnel setup")
 	fs.StringVar(&c.ConnectBenchtime, "connect-benchtime", "30x", "go test -benchtime for the full pgx connection benchmarks (tunnel and cluster)")
-	fs.IntVar(&c.DriverRuns, "driver-runs", 50, "timed `select 1` round trips of each driver in Chromium (node-postgres, page API, PGlite)")
-	fs.IntVar(&c.DriverWarm, "driver-warm", 10, "untimed `select 1` rounds before those")
+	fs.IntVar(&c.DriverRuns, "driver-runs", 50, "timed select 1 round trips of each driver in Chromium (node-postgres, page API, PGlite)")
+	fs.IntVar(&c.DriverWarm, "driver-warm", 10, "untimed select 1 rounds before those")
 	fs.IntVar(&c.KyselyRuns, "kysely-runs", 5, "timed Kysely inserts+selects of 1,000 rows, on us and on PGlite (after one warm-up)")
 	fs.IntVar(&c.ClusterCount, "cluster-count", 1, "go test -count for the cluster spread and reconnect benchmarks (each run starts three replicas and HAProxy)")
 }
