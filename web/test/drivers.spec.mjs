@@ -1,7 +1,8 @@
 // PostgreSQL drivers from npm on pg.connect() (issue #18), in Chromium,
 // against a real VM: a page bundled by esbuild imports node-postgres (`pg`,
 // pinned in web/package.json) with browser shims for the Node modules it
-// names (net, tls, dns, ...: never used, the stream is ours) and the npm
+// names (net, tls, dns, ...: never used, the stream is ours; the bundling
+// is web/test/driver-bundle.mjs, which `make bench` uses too) and the npm
 // package's module (web/package/dist, `make package`), boots the image
 // from a static host and runs node-postgres over `pgwasm.nodeSocket()`.
 // Env: PGWASM_IMAGE (build/image).
