@@ -68,3 +68,43 @@ export async function trackBytes(cdp, isData) {
   });
   return { reset, get: () => ({ bytes: counts.code + counts.data, ...counts }) };
 }
+
+// roundTrips times each of fns (name → () => Promise) runs times after
+// warm warm-up rounds, in turns whose order alternates, so that drift on a
+// shared machine falls on all of them alike; returns name → ms[]. Sent
+// into pages with toString, as runQuerySet: self-contained.
+export async function roundTrips(fns, runs, warm) {
+  const names = Object.keys(fns), out = {};
+  for (const n of names) out[n] = [];
+  for (let i = -warm; i < runs; i++) {
+    const order = i % 2 ? names : [...names].reverse();
+    for (const n of order) {
+      const t = performance.now();
+      await fns[n]();
+      if (i >= 0) out[n].push(performance.now() - t);
+    }
+  }
+  return out;
+}
+
+// kyselyRows times, on a Kysely db, one insert of 1,000 rows (one
+// multi-row INSERT statement, its 2,000 values as parameters) and the
+// select of them back, runs times after one untimed warm-up, each on a
+// fresh table (created untimed). The same code for every database: only
+// the Kysely dialect differs. Self-contained, as runQuerySet.
+export async function kyselyRows(db, runs) {
+  const rows = Array.from({ length: 1000 }, (_, i) => ({ id: i, name: "row " + i }));
+  const times = [];
+  for (let i = -1; i < runs; i++) {
+    await db.schema.dropTable("bench_kysely").ifExists().execute();
+    await db.schema.createTable("bench_kysely").addColumn("id", "integer", c => c.primaryKey()).addColumn("name", "text").execute();
+    const t = performance.now();
+    await db.insertInto("bench_kysely").values(rows).execute();
+    const got = await db.selectFrom("bench_kysely").selectAll().orderBy("id").execute();
+    const ms = performance.now() - t;
+    if (got.length !== rows.length || got[999].name !== "row 999") throw new Error(`kysely: ${got.length} rows back, want ${rows.length}`);
+    if (i >= 0) times.push(ms);
+  }
+  await db.schema.dropTable("bench_kysely").execute();
+  return times;
+}

@@ -6,6 +6,7 @@
 //	go run ./cmd/pgwasm-bench -quick            # a short run to try it out
 //	go run ./cmd/pgwasm-bench -parts net        # only the relay benchmarks
 //	go run ./cmd/pgwasm-bench -parts cluster    # only the cluster (HAProxy) benchmarks
+//	go run ./cmd/pgwasm-bench -parts drivers    # only node-postgres and Kysely in Chromium against PGlite
 //
 // The VM part boots and restores the real image headless (internal/vm); the
 // network part runs the repository's Go benchmarks with `go test -bench` and
@@ -73,6 +74,9 @@ type Config struct {
 	ConnectBenchtime           string
 	ClusterCount               int
 
+	// Drivers on pg.nodeSocket() against PGlite (issue #18).
+	DriverRuns, DriverWarm, KyselyRuns int
+
 	Args string // the flags given, for the report
 }
 
@@ -97,11 +101,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		}
 		return nil
 	})
-	fs.Func("parts", "comma list of parts to run: vm, net, compare, idle, cluster (default all)", func(s string) error {
+	fs.Func("parts", "comma list of parts to run: vm, net, compare, idle, cluster, drivers (default all)", func(s string) error {
 		c.Parts = strings.Split(s, ",")
 		for _, p := range c.Parts {
-			if !slices.Contains([]string{"vm", "net", "compare", "idle", "cluster"}, p) {
-				return fmt.Errorf("unknown part %q (want vm, net, compare, idle or cluster)", p)
+			if !slices.Contains([]string{"vm", "net", "compare", "idle", "cluster", "drivers"}, p) {
+				return fmt.Errorf("unknown part %q (want vm, net, compare, idle, cluster or drivers)", p)
 			}
 		}
 		return nil
@@ -129,6 +133,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.IdleSessions, "idle-sessions", 10000, "idle sessions to hold (the benchmark has 1000 and 10000)")
 	fs.StringVar(&c.Benchtime, "benchtime", "1s", "go test -benchtime for throughput, round trip and tunnel setup")
 	fs.StringVar(&c.ConnectBenchtime, "connect-benchtime", "30x", "go test -benchtime for the full pgx connection benchmarks (tunnel and cluster)")
+	fs.IntVar(&c.DriverRuns, "driver-runs", 50, "timed select 1 round trips of each driver in Chromium (node-postgres, page API, PGlite)")
+	fs.IntVar(&c.DriverWarm, "driver-warm", 10, "untimed select 1 rounds before those")
+	fs.IntVar(&c.KyselyRuns, "kysely-runs", 5, "timed Kysely inserts+selects of 1,000 rows, on us and on PGlite (after one warm-up)")
 	fs.IntVar(&c.ClusterCount, "cluster-count", 1, "go test -count for the cluster spread and reconnect benchmarks (each run starts three replicas and HAProxy)")
 }
 
@@ -152,6 +159,8 @@ func (c *Config) applyQuick(set map[string]bool) {
 		"pgbench-seconds":   func() { c.PgbenchSeconds = 5 },
 		"browser-starts":    func() { c.BrowserStarts = 1 },
 		"idle-runs":         func() { c.IdleRuns = 1 },
+		"driver-runs":       func() { c.DriverRuns = 20 },
+		"kysely-runs":       func() { c.KyselyRuns = 3 },
 	}
 	for name, f := range quick {
 		if !set[name] {
@@ -234,6 +243,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.part("idle") {
 		rep.Idle = measureIdle(ctx, cfg, logger, &rep.Errors)
+	}
+	if cfg.part("drivers") {
+		rep.Drivers = measureDrivers(ctx, cfg, logger, &rep.Errors)
 	}
 	var cluster *clusterResults
 	if cfg.part("cluster") {

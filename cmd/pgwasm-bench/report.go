@@ -85,6 +85,7 @@ type report struct {
 	Net     *netResults
 	Cmp     *compareResults
 	Idle    *idleResults
+	Drivers *driversResults
 	Errors  []string
 	targets []target
 }
@@ -133,6 +134,9 @@ func (r *report) write(w io.Writer) {
 	}
 	if r.Idle != nil {
 		r.writeIdle(w)
+	}
+	if r.Drivers != nil {
+		r.writeDrivers(w)
 	}
 	r.writeMisses(w)
 	r.writeHow(w)
@@ -327,6 +331,9 @@ func (r *report) writeHow(w io.Writer) {
 		}
 	}
 	fmt.Fprintln(w)
+	if r.Drivers != nil {
+		fmt.Fprintf(w, "Drivers: `node web/test/bench.mjs --drivers` (parsed by [drivers.go](../cmd/pgwasm-bench/drivers.go)) bundles node-postgres and Kysely from web/node_modules, and Kysely with `kysely-pglite-dialect` from bench/node_modules, with web/test/driver-bundle.mjs; the loops are bench/measure.mjs's `roundTrips` and `kyselyRows`, the same source in both pages.\n\n")
+	}
 	if r.Cmp != nil {
 		fmt.Fprintf(w, "Side by side: PGlite figures come from `node bench/pglite.mjs start|queries|browser` (one JSON object each, parsed by [compare.go](../cmd/pgwasm-bench/compare.go); bytes in Node are what PGlite's module loader and file reads took from its package), ours in Chromium from `node web/test/bench.mjs`. The VM of the comparison runs behind a real `pgwasm serve` (relay and port tunnel on loopback); psql and pgbench are the host's PostgreSQL 15 clients.\n\n")
 	}

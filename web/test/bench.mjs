@@ -20,13 +20,29 @@
 // for the measurement), in turns, in one page; with the host's load
 // average before and after.
 //
+//
+// With --drivers N it measures only the drivers of issue #18, ours against
+// PGlite's in one browser: `select 1` N times (after --warm rounds, default
+// 10) by node-postgres over pg.nodeSocket() and by the page API pg.query,
+// in turns, in our page; then PGlite's query in a page of PGlite 0.5 (the
+// bench/ package, from a loopback static server), with the same loop; then
+// Kysely (the same code, bench/measure.mjs kyselyRows) inserting 1,000 rows
+// and selecting them back --kysely-runs times (default 5): on node-postgres
+// over nodeSocket() in our page, on kysely-pglite-dialect in PGlite's.
+// The drivers are bundled by web/test/driver-bundle.mjs, as in
+// drivers.spec.mjs.
+//
 //   node web/test/bench.mjs [--queries bench/queries.json] [--runs N]
 //   node web/test/bench.mjs --idle 30 [--settle 10]
 //   node web/test/bench.mjs --channels 100 [--mb-runs 5]
+//   node web/test/bench.mjs --drivers 50 [--warm 10] [--kysely-runs 5]
 import fs from "node:fs";
+import http from "node:http";
 import os from "node:os";
-import { startServer, launchBrowser, waitReady, waitMessage } from "./lib.mjs";
-import { inPage, trackBytes } from "../../bench/measure.mjs";
+import path from "node:path";
+import { startServer, launchBrowser, waitReady, waitMessage, root } from "./lib.mjs";
+import { inPage, trackBytes, roundTrips, kyselyRows } from "../../bench/measure.mjs";
+import { bundleDrivers, webModules } from "./driver-bundle.mjs";
 
 const args = process.argv.slice(2);
 const arg = name => {
@@ -102,8 +118,11 @@ const browser = await launchBrowser();
 const out = {};
 const idle = Number(arg("--idle") || 0);
 const channels = Number(arg("--channels") || 0);
+const drivers = Number(arg("--drivers") || 0);
 try {
-  if (channels > 0) {
+  if (drivers > 0) {
+    await measureDrivers(out, drivers, Number(arg("--warm") || 10), Number(arg("--kysely-runs") || 5));
+  } else if (channels > 0) {
     await measureChannels(out, channels, Number(arg("--mb-runs") || 5));
   } else if (idle > 0) {
     const page = await browser.ctx.newPage();
@@ -257,4 +276,112 @@ async function measureChannels(out, runs, mbRuns) {
       ch[key.replace(/_ms$/, "_min_max_ms")] = [v[0], v[v.length - 1]];
     }
   }
+}
+
+// measureDrivers is --drivers: see the top of the file.
+async function measureDrivers(out, runs, warm, kyRuns) {
+  const benchModules = path.join(root, "bench", "node_modules");
+  const pgliteDir = path.join(benchModules, "@electric-sql", "pglite");
+  if (!fs.existsSync(pgliteDir)) throw new Error(`no PGlite in ${benchModules} (npm ci in bench/)`);
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "pgwasm-bench-drivers-"));
+  try {
+    // Ours: node-postgres and Kysely on window.pgwasm.nodeSocket(), a
+    // script run by page.evaluate (the page's CSP allows no inline script).
+    await bundleDrivers({ dir: path.join(tmp, "ours"), outfile: path.join(tmp, "ours.js"), format: "iife", main: `
+import pg from "pg";
+import { Kysely, PostgresDialect } from "kysely";
+import { Buffer } from "buffer";
+globalThis.Buffer = Buffer;
+const vm = window.pgwasm;
+const stream = () => vm.nodeSocket();
+window.benchDrivers = {
+  client: async () => {
+    const c = new pg.Client({ user: "postgres", database: "postgres", stream });
+    await c.connect();
+    return c;
+  },
+  kysely: () => new Kysely({ dialect: new PostgresDialect({ pool: new pg.Pool({ user: "postgres", database: "postgres", max: 1, stream }) }) }),
+};
+` });
+    // PGlite's: the same Kysely on kysely-pglite-dialect; PGlite itself is
+    // the package's dist, as bench/pglite.mjs serves it.
+    await bundleDrivers({ dir: path.join(tmp, "pglite"), outfile: path.join(tmp, "pglite.js"), nodePaths: [benchModules, webModules], external: ["@electric-sql/pglite"], main: `
+import { PGlite } from "@electric-sql/pglite";
+import { Kysely } from "kysely";
+import { PGliteDialect } from "kysely-pglite-dialect";
+const db = await PGlite.create();
+await db.query("select 1");
+window.db = db;
+window.kysely = () => new Kysely({ dialect: new PGliteDialect(db) });
+window.ready = true;
+` });
+    const site = await serveFiles({
+      "/index.html": `<!doctype html><meta charset="utf-8"><title>PGlite drivers bench</title>
+<script type="importmap">{ "imports": { "@electric-sql/pglite": "/pglite/dist/index.js" } }</script>
+<script type="module" src="/main.js"></script>`,
+      "/main.js": fs.readFileSync(path.join(tmp, "pglite.js")),
+    }, { "/pglite/": pgliteDir });
+    try {
+      out.load_before = os.loadavg();
+      out.chromium = browser.ctx.browser()?.version() || "";
+      out.pglite_version = JSON.parse(fs.readFileSync(path.join(pgliteDir, "package.json"), "utf8")).version;
+      const ver = name => JSON.parse(fs.readFileSync(path.join(webModules, name, "package.json"), "utf8")).version;
+      out.node_postgres_version = ver("pg");
+      out.kysely_version = ver("kysely");
+      out.kysely_pglite_dialect_version = JSON.parse(fs.readFileSync(path.join(benchModules, "kysely-pglite-dialect", "package.json"), "utf8")).version;
+
+      const page = await browser.ctx.newPage();
+      await page.goto(srv.url);
+      await waitReady(page);
+      await page.evaluate(fs.readFileSync(path.join(tmp, "ours.js"), "utf8"));
+      out.ours = await page.evaluate(`(async () => {
+        const d = window.benchDrivers, c = await d.client();
+        const select1 = await (${roundTrips})({
+          node_postgres: () => c.query("select 1"),
+          api: () => window.pgwasm.query("select 1"),
+        }, ${runs}, ${warm});
+        await c.end();
+        const db = d.kysely();
+        const kysely = await (${kyselyRows})(db, ${kyRuns});
+        await db.destroy();
+        return { select1_ms: select1, kysely_ms: kysely };
+      })()`);
+      await page.close();
+
+      const pp = await browser.ctx.newPage();
+      await pp.goto(site.url + "index.html");
+      await pp.waitForFunction(() => window.ready, null, { timeout: 120000, polling: 50 });
+      out.pglite = await pp.evaluate(`(async () => {
+        const select1 = await (${roundTrips})({ pglite: () => window.db.query("select 1") }, ${runs}, ${warm});
+        const db = window.kysely();
+        const kysely = await (${kyselyRows})(db, ${kyRuns});
+        return { select1_ms: select1, kysely_ms: kysely };
+      })()`);
+      await pp.close();
+      out.load_after = os.loadavg();
+    } finally {
+      await site.close();
+    }
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+// serveFiles serves fixed files and directories (prefix → dir) on loopback.
+function serveFiles(files, dirs) {
+  const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".data": "application/octet-stream" };
+  const server = http.createServer((req, res) => {
+    const p = decodeURIComponent(new URL(req.url, "http://x").pathname);
+    if (files[p] !== undefined) {
+      res.writeHead(200, { "Content-Type": types[path.extname(p)] || "application/octet-stream" }).end(files[p]);
+      return;
+    }
+    const [prefix, dir] = Object.entries(dirs).find(([m]) => p.startsWith(m)) || [];
+    const file = dir && path.join(dir, p.slice(prefix.length));
+    if (!file || !file.startsWith(dir) || !fs.existsSync(file) || !fs.statSync(file).isFile()) { res.writeHead(404).end(); return; }
+    res.writeHead(200, { "Content-Type": types[path.extname(file)] || "application/octet-stream" });
+    fs.createReadStream(file).pipe(res);
+  });
+  return new Promise(resolve => server.listen(0, "127.0.0.1", () =>
+    resolve({ url: `http://127.0.0.1:${server.address().port}/`, close: () => new Promise(r => { server.close(r); server.closeAllConnections(); }) })));
 }

@@ -1,7 +1,8 @@
 // PostgreSQL drivers from npm on pg.connect() (issue #18), in Chromium,
 // against a real VM: a page bundled by esbuild imports node-postgres (`pg`,
 // pinned in web/package.json) with browser shims for the Node modules it
-// names (net, tls, dns, ...: never used, the stream is ours) and the npm
+// names (net, tls, dns, ...: never used, the stream is ours; the bundling
+// is web/test/driver-bundle.mjs, which `make bench` uses too) and the npm
 // package's module (web/package/dist, `make package`), boots the image
 // from a static host and runs node-postgres over `pgwasm.nodeSocket()`.
 // Env: PGWASM_IMAGE (build/image).
@@ -12,10 +13,10 @@ import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { launchBrowser, root, artifacts } from "./lib.mjs";
+import { bundleDrivers } from "./driver-bundle.mjs";
 
 const image = process.env.PGWASM_IMAGE || path.join(root, "build", "image");
 const dist = path.join(root, "web", "package", "dist");
-const modules = path.join(root, "web", "node_modules");
 
 // The page: pg's Client on the VM's socket, a few helpers the tests call.
 const main = `
@@ -57,20 +58,6 @@ window.sqljs = () => postgres({
 progress.textContent = "ready";
 `;
 
-const shims = {
-  // Node modules pg names but does not use with a custom stream.
-  "empty.js": "export default {};",
-  "util.js": `export const deprecate = f => f; export const inspect = v => String(v);
-export const types = { isDate: d => d instanceof Date }; export const isDate = types.isDate;
-export default { deprecate, inspect, types };`,
-  "crypto.js": "export const webcrypto = globalThis.crypto; export default { webcrypto };",
-  "os.js": `export const userInfo = () => ({ username: "postgres" }); export const hostname = () => "pgwasm"; export default { userInfo, hostname };`,
-  "perf_hooks.js": "export const performance = globalThis.performance; export default { performance };",
-  // Globals pg expects.
-  "globals.js": `import { Buffer } from "buffer"; import process from "process/browser.js"; export { Buffer, process };
-export const setImmediate = (f, ...a) => setTimeout(f, 0, ...a); export const clearImmediate = t => clearTimeout(t);`,
-};
-
 function serveStatic(mounts, { cors = false } = {}) {
   const types = { ".html": "text/html", ".js": "text/javascript", ".json": "application/json", ".wasm": "application/wasm", ".css": "text/css" };
   const server = http.createServer((req, res) => {
@@ -94,29 +81,7 @@ before(async () => {
   if (!fs.existsSync(path.join(dist, "pgwasm.js"))) throw new Error(`no npm package build in ${dist} (make package)`);
   if (!fs.existsSync(path.join(image, "manifest.json"))) throw new Error(`no VM image in ${image} (make snapshot)`);
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), "pgwasm-drivers-"));
-  for (const [name, text] of Object.entries(shims)) fs.writeFileSync(path.join(tmp, name), text);
-  fs.writeFileSync(path.join(tmp, "main.js"), main);
-  const esbuild = await import(path.join(modules, "esbuild", "lib", "main.js"));
-  const empty = path.join(tmp, "empty.js");
-  await esbuild.build({
-    entryPoints: [path.join(tmp, "main.js")],
-    outfile: path.join(tmp, "site", "main.js"),
-    bundle: true,
-    format: "esm",
-    platform: "browser",
-    target: "es2022",
-    nodePaths: [modules],
-    external: ["pgwasm"],
-    inject: [path.join(tmp, "globals.js")],
-    define: { global: "globalThis" },
-    alias: {
-      net: empty, tls: empty, dns: empty, fs: empty, path: empty, stream: empty,
-      "pg-native": empty, "pg-cloudflare": empty, pgpass: empty, string_decoder: empty,
-      util: path.join(tmp, "util.js"), "util/types": path.join(tmp, "util.js"),
-      crypto: path.join(tmp, "crypto.js"), os: path.join(tmp, "os.js"), perf_hooks: path.join(tmp, "perf_hooks.js"),
-    },
-    logLevel: "error",
-  });
+  await bundleDrivers({ dir: tmp, main, outfile: path.join(tmp, "site", "main.js"), external: ["pgwasm"] });
   fs.writeFileSync(path.join(tmp, "site", "index.html"), `<!doctype html><meta charset="utf-8"><title>drivers</title>
 <script type="importmap">{ "imports": { "pgwasm": "./pgwasm/pgwasm.js" } }</script>
 <p id="progress">Loading…</p><script type="module" src="main.js"></script>`);
