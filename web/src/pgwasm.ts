@@ -17,6 +17,7 @@ import { wholeMillisecondWaits } from "../../harness/yield.mjs";
 import { virtioConsoleWriter, type ChannelWriter } from "../../harness/virtio-console.mjs";
 import { SocketMux, NodeSocket, streamsOf, type PgSocket } from "./socket";
 import { Agent, type QueryResult } from "./agent";
+import { copyFrom, copyTo, copyToStream, type CopyOptions, type CopySource, type TableName } from "./copy";
 import { PsqlTerminal } from "./terminal";
 import { openState, readHeader, wrapState, StateError } from "./statefile";
 // The memory rule is internal/manifest's, generated into memory.ts.
@@ -25,6 +26,7 @@ import { MEMORY_SIZES, DEFAULT_MEMORY_MB, VGA_MEMORY_MB } from "./memory";
 export { StateError } from "./statefile";
 export { SocketError, NodeSocket, SOCKET_PROTOCOL_VERSION, type PgSocket } from "./socket";
 export type { QueryResult, Column } from "./agent";
+export { quoteIdent, type CopyOptions, type CopySource, type CopyError, type TableName } from "./copy";
 
 export { MEMORY_SIZES };
 export const UPLOAD_DIR = "/uploads";
@@ -237,6 +239,30 @@ export class PgWasm extends EventTarget {
   // the driver's connect(port, host) opens it, port and host are ignored.
   nodeSocket(): NodeSocket {
     return new NodeSocket(() => this.sockets.open());
+  }
+
+  // ---- COPY (over a connection of its own, web/src/copy.ts) ----
+
+  // copyFrom loads data into a table with COPY ... FROM STDIN: CSV (the
+  // default) or PostgreSQL's text format, from a string, bytes, a Blob
+  // (a File) or a stream, sent in pieces as PostgreSQL takes them. One
+  // statement: on a bad row or a failing source no row is added, and the
+  // error carries the SQLSTATE. The table is a name as it is (case kept);
+  // [schema, table] for another schema.
+  copyFrom(table: TableName, data: CopySource, opts: CopyOptions = {}): Promise<{ rows: number }> {
+    return copyFrom(() => this.connect(), table, data, opts);
+  }
+
+  // copyTo returns COPY ... TO STDOUT of a table or a query (a string
+  // starting with SELECT, WITH, VALUES or TABLE), CSV by default.
+  copyTo(queryOrTable: TableName, opts: CopyOptions = {}): Promise<Uint8Array> {
+    return copyTo(() => this.connect(), queryOrTable, opts);
+  }
+
+  // copyToStream is copyTo in chunks of about 64 KiB, for exports too big
+  // for one buffer; a slow reader holds PostgreSQL back.
+  copyToStream(queryOrTable: TableName, opts: CopyOptions = {}): ReadableStream<Uint8Array> {
+    return copyToStream(() => this.connect(), queryOrTable, opts);
   }
 
   // restartSockets fails the connections of the VM that was and starts a
