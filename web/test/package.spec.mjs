@@ -60,7 +60,7 @@ test("npm pack: the tarball holds what package.json lists, and no more", t => {
 // A consumer's code: the @ts-expect-error lines fail the compile if the
 // API's types are missing or degraded to any.
 const consumer = `
-import { boot, PgWasm, StateError, SocketError, NodeSocket, MEMORY_SIZES, type BootOptions, type QueryResult, type NetworkInfo, type Status, type PgSocket } from "pgwasm";
+import { boot, PgWasm, StateError, SocketError, NodeSocket, MEMORY_SIZES, type BootOptions, type QueryResult, type NetworkInfo, type Status, type PgSocket, type CopyOptions } from "pgwasm";
 const opts: BootOptions = { imageBase: "https://static.example.com/image/", headless: true, memory: MEMORY_SIZES[0] };
 const pg: PgWasm = await boot(opts);
 const r: QueryResult = await pg.query("select $1::int * 7 as answer", [6]);
@@ -81,6 +81,12 @@ pg.addEventListener("status", e => console.log((e as CustomEvent<Status>).detail
 const wrong: number = r.rows[0][0];
 // @ts-expect-error imageBase is a URL string
 await boot({ imageBase: 42 });
+const cp: { rows: number } = await pg.copyFrom("t", "1\\n", { format: "text", header: true } as CopyOptions);
+const out: Uint8Array = await pg.copyTo("select 1");
+const outs: ReadableStream<Uint8Array> = pg.copyToStream(["public", "t"]);
+// @ts-expect-error binary is not a format copyFrom takes
+await pg.copyFrom("t", "1\\n", { format: "binary" });
+console.log(cp.rows, out.length, outs);
 console.log(first, all.length, net.password, new StateError("x").message, wrong);
 `;
 
