@@ -484,7 +484,7 @@ export class PgWasm extends EventTarget {
       this.mark("agent_ready");
       this.restartSockets("the VM was restarted");
       step = "Setting the clock and randomness";
-      await this.afterResume();
+      await this.afterResume(!!meta);
       step = "Waiting for PostgreSQL";
       this.progress({ phase: "postgres", message: "Waiting for PostgreSQL" });
       await this.waitPostgres(meta ? 60000 : 120000);
@@ -592,16 +592,24 @@ export class PgWasm extends EventTarget {
     this.mark("emulator_started");
   }
 
-  // afterResume brings the guest up to date after a restore: its clock
-  // stopped at the save; its kernel random generator is the same in every
-  // tab restored from that state (ours is mixed in before anything draws a
-  // key); its network needs DHCP again on our relay.
-  private async afterResume(): Promise<void> {
-    await this.agent.call({ op: "set_time", unix_ms: Date.now() }, 10000).catch(err => {
-      throw new Error(`cannot set the VM's clock after the restore (it would stay at the moment the state was saved): ${(err as Error)?.message || err}`);
-    });
+  // afterResume brings the guest up to date after a start: after a
+  // restore its clock stopped at the save (a full boot's kernel read the
+  // clock from the emulated RTC, as `pgwasm vm run` relies on too); its
+  // kernel random generator is the same in every tab restored from that
+  // state and a full boot in v86 has little entropy (ours is mixed in
+  // before anything draws a key); its network needs DHCP again on our
+  // relay. After a full boot this runs while PostgreSQL starts and loads
+  // its files: on a throttled CPU the agent has been seen to need over
+  // 100 s for one request then (CI, 4x), so the first limit is the boot's.
+  private async afterResume(restored: boolean): Promise<void> {
+    const limitMs = restored ? 10000 : 120000;
+    if (restored) {
+      await this.agent.call({ op: "set_time", unix_ms: Date.now() }, limitMs).catch(err => {
+        throw new Error(`cannot set the VM's clock after the restore (it would stay at the moment the state was saved): ${(err as Error)?.message || err}`);
+      });
+    }
     const entropy = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
-    await this.agent.call({ op: "add_entropy", entropy }, 10000);
+    await this.agent.call({ op: "add_entropy", entropy }, limitMs);
     if (this.network) {
       const net = this.network;
       await this.networkUp(net.password).then(r => Object.assign(net, r)).catch(err => this.status("error", `network: ${err.message}`));
@@ -826,7 +834,7 @@ export class PgWasm extends EventTarget {
     await this.runAndWaitStarted();
     await this.agent.waitReady(60000, true);
     this.restartSockets("the VM was restored from a state: its connections are gone (the restored VM has none of them); connect again");
-    await this.afterResume();
+    await this.afterResume(true);
     await this.waitPostgres(60000);
     if (this.terminal) {
       await this.openConsole(true);
