@@ -65,6 +65,7 @@ type Config struct {
 	Browser                     bool
 	BrowserStarts               int
 	IdleRuns, IdleSeconds       int
+	BusyRuns                    int
 	CompareBudget               time.Duration
 
 	Boots, Restores, QueryRuns int
@@ -101,11 +102,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		}
 		return nil
 	})
-	fs.Func("parts", "comma list of parts to run: vm, net, compare, idle, cluster, drivers (default all)", func(s string) error {
+	fs.Func("parts", "comma list of parts to run: vm, net, compare, idle, busy, cluster, drivers (default all)", func(s string) error {
 		c.Parts = strings.Split(s, ",")
 		for _, p := range c.Parts {
-			if !slices.Contains([]string{"vm", "net", "compare", "idle", "cluster", "drivers"}, p) {
-				return fmt.Errorf("unknown part %q (want vm, net, compare, idle, cluster or drivers)", p)
+			if !slices.Contains([]string{"vm", "net", "compare", "idle", "busy", "cluster", "drivers"}, p) {
+				return fmt.Errorf("unknown part %q (want vm, net, compare, idle, busy, cluster or drivers)", p)
 			}
 		}
 		return nil
@@ -120,6 +121,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.BrowserStarts, "browser-starts", 3, "cold+warm page loads in Chromium, each in a fresh profile")
 	fs.IntVar(&c.IdleRuns, "idle-runs", 3, "idle-page CPU measurements in Chromium, each a fresh browser")
 	fs.IntVar(&c.IdleSeconds, "idle-seconds", 30, "how long each idle-page measurement lasts")
+	fs.IntVar(&c.BusyRuns, "busy-runs", 2, "runs of the long query in one page in Chromium, measuring the main thread meanwhile")
 	fs.DurationVar(&c.CompareBudget, "compare-budget", 14*time.Minute, "start no further comparison run after this long; the first of each kind always runs")
 	fs.BoolVar(&c.Quick, "quick", false, "few runs and short benchmarks (about 3 minutes), to try the program; flags given explicitly still win")
 	fs.DurationVar(&c.Timeout, "timeout", 45*time.Minute, "stop everything after this long: a fail-safe; a quiet 2-core machine needs 30-35 minutes, and the comparison, which runs last, takes fewer runs when time is short")
@@ -159,6 +161,7 @@ func (c *Config) applyQuick(set map[string]bool) {
 		"pgbench-seconds":   func() { c.PgbenchSeconds = 5 },
 		"browser-starts":    func() { c.BrowserStarts = 1 },
 		"idle-runs":         func() { c.IdleRuns = 1 },
+		"busy-runs":         func() { c.BusyRuns = 1 },
 		"driver-runs":       func() { c.DriverRuns = 20 },
 		"kysely-runs":       func() { c.KyselyRuns = 3 },
 	}
@@ -243,6 +246,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.part("idle") {
 		rep.Idle = measureIdle(ctx, cfg, logger, &rep.Errors)
+	}
+	if cfg.part("busy") {
+		rep.Busy = measureBusy(ctx, cfg, logger, &rep.Errors)
 	}
 	if cfg.part("drivers") {
 		rep.Drivers = measureDrivers(ctx, cfg, logger, &rep.Errors)

@@ -85,6 +85,7 @@ type report struct {
 	Net     *netResults
 	Cmp     *compareResults
 	Idle    *idleResults
+	Busy    *busyResults
 	Drivers *driversResults
 	Errors  []string
 	targets []target
@@ -134,6 +135,9 @@ func (r *report) write(w io.Writer) {
 	}
 	if r.Idle != nil {
 		r.writeIdle(w)
+	}
+	if r.Busy != nil {
+		r.writeBusy(w)
 	}
 	if r.Drivers != nil {
 		r.writeDrivers(w)

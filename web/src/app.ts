@@ -190,7 +190,10 @@ function tryAutosave(): void {
   const now = performance.now();
   const idle = pg.terminal && !pg.terminal.atPrompt() ? IDLE_TYPING_MS : IDLE_MS;
   const wait = Math.max(auto.lastActivity + idle - now, auto.notBefore - now);
-  if (busy || starting || auto.inflight > 0) return scheduleAutosave(IDLE_MS);
+  // Not while a console statement runs: saving stops the VM, checkpoints
+  // and freezes the page for seconds (the emulator shares its thread),
+  // in the middle of the user's query; its end is kept instead.
+  if (busy || starting || auto.inflight > 0 || pg.statementRunning) return scheduleAutosave(IDLE_MS);
   if (wait > 0) return scheduleAutosave(wait + 50);
   auto.running = autosave().finally(() => {
     auto.running = null;

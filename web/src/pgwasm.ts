@@ -19,6 +19,7 @@ import { SocketMux, NodeSocket, streamsOf, type PgSocket } from "./socket";
 import { Agent, type QueryResult } from "./agent";
 import { copyFrom, copyTo, copyToStream, type CopyOptions, type CopySource, type TableName } from "./copy";
 import { PsqlTerminal } from "./terminal";
+import { decompressOffThread } from "./blobload";
 import { openState, readHeader, wrapState, StateError } from "./statefile";
 // The memory rule is internal/manifest's, generated into memory.ts.
 import { MEMORY_SIZES, DEFAULT_MEMORY_MB, VGA_MEMORY_MB } from "./memory";
@@ -76,6 +77,9 @@ const KEEP_FILE_BYTES = 48 << 20;
 const CANCEL_LIMIT_MS = 10000;
 // A psql prompt at the end of the console output.
 const PROMPT = /[=\-('"*]?[#>] $/;
+// The console output kept for prompt and panic detection and the boot's
+// progress line: the last CONSOLE_KEEP to 2 * CONSOLE_KEEP characters.
+const CONSOLE_KEEP = 16384;
 const PANIC = /Kernel panic - not syncing[^\r\n]*/;
 // The agent's channel: virtio-console port 1, /dev/hvc1 in the guest
 // (docs/agent-protocol.md, "Channels"). Every image the page can start has
@@ -203,6 +207,11 @@ export class PgWasm extends EventTarget {
   private inputQueue: string[] = [];
   // consoleBusy: Enter was sent and psql has not shown a prompt since.
   private consoleBusy = false;
+  // statementRunning: a statement typed into the psql console runs (Enter
+  // was sent, no prompt since). The page keeps no session meanwhile.
+  get statementRunning(): boolean {
+    return this.consoleBusy;
+  }
   private consoleBytes = 0;
   private lastConsoleAt = 0;
   private toConsole: ((d: string) => void) | null = null;
@@ -555,6 +564,7 @@ export class PgWasm extends EventTarget {
     keepTSCOnRestore(emulator);
     // No busy loop before each guest timer tick (harness/yield.mjs).
     wholeMillisecondWaits(emulator);
+    decompressOffThread(emulator);
     this.trackFileLoads(emulator);
     this.mark("emulator_loaded");
     return emulator;
@@ -743,9 +753,13 @@ export class PgWasm extends EventTarget {
     this.consoleBytes++;
     const text = this.consoleDecoder.decode(new Uint8Array([byte]), { stream: true });
     if (!text) return;
-    this.consoleText = (this.consoleText + text).slice(-16384);
+    // Called for every byte psql prints: trimming the text (a copy) and
+    // testing PROMPT (a scan) on all of it each time cost a large result
+    // seconds of the page's thread. A prompt is at most 3 characters.
+    this.consoleText += text;
+    if (this.consoleText.length > 2 * CONSOLE_KEEP) this.consoleText = this.consoleText.slice(-CONSOLE_KEEP);
     this.terminal?.output(text);
-    if (byte === 0x20 && this.consoleBusy && PROMPT.test(this.consoleText)) this.consoleBusy = false;
+    if (byte === 0x20 && this.consoleBusy && PROMPT.test(this.consoleText.slice(-8))) this.consoleBusy = false;
     if (byte === 0x0a) {
       const m = PANIC.exec(this.consoleText.slice(-400));
       if (m) this.markDead(m[0].trim());

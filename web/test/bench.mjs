@@ -21,6 +21,10 @@
 // average before and after.
 //
 //
+// With --busy N it measures only the page's main thread while issue #11's
+// long query runs in psql, N times in one page (lib.mjs mainThreadDuring,
+// as ui.spec.mjs): long tasks, input delay, the emulator's slices.
+//
 // With --drivers N it measures only the drivers of issue #18, ours against
 // PGlite's in one browser: `select 1` N times (after --warm rounds, default
 // 10) by node-postgres over pg.nodeSocket() and by the page API pg.query,
@@ -36,11 +40,12 @@
 //   node web/test/bench.mjs --idle 30 [--settle 10]
 //   node web/test/bench.mjs --channels 100 [--mb-runs 5]
 //   node web/test/bench.mjs --drivers 50 [--warm 10] [--kysely-runs 5]
+//   node web/test/bench.mjs --busy 2
 import fs from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import { startServer, launchBrowser, waitReady, waitMessage, root } from "./lib.mjs";
+import { startServer, launchBrowser, waitReady, waitMessage, waitScreen, mainThreadDuring, root } from "./lib.mjs";
 import { inPage, trackBytes, roundTrips, kyselyRows } from "../../bench/measure.mjs";
 import { bundleDrivers, webModules } from "./driver-bundle.mjs";
 
@@ -119,8 +124,19 @@ const out = {};
 const idle = Number(arg("--idle") || 0);
 const channels = Number(arg("--channels") || 0);
 const drivers = Number(arg("--drivers") || 0);
+const busy = Number(arg("--busy") || 0);
 try {
-  if (drivers > 0) {
+  if (busy > 0) {
+    const page = await browser.ctx.newPage();
+    await page.goto(srv.url);
+    await waitReady(page);
+    out.busy = [];
+    for (let i = 0; i < busy; i++) {
+      await waitScreen(page, /postgres=# $/m);
+      out.busy.push(await mainThreadDuring(page));
+      console.error(`busy run ${i + 1}: ${JSON.stringify(out.busy.at(-1))}`);
+    }
+  } else if (drivers > 0) {
     await measureDrivers(out, drivers, Number(arg("--warm") || 10), Number(arg("--kysely-runs") || 5));
   } else if (channels > 0) {
     await measureChannels(out, channels, Number(arg("--mb-runs") || 5));

@@ -102,3 +102,81 @@ export async function throttleCPU(page, rate) {
 export function pageStatus(page) {
   return page.evaluate(() => window.pgwasm?.lastStatus || null);
 }
+
+// LONG_QUERY is issue #11's long query: seconds of guest CPU in one
+// statement, typed into psql as a user would.
+export const LONG_QUERY = "select pg_sleep(0), count(*) from generate_series(1,3000000);";
+
+// mainThreadDuring types LONG_QUERY into the psql console of a ready page
+// and, until its result shows, uses the page as a user would every
+// 400 ms: toggles a <details> and types into a text field. It reports what
+// the main thread did meanwhile: every long task (the browser's
+// PerformanceObserver "longtask": a task over 50 ms, in which no input is
+// handled), the input delay of every click and key (Event Timing:
+// processingStart - startTime, reported from 16 ms), the emulator's own
+// slices over 50 ms (v86's main_loop) to tell them from the rest, and
+// whether every toggle and keystroke took effect. Shared by ui.spec.mjs
+// and `make bench` (web/test/bench.mjs --busy). started, if given, runs
+// once the query is typed.
+export async function mainThreadDuring(page, started) {
+  await page.evaluate(() => {
+    const s = (window.__busy = { t0: performance.now(), tasks: [], inputs: [], slices: [] });
+    s.obs = [
+      new PerformanceObserver(l => { for (const e of l.getEntries()) s.tasks.push(e.duration); }),
+      new PerformanceObserver(l => {
+        for (const e of l.getEntries()) if (/^(pointerdown|click|keydown)$/.test(e.name)) s.inputs.push(e.processingStart - e.startTime);
+      }),
+    ];
+    s.obs[0].observe({ type: "longtask" });
+    s.obs[1].observe({ type: "event", durationThreshold: 16 });
+    const cpu = window.pgwasm.emulator.v86.cpu;
+    s.loop = cpu.main_loop;
+    cpu.main_loop = () => {
+      const t = performance.now();
+      const r = s.loop.call(cpu);
+      const d = performance.now() - t;
+      if (d > 50) s.slices.push(d);
+      return r;
+    };
+  });
+  const before = await page.evaluate(() => window.pgwasm.terminal.text().length);
+  await page.click("#terminal");
+  const t0 = Date.now();
+  await page.keyboard.type(LONG_QUERY + "\n");
+  await started?.();
+  const details = page.locator("details").first();
+  const field = page.locator("#state-name");
+  let interactions = 0, missed = 0;
+  for (;;) {
+    const text = await page.evaluate(n => window.pgwasm.terminal.text().slice(n), before);
+    if (/\|\s*3000000\s*$/m.test(text)) break;
+    if (Date.now() - t0 > 900000) throw new Error(`the long query gave no result in 900 s; the terminal shows:\n${text.slice(-600)}`);
+    const open = await details.evaluate(d => d.open);
+    await details.locator("summary").click();
+    const word = `w${interactions}`;
+    await field.fill("");
+    await field.pressSequentially(word);
+    if ((await details.evaluate(d => d.open)) === open || (await field.inputValue()) !== word) missed++;
+    interactions++;
+    await new Promise(r => setTimeout(r, 400));
+  }
+  const queryMs = Date.now() - t0;
+  const s = await page.evaluate(() => {
+    const s = window.__busy;
+    for (const o of s.obs) o.disconnect();
+    window.pgwasm.emulator.v86.cpu.main_loop = s.loop;
+    return { tasks: s.tasks, inputs: s.inputs, slices: s.slices };
+  });
+  await field.fill("");
+  const max = a => Math.round(Math.max(0, ...a));
+  return {
+    query: LONG_QUERY, queryMs, interactions, missed,
+    longestTaskMs: max(s.tasks),
+    tasksOver100: s.tasks.filter(d => d > 100).length,
+    longTasks: s.tasks.length,
+    maxInputDelayMs: max(s.inputs),
+    longestSliceMs: max(s.slices),
+    slicesOver100: s.slices.filter(d => d > 100).length,
+    worstTasksMs: s.tasks.sort((a, b) => b - a).slice(0, 5).map(Math.round),
+  };
+}
