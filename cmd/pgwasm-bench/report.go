@@ -328,13 +328,15 @@ func (r *report) writeHow(w io.Writer) {
 			fmt.Fprintf(w, " Cut short: %s.", n)
 		}
 	}
-	fmt.Fprintf(w, " Relay and tunnel figures are parsed from:\n\n")
 	if r.Net != nil {
+		fmt.Fprintf(w, " Relay and tunnel figures are parsed from:\n\n")
 		for _, c := range r.Net.Commands {
 			fmt.Fprintf(w, "    %s\n", c)
 		}
+		fmt.Fprintln(w)
+	} else {
+		fmt.Fprint(w, "\n\n")
 	}
-	fmt.Fprintln(w)
 	if r.Drivers != nil {
 		fmt.Fprintf(w, "Drivers: `node web/test/bench.mjs --drivers` (parsed by [drivers.go](../cmd/pgwasm-bench/drivers.go)) bundles node-postgres and Kysely from web/node_modules, and Kysely with `kysely-pglite-dialect` from bench/node_modules, with web/test/driver-bundle.mjs; the loops are bench/measure.mjs's `roundTrips` and `kyselyRows`, the same source in both pages.\n\n")
 	}

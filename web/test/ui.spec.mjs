@@ -302,6 +302,7 @@ test("a long query leaves the page usable: every click and keystroke while it ru
     await waitReady(page);
   }
   await waitScreen(page, /postgres=# $/m);
+  await page.check("#autosave"); // the default; earlier tests may have toggled it
   const kept = () => page.evaluate(() => window.pgwasmPage.autosave.count);
   const before = await kept();
   // keepSoon: keep the session as soon as the page allows, no gap.
