@@ -753,9 +753,10 @@ export class PgWasm extends EventTarget {
     this.consoleBytes++;
     const text = this.consoleDecoder.decode(new Uint8Array([byte]), { stream: true });
     if (!text) return;
-    // Called for every byte psql prints: trimming the text (a copy) and
-    // testing PROMPT (a scan) on all of it each time cost a large result
-    // seconds of the page's thread. A prompt is at most 3 characters.
+    // Called for every byte psql prints: trimming the kept text (a copy)
+    // and testing PROMPT on all of it (a scan) each time was up to 16 KB
+    // of work per byte on the page's thread. A prompt is at most 3
+    // characters.
     this.consoleText += text;
     if (this.consoleText.length > 2 * CONSOLE_KEEP) this.consoleText = this.consoleText.slice(-CONSOLE_KEEP);
     this.terminal?.output(text);
