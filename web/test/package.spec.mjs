@@ -3,7 +3,8 @@
 // compile in a fresh consumer project, and web/package/example, served
 // with the unpacked tarball by a plain static server, boots the VM in
 // Chromium from a static copy of the image (PGWASM_IMAGE) on another
-// origin: no pgwasm serve at all. Offline: the consumer gets the tarball
+// origin: no pgwasm serve at all. Its drivers page runs node-postgres,
+// bundled by esbuild as an app's bundler would, on the packed module. Offline: the consumer gets the tarball
 // and web/node_modules' copy of the one dependency, as npm install would.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -13,6 +14,7 @@ import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { launchBrowser, root, artifacts } from "./lib.mjs";
+import { bundleDrivers } from "./driver-bundle.mjs";
 
 const pkgDir = path.join(root, "web", "package");
 const version = JSON.parse(fs.readFileSync(path.join(pkgDir, "package.json"), "utf8")).version;
@@ -141,22 +143,41 @@ function serveStatic(mounts, { cors = false } = {}) {
     resolve({ url: `http://127.0.0.1:${server.address().port}/`, log, close: () => new Promise(r => { server.close(r); server.closeAllConnections(); }) })));
 }
 
-test("npm pack: the example page boots the VM from the packed package and static image files", async t => {
-  if (!fs.existsSync(path.join(image, "manifest.json"))) throw new Error(`no VM image in ${image} (make snapshot)`);
-  // The example's import map points where npm install puts the package's
-  // module.
-  const html = fs.readFileSync(path.join(pkgDir, "example", "index.html"), "utf8");
+// exampleHTML reads an example page and checks that its import map points
+// where npm install puts the package's module.
+function exampleHTML(name) {
+  const html = fs.readFileSync(path.join(pkgDir, "example", name), "utf8");
   const mapped = JSON.parse(html.match(/<script type="importmap">([\s\S]*?)<\/script>/)[1]).imports.pgwasm;
   assert.equal(mapped, "./node_modules/pgwasm/" + path.posix.normalize(manifest.exports["."].default));
-  const site = await serveStatic({ "/node_modules/pgwasm/": unpacked, "/": path.join(pkgDir, "example") });
-  // Another origin (as a CDN would be): the image needs CORS, nothing more.
+  return html;
+}
+
+// openExample serves siteDir with the unpacked tarball at
+// /node_modules/pgwasm/, the image from another origin (as a CDN would
+// be: it needs CORS, nothing more), and opens page in Chromium; errors
+// collects the page's uncaught errors.
+async function openExample(siteDir, page) {
+  const site = await serveStatic({ "/node_modules/pgwasm/": unpacked, "/": siteDir });
   const images = await serveStatic({ "/": image }, { cors: true });
-  const { ctx, close } = await launchBrowser();
+  const browser = await launchBrowser();
+  const close = async () => { await browser.close(); await site.close(); await images.close(); };
   try {
-    const p = await ctx.newPage();
+    const p = await browser.ctx.newPage();
     const errors = [];
     p.on("pageerror", e => errors.push(e.message));
-    await p.goto(`${site.url}index.html?image=${encodeURIComponent(images.url)}`);
+    await p.goto(`${site.url}${page}?image=${encodeURIComponent(images.url)}`);
+    return { p, errors, site, images, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
+test("npm pack: the example page boots the VM from the packed package and static image files", async t => {
+  if (!fs.existsSync(path.join(image, "manifest.json"))) throw new Error(`no VM image in ${image} (make snapshot)`);
+  exampleHTML("index.html");
+  const { p, errors, site, images, close } = await openExample(path.join(pkgDir, "example"), "index.html");
+  try {
     await p.waitForFunction(() => document.querySelector("#answer").textContent || /failed/.test(document.querySelector("#progress").textContent),
       null, { timeout: 300000, polling: 250 });
     assert.equal(await p.textContent("#answer"), "42", await p.textContent("#progress"));
@@ -177,7 +198,45 @@ test("npm pack: the example page boots the VM from the packed package and static
     t.diagnostic(`requests: ${site.log.length} to the site, ${images.log.length} to the image host`);
   } finally {
     await close();
-    await site.close();
-    await images.close();
+  }
+});
+
+// The drivers example as an app builds it: esbuild bundles drivers.js and
+// node-postgres (web/node_modules), Node's modules aliased as
+// driver-bundle.mjs does, pgwasm left to the page's import map, which
+// points into the unpacked tarball.
+test("npm pack: the drivers example, bundled by esbuild, runs node-postgres on the packed package's pg.nodeSocket()", async t => {
+  if (!fs.existsSync(path.join(image, "manifest.json"))) throw new Error(`no VM image in ${image} (make snapshot)`);
+  const example = path.join(pkgDir, "example");
+  const html = exampleHTML("drivers.html");
+  const script = html.match(/<script type="module" src="([^"]+)"><\/script>/)[1];
+  const siteDir = path.join(tmp, "drivers-site");
+  await bundleDrivers({ dir: path.join(tmp, "drivers-shims"), entry: path.join(example, "drivers.js"),
+    outfile: path.join(siteDir, script), external: ["pgwasm"] });
+  fs.copyFileSync(path.join(example, "drivers.html"), path.join(siteDir, "drivers.html"));
+  const t0 = Date.now();
+  const { p, errors, site, close } = await openExample(siteDir, "drivers.html");
+  try {
+    await p.waitForFunction(() => document.querySelector("#done").textContent, null, { timeout: 300000, polling: 250 });
+    const steps = await p.$$eval("#steps li", lis => lis.map(li => [li.id, li.querySelector("output").textContent]));
+    t.diagnostic(`drivers example: ${((Date.now() - t0) / 1000).toFixed(1)} s from load to the last step; load ${os.loadavg()[0].toFixed(1)}`);
+    await p.screenshot({ path: path.join(artifacts, "web-package-drivers.png"), fullPage: true });
+    assert.equal(await p.textContent("#done"), "All steps done.", JSON.stringify(steps));
+    assert.match(await p.textContent("#progress"), /^Booted PostgreSQL 17\./);
+    assert.deepEqual(steps, [
+      ["create", "CREATE"],
+      ["insert", "INSERT 2: ids 1, 2"],
+      ["select", '[{"id":1,"body":"first note"},{"id":2,"body":"it\'s \\"quoted\\""}]'],
+      ["transaction", "3 rows inside, 2 after rollback"],
+      ["notify", 'b heard "note 3" on note_added from a'],
+      ["error", '23502 null value in column "body" of relation "notes" violates not-null constraint; still 2 rows'],
+    ]);
+    assert.deepEqual(errors, []);
+    for (const f of ["dist/pgwasm.js", "dist/v86.wasm"]) {
+      assert.ok(site.log.some(r => r.path === "/node_modules/pgwasm/" + f), `${f} not loaded from the package`);
+    }
+    assert.deepEqual(site.log.filter(r => r.status !== 200 && r.path !== "/favicon.ico"), []);
+  } finally {
+    await close();
   }
 });
