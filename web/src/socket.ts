@@ -360,6 +360,9 @@ type Listener = (...args: any[]) => void;
 // Buffer when the page has a global Buffer (drivers need it), else as
 // Uint8Array. Hand one to a driver that takes a custom stream, e.g.
 // `new pg.Client({ stream: () => pgwasm.nodeSocket() })`.
+// net.Socket's default highWaterMark.
+const HIGH_WATER = 64 << 10;
+
 export class NodeSocket {
   private listeners = new Map<string, Listener[]>();
   private conn: MuxConn | null = null;
@@ -451,11 +454,22 @@ export class NodeSocket {
     }
   }
 
+  // Bytes given to write() and not sent yet: above HIGH_WATER write()
+  // returns false and "drain" follows, as on a net.Socket, so a writer that
+  // waits for it (pg-copy-streams' COPY FROM) does not pile a whole load up
+  // in the page.
+  private queued = 0;
+
   private async send(b: Uint8Array): Promise<void> {
+    this.queued += b.length;
     try {
       await this.conn!.write(b);
     } catch (err) {
       if (!this.destroyed) this.destroy(err as Error);
+    } finally {
+      const was = this.queued;
+      this.queued -= b.length;
+      if (was >= HIGH_WATER && this.queued < HIGH_WATER && !this.destroyed) this.emit("drain");
     }
   }
 
@@ -472,7 +486,7 @@ export class NodeSocket {
       return true;
     }
     void this.send(b).then(() => cb?.());
-    return true;
+    return this.queued < HIGH_WATER;
   }
 
   end(data?: any, enc?: any, cb?: Listener): this {
