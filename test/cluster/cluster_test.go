@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -556,9 +557,14 @@ func TestClusterDrain(t *testing.T) {
 	}
 	t.Logf("%d VMs reconnected %v after SIGTERM", len(moving), time.Since(signalled).Round(time.Millisecond))
 	for _, v := range moving {
-		h := c.holders(v.s)
-		if len(h) != 1 || h[0] == victim.name {
-			t.Errorf("session %s after the drain held by %v", v.s.ID, h)
+		// The draining replica keeps its sessions until it exits
+		// (relay.Manager.CloseWebsockets: "Sessions stay until Close"),
+		// and a loaded host may not have let it exit yet (CI once saw
+		// [pgwasm-1 pgwasm-2]): only the other replicas count here; the
+		// exit is checked below.
+		h := slices.DeleteFunc(c.holders(v.s), func(name string) bool { return name == victim.name })
+		if len(h) != 1 {
+			t.Errorf("session %s after the drain held by %v (besides the draining %s)", v.s.ID, h, victim.name)
 		}
 		// Same VM address: the guest renews its lease on the new replica.
 		l, err := v.vm.DHCP(ctx)
