@@ -21,6 +21,7 @@ export class PsqlTerminal {
   private fit = new FitAddon();
   private tail = "";
   private idle = false; // at a prompt with nothing typed
+  private guestSpoke = false; // the guest printed something since the last reset
   private lastSize = "";
   private resizeTimer = 0;
   private observer: ResizeObserver;
@@ -166,14 +167,18 @@ export class PsqlTerminal {
 
   // output shows guest output.
   output(text: string): void {
+    this.guestSpoke = true;
     this.tail = (this.tail + text).slice(-200);
     this.idle = PROMPT.test(this.tail);
     this.term.write(text);
   }
 
   // note writes a line of the page's own (dim) into the terminal, e.g.
-  // boot progress while the guest prints nothing yet.
+  // boot progress, but only while the guest has printed nothing: after
+  // that it would land in psql's output, after its prompt (a full boot's
+  // 15-second progress note once did, in CI).
   note(text: string): void {
+    if (this.guestSpoke) return;
     this.term.write(`\x1b[2m${text}\x1b[0m\r\n`);
   }
 
@@ -201,6 +206,7 @@ export class PsqlTerminal {
 
   reset(): void {
     this.term.reset();
+    this.guestSpoke = false;
     this.tail = "";
     this.idle = false;
   }
