@@ -50,6 +50,9 @@ func measureBusy(ctx context.Context, cfg *Config, logger *slog.Logger, errs *[]
 const busyWhy = "[web.md](web.md#the-main-thread-during-a-long-query): v86 runs on the page's main thread"
 
 func (r *report) writeBusy(w io.Writer) {
+	if len(r.Busy.Runs) == 0 {
+		return
+	}
 	var task, delay, slice, over, query, long Sample
 	missed := 0
 	for _, b := range r.Busy.Runs {
@@ -60,9 +63,6 @@ func (r *report) writeBusy(w io.Writer) {
 		long = append(long, float64(b.LongTasks))
 		query = append(query, b.QueryMS)
 		missed += b.Missed
-	}
-	if len(r.Busy.Runs) == 0 {
-		return
 	}
 	fmt.Fprintf(w, "## The page during a long query (issue #11)\n\n")
 	fmt.Fprintf(w, "`%s` typed into psql in a ready page in headless Chromium (not throttled), %d runs in one page (`node web/test/bench.mjs --busy %d`); while it runs, every 400 ms a click on a `<details>` summary and a word typed into a text field, as web/test/ui.spec.mjs does. ", r.Busy.Runs[0].Query, len(r.Busy.Runs), len(r.Busy.Runs))

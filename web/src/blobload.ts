@@ -32,7 +32,6 @@ export function decompressOffThread(emulator: any): boolean {
   };
   storage.load_from_server = async (name: string, size: number): Promise<Uint8Array> => {
     let data = await fetchBlob(storage.baseurl + name);
-    // The copy: the worker takes the buffer it is given (transferred).
     if (name.endsWith(".zst")) data = await decompress(size, data);
     await storage.cache(name, data);
     return data;
@@ -57,16 +56,17 @@ function viaWorker(emulator: any, size: number, data: Uint8Array): Promise<Array
 // error (5xx) as v86's own loader does; the guest's read waits meanwhile.
 async function fetchBlob(url: string): Promise<Uint8Array> {
   for (let attempt = 1; ; attempt++) {
+    let status = 0;
     let why: string;
     try {
       const r = await fetch(url);
       if (r.ok) return new Uint8Array(await r.arrayBuffer());
-      why = `HTTP ${r.status}`;
-      if (r.status < 500) throw new Error(`cannot load the VM's file ${url}: ${why}`);
+      status = r.status;
+      why = `HTTP ${status}`;
     } catch (err) {
-      if (err instanceof Error && err.message.startsWith("cannot load")) throw err;
       why = (err as Error)?.message || String(err);
     }
+    if (status > 0 && status < 500) throw new Error(`cannot load the VM's file ${url}: ${why}`);
     if (attempt >= 5) throw new Error(`cannot load the VM's file ${url} after ${attempt} tries: ${why}`);
     await new Promise(r => setTimeout(r, 500 * attempt));
   }
