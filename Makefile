@@ -55,10 +55,11 @@ $(PGWASM): FORCE web
 	$(GO) build -trimpath -o $@ ./cmd/pgwasm
 
 # The agent runs inside the 32-bit VM: a static linux/386 binary. GO386=sse2
-# matches v86's CPU (SSE2/SSE3, no SSE4).
+# matches v86's CPU (SSE2/SSE3, no SSE4). No VCS stamp: the agent's bytes are
+# an input of the image's cache key, and a commit alone must not change them.
 $(AGENT): FORCE
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 GOOS=linux GOARCH=386 GO386=sse2 $(GO) build -trimpath -ldflags='-s -w' -o $@ ./guest/agent
+	CGO_ENABLED=0 GOOS=linux GOARCH=386 GO386=sse2 $(GO) build -trimpath -buildvcs=false -ldflags='-s -w' -o $@ ./guest/agent
 
 image: setup build ## build the VM image into build/image as an ordinary user (a cache hit when inputs are unchanged)
 	$(AS_BUILDER) $(PGWASM) image build --out $(IMAGE) --agent $(AGENT)

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 	"time"
 )
@@ -112,18 +111,4 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	log.Info("agent stopping")
 	return 0
-}
-
-func agentVersion() string {
-	v := protocolVersion
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return v
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-			v += "+" + s.Value[:12]
-		}
-	}
-	return v
 }

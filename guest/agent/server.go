@@ -222,7 +222,7 @@ func newServer(cfg config, db database, log *slog.Logger) *server {
 		},
 		log:     log,
 		start:   time.Now(),
-		version: agentVersion(),
+		version: protocolVersion,
 	}
 }
 
