@@ -115,7 +115,7 @@ FUZZTIME ?= 20s
 fuzz: ## run every fuzz target for FUZZTIME each
 	@scripts/fuzz.sh $(FUZZTIME)
 
-bench: snapshot ## measure us side by side with PGlite and native PostgreSQL; write docs/BENCHMARKS.md (30-35 min on a quiet 2-core machine)
+bench: snapshot ## measure us side by side with PGlite and native PostgreSQL; write docs/BENCHMARKS.md (40-50 min on a quiet 2-core machine)
 	PGWASM_IMAGE=$(abspath $(IMAGE)) PGWASM_BIN=$(abspath $(PGWASM)) $(GO) run ./cmd/pgwasm-bench -out docs/BENCHMARKS.md
 
 clean: ## remove build outputs (keeps the shared cache, see clean-cache)

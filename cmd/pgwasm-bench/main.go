@@ -7,6 +7,7 @@
 //	go run ./cmd/pgwasm-bench -parts net        # only the relay benchmarks
 //	go run ./cmd/pgwasm-bench -parts cluster    # only the cluster (HAProxy) benchmarks
 //	go run ./cmd/pgwasm-bench -parts drivers    # only node-postgres and Kysely in Chromium against PGlite
+//	go run ./cmd/pgwasm-bench -parts copy       # only pg.copyFrom/copyTo in Chromium against PGlite
 //
 // The VM part boots and restores the real image headless (internal/vm); the
 // network part runs the repository's Go benchmarks with `go test -bench` and
@@ -78,6 +79,9 @@ type Config struct {
 	// Drivers on pg.nodeSocket() against PGlite (issue #18).
 	DriverRuns, DriverWarm, KyselyRuns int
 
+	// COPY through the page API against PGlite (issue #11).
+	CopyRuns, CopyMB int
+
 	Args string // the flags given, for the report
 }
 
@@ -102,11 +106,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		}
 		return nil
 	})
-	fs.Func("parts", "comma list of parts to run: vm, net, compare, idle, busy, cluster, drivers (default all)", func(s string) error {
+	fs.Func("parts", "comma list of parts to run: vm, net, compare, idle, busy, cluster, drivers, copy (default all)", func(s string) error {
 		c.Parts = strings.Split(s, ",")
 		for _, p := range c.Parts {
-			if !slices.Contains([]string{"vm", "net", "compare", "idle", "busy", "cluster", "drivers"}, p) {
-				return fmt.Errorf("unknown part %q (want vm, net, compare, idle, busy, cluster or drivers)", p)
+			if !slices.Contains([]string{"vm", "net", "compare", "idle", "busy", "cluster", "drivers", "copy"}, p) {
+				return fmt.Errorf("unknown part %q (want vm, net, compare, idle, busy, cluster, drivers or copy)", p)
 			}
 		}
 		return nil
@@ -124,7 +128,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.BusyRuns, "busy-runs", 2, "runs of the long query in one page in Chromium, measuring the main thread meanwhile")
 	fs.DurationVar(&c.CompareBudget, "compare-budget", 14*time.Minute, "start no further comparison run after this long; the first of each kind always runs")
 	fs.BoolVar(&c.Quick, "quick", false, "few runs and short benchmarks (about 3 minutes), to try the program; flags given explicitly still win")
-	fs.DurationVar(&c.Timeout, "timeout", 45*time.Minute, "stop everything after this long: a fail-safe; a quiet 2-core machine needs 30-35 minutes, and the comparison, which runs last, takes fewer runs when time is short")
+	fs.DurationVar(&c.Timeout, "timeout", 60*time.Minute, "stop everything after this long: a fail-safe; a quiet 2-core machine needs 40-50 minutes, and the comparison, which runs last, takes fewer runs when time is short")
 	fs.DurationVar(&c.VMBudget, "vm-budget", 12*time.Minute, "start no further VM run (restore, query, boot) after this long; the first of each kind always runs")
 	fs.BoolVar(&c.Verbose, "v", false, "debug logs (VM harness included)")
 	fs.IntVar(&c.Boots, "boots", 3, "full boots to first query")
@@ -138,6 +142,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.DriverRuns, "driver-runs", 50, "timed select 1 round trips of each driver in Chromium (node-postgres, page API, PGlite)")
 	fs.IntVar(&c.DriverWarm, "driver-warm", 10, "untimed select 1 rounds before those")
 	fs.IntVar(&c.KyselyRuns, "kysely-runs", 5, "timed Kysely inserts+selects of 1,000 rows, on us and on PGlite (after one warm-up)")
+	fs.IntVar(&c.CopyRuns, "copy-runs", 2, "loads of the CSV by pg.copyFrom and by upload + in-VM COPY, in turns, in Chromium (PGlite: as many)")
+	fs.IntVar(&c.CopyMB, "copy-mb", 10, "size of that CSV in MB")
 	fs.IntVar(&c.ClusterCount, "cluster-count", 1, "go test -count for the cluster spread and reconnect benchmarks (each run starts three replicas and HAProxy)")
 }
 
@@ -164,6 +170,8 @@ func (c *Config) applyQuick(set map[string]bool) {
 		"busy-runs":         func() { c.BusyRuns = 1 },
 		"driver-runs":       func() { c.DriverRuns = 20 },
 		"kysely-runs":       func() { c.KyselyRuns = 3 },
+		"copy-runs":         func() { c.CopyRuns = 1 },
+		"copy-mb":           func() { c.CopyMB = 1 },
 	}
 	for name, f := range quick {
 		if !set[name] {
@@ -252,6 +260,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.part("drivers") {
 		rep.Drivers = measureDrivers(ctx, cfg, logger, &rep.Errors)
+	}
+	if cfg.part("copy") {
+		rep.Copy = measureCopy(ctx, cfg, logger, &rep.Errors)
 	}
 	var cluster *clusterResults
 	if cfg.part("cluster") {

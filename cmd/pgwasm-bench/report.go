@@ -87,6 +87,7 @@ type report struct {
 	Idle    *idleResults
 	Busy    *busyResults
 	Drivers *driversResults
+	Copy    *copyResults
 	Errors  []string
 	targets []target
 }
@@ -141,6 +142,9 @@ func (r *report) write(w io.Writer) {
 	}
 	if r.Drivers != nil {
 		r.writeDrivers(w)
+	}
+	if r.Copy != nil {
+		r.writeCopy(w)
 	}
 	r.writeMisses(w)
 	r.writeHow(w)

@@ -36,18 +36,34 @@
 // The drivers are bundled by web/test/driver-bundle.mjs, as in
 // drivers.spec.mjs.
 //
+// With --copy N it measures only COPY through the page API (issue #11): a
+// --copy-mb MB CSV (default 10, lib.mjs installCSV) loaded N times by
+// pg.copyFrom and, in turns, by pg.upload + `COPY ... FROM` a file in the
+// VM, then exported by pg.copyTo; then the same CSV in and out of PGlite
+// 0.5 in its own page (`COPY ... FROM/TO '/dev/blob'`). Every load is
+// checked: row count and sums as the generator made them.
+//
 //   node web/test/bench.mjs [--queries bench/queries.json] [--runs N]
 //   node web/test/bench.mjs --idle 30 [--settle 10]
 //   node web/test/bench.mjs --channels 100 [--mb-runs 5]
 //   node web/test/bench.mjs --drivers 50 [--warm 10] [--kysely-runs 5]
 //   node web/test/bench.mjs --busy 2
+//   node web/test/bench.mjs --copy 2 [--copy-mb 10]
 import fs from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import { startServer, launchBrowser, waitReady, waitMessage, waitScreen, mainThreadDuring, root } from "./lib.mjs";
+import { startServer, launchBrowser, waitReady, waitMessage, waitScreen, mainThreadDuring, installCSV, root } from "./lib.mjs";
 import { inPage, trackBytes, roundTrips, kyselyRows } from "../../bench/measure.mjs";
 import { bundleDrivers, webModules } from "./driver-bundle.mjs";
+
+// PGlite comes from the bench/ package (npm ci there), as bench/pglite.mjs.
+const benchModules = path.join(root, "bench", "node_modules");
+const pgliteDir = path.join(benchModules, "@electric-sql", "pglite");
+
+// COPY_TABLE is the table both sides load: an int primary key (an index to
+// maintain, as a real import has), text and numeric.
+const COPY_TABLE = "create table cp (id int primary key, name text, amount numeric(8,2))";
 
 const args = process.argv.slice(2);
 const arg = name => {
@@ -125,8 +141,11 @@ const idle = Number(arg("--idle") || 0);
 const channels = Number(arg("--channels") || 0);
 const drivers = Number(arg("--drivers") || 0);
 const busy = Number(arg("--busy") || 0);
+const copy = Number(arg("--copy") || 0);
 try {
-  if (busy > 0) {
+  if (copy > 0) {
+    await measureCopy(out, copy, Number(arg("--copy-mb") || 10));
+  } else if (busy > 0) {
     const page = await browser.ctx.newPage();
     await page.goto(srv.url);
     await waitReady(page);
@@ -294,11 +313,115 @@ async function measureChannels(out, runs, mbRuns) {
   }
 }
 
+// servePGlite serves a page that runs main (a module; "@electric-sql/pglite"
+// resolves to the bench/ package's dist, as bench/pglite.mjs serves it) on
+// loopback.
+function servePGlite(main) {
+  if (!fs.existsSync(pgliteDir)) throw new Error(`no PGlite in ${benchModules} (npm ci in bench/)`);
+  return serveFiles({
+    "/index.html": `<!doctype html><meta charset="utf-8"><title>PGlite bench</title>
+<script type="importmap">{ "imports": { "@electric-sql/pglite": "/pglite/dist/index.js" } }</script>
+<script type="module" src="/main.js"></script>`,
+    "/main.js": main,
+  }, { "/pglite/": pgliteDir });
+}
+
+function pgliteVersion() {
+  return JSON.parse(fs.readFileSync(path.join(pgliteDir, "package.json"), "utf8")).version;
+}
+
+// measureCopy is --copy: see the top of the file.
+async function measureCopy(out, runs, mb) {
+  out.load_before = os.loadavg();
+  out.chromium = browser.ctx.browser()?.version() || "";
+  out.pglite_version = pgliteVersion();
+  out.csv_mb = mb;
+  // An autosave stops the VM for seconds: not part of a load.
+  await browser.ctx.addInitScript(() => localStorage.setItem("pgwasm.settings", JSON.stringify({ autosave: false })));
+  const page = await browser.ctx.newPage();
+  await page.goto(srv.url);
+  await waitReady(page);
+  await page.evaluate(installCSV);
+  out.ours = await page.evaluate(async ([runs, bytes, table]) => {
+    const pg = window.pgwasm;
+    await pg.query(table);
+    const { text, sums } = window.makeCSV(bytes);
+    const csv = new TextEncoder().encode(text);
+    // Each load must leave what the generator made, or its time means nothing.
+    const check = async how => {
+      const r = await pg.query("select count(*)::int, coalesce(sum(id), 0)::bigint from cp");
+      const [n, ids] = r.rows[0].map(Number);
+      if (n !== sums.n || ids !== sums.ids) throw new Error(`${how}: ${n} rows (ids ${ids}), want ${sums.n} (ids ${sums.ids})`);
+    };
+    const r = { bytes: csv.length, rows: sums.n, copy_from_ms: [], upload_ms: [], in_vm_copy_ms: [], copy_to_ms: [] };
+    const viaCopyFrom = async () => {
+      await pg.query("truncate cp");
+      const t = performance.now();
+      await pg.copyFrom("cp", csv);
+      r.copy_from_ms.push(performance.now() - t);
+      await check("copyFrom");
+    };
+    const viaFile = async i => {
+      await pg.query("truncate cp");
+      let t = performance.now();
+      const file = await pg.upload(`/uploads/bench-copy-${i}.csv`, csv);
+      r.upload_ms.push(performance.now() - t);
+      t = performance.now();
+      await pg.exec(`COPY cp FROM '${file}' WITH (FORMAT csv)`);
+      r.in_vm_copy_ms.push(performance.now() - t);
+      await check("COPY FROM a file");
+    };
+    for (let i = 0; i < runs; i++) {
+      // In turns, the first one alternating: neither way always runs on a
+      // warmer VM.
+      if (i % 2 === 0) { await viaCopyFrom(); await viaFile(i); } else { await viaFile(i); await viaCopyFrom(); }
+      const t = performance.now();
+      const back = await pg.copyTo("select id, name, amount from cp order by id");
+      r.copy_to_ms.push(performance.now() - t);
+      if (back.length !== csv.length) throw new Error(`copyTo gave ${back.length} bytes, want ${csv.length}`);
+    }
+    return r;
+  }, [runs, mb * 1e6, COPY_TABLE]);
+  await page.close();
+
+  const site = await servePGlite(`import { PGlite } from "@electric-sql/pglite";
+window.db = await PGlite.create();
+window.ready = true;
+`);
+  try {
+    const pp = await browser.ctx.newPage();
+    await pp.goto(site.url + "index.html");
+    await pp.waitForFunction(() => window.ready, null, { timeout: 120000, polling: 50 });
+    await pp.evaluate(installCSV);
+    out.pglite = await pp.evaluate(async ([runs, bytes, table]) => {
+      const db = window.db;
+      await db.query(table);
+      const { text, sums } = window.makeCSV(bytes);
+      const blob = new Blob([text]);
+      const r = { copy_from_ms: [], copy_to_ms: [] };
+      for (let i = 0; i < runs; i++) {
+        await db.query("truncate cp");
+        let t = performance.now();
+        await db.query("COPY cp FROM '/dev/blob' WITH (FORMAT csv)", [], { blob });
+        r.copy_from_ms.push(performance.now() - t);
+        const n = (await db.query("select count(*)::int as n from cp")).rows[0].n;
+        if (n !== sums.n) throw new Error(`PGlite COPY FROM: ${n} rows, want ${sums.n}`);
+        t = performance.now();
+        const back = await db.query("COPY (select id, name, amount from cp order by id) TO '/dev/blob' WITH (FORMAT csv)");
+        r.copy_to_ms.push(performance.now() - t);
+        if (back.blob.size !== blob.size) throw new Error(`PGlite COPY TO gave ${back.blob.size} bytes, want ${blob.size}`);
+      }
+      return r;
+    }, [runs, mb * 1e6, COPY_TABLE]);
+    await pp.close();
+  } finally {
+    await site.close();
+  }
+  out.load_after = os.loadavg();
+}
+
 // measureDrivers is --drivers: see the top of the file.
 async function measureDrivers(out, runs, warm, kyRuns) {
-  const benchModules = path.join(root, "bench", "node_modules");
-  const pgliteDir = path.join(benchModules, "@electric-sql", "pglite");
-  if (!fs.existsSync(pgliteDir)) throw new Error(`no PGlite in ${benchModules} (npm ci in bench/)`);
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "pgwasm-bench-drivers-"));
   try {
     // Ours: node-postgres and Kysely on window.pgwasm.nodeSocket(), a
@@ -331,16 +454,11 @@ window.db = db;
 window.kysely = () => new Kysely({ dialect: new PGliteDialect(db) });
 window.ready = true;
 ` });
-    const site = await serveFiles({
-      "/index.html": `<!doctype html><meta charset="utf-8"><title>PGlite drivers bench</title>
-<script type="importmap">{ "imports": { "@electric-sql/pglite": "/pglite/dist/index.js" } }</script>
-<script type="module" src="/main.js"></script>`,
-      "/main.js": fs.readFileSync(path.join(tmp, "pglite.js")),
-    }, { "/pglite/": pgliteDir });
+    const site = await servePGlite(fs.readFileSync(path.join(tmp, "pglite.js")));
     try {
       out.load_before = os.loadavg();
       out.chromium = browser.ctx.browser()?.version() || "";
-      out.pglite_version = JSON.parse(fs.readFileSync(path.join(pgliteDir, "package.json"), "utf8")).version;
+      out.pglite_version = pgliteVersion();
       const ver = name => JSON.parse(fs.readFileSync(path.join(webModules, name, "package.json"), "utf8")).version;
       out.node_postgres_version = ver("pg");
       out.kysely_version = ver("kysely");

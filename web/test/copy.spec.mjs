@@ -2,14 +2,12 @@
 // a real VM: the page of `pgwasm serve`, COPY over the socket channel.
 // The data is made in the page (a 10 MB CSV) and checked against
 // PostgreSQL's own sums through pg.query (the JSON agent, another path).
-// PGWASM_COPY_MEASURE=N also times copyFrom against upload + in-VM COPY,
-// alternating, N rounds (docs/web.md).
+// The times are `make bench`'s (web/test/bench.mjs --copy), not a test's.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { startServer, launchBrowser, waitReady, apiQuery, artifacts } from "./lib.mjs";
+import { startServer, launchBrowser, waitReady, apiQuery, artifacts, installCSV } from "./lib.mjs";
 
 let srv, browser, page;
 
@@ -25,24 +23,8 @@ before(async () => {
   page.on("dialog", d => void d.accept());
   await page.goto(srv.url);
   await waitReady(page);
-  // The generator and its expected sums, in the page: 10 MB never crosses
-  // the DevTools protocol.
+  await page.evaluate(installCSV);
   await page.evaluate(() => {
-    window.csvRow = i => `${i},name-${i}-${"x".repeat(i % 23)},${(i * 7) % 1000}.${String(i % 100).padStart(2, "0")}\n`;
-    window.makeCSV = bytes => {
-      const parts = [];
-      let size = 0, n = 0, ids = 0, names = 0, cents = 0;
-      while (size < bytes) {
-        n++;
-        const line = window.csvRow(n);
-        parts.push(line);
-        size += line.length;
-        ids += n;
-        names += `name-${n}-`.length + (n % 23);
-        cents += ((n * 7) % 1000) * 100 + (n % 100);
-      }
-      return { text: parts.join(""), sums: { n, ids, names, cents } };
-    };
     window.sumsOf = async table => {
       const r = await window.pgwasm.query(`select count(*)::int, coalesce(sum(id), 0)::bigint, coalesce(sum(length(name)), 0)::bigint, coalesce(sum(amount * 100), 0)::bigint from ${table}`);
       const [n, ids, names, cents] = r.rows[0].map(Number);
@@ -223,32 +205,4 @@ test("a missing table or column: 42P01 / 42703, and bad options are refused befo
   assert.equal(r.div.sqlstate, "22012");
   assert.match(r.format.message, /format must be "csv" or "text"/);
   assert.equal(r.after, "fine");
-});
-
-test("measure: copyFrom vs upload + COPY FROM a file in the VM (PGWASM_COPY_MEASURE rounds)", { skip: !process.env.PGWASM_COPY_MEASURE }, async () => {
-  const rounds = Number(process.env.PGWASM_COPY_MEASURE) || 3;
-  const r = await page.evaluate(async rounds => {
-    const pg = window.pgwasm;
-    const { text } = window.makeCSV(10 << 20);
-    const bytes = new TextEncoder().encode(text);
-    const out = [];
-    for (let i = 0; i < rounds; i++) {
-      await pg.query("truncate cp");
-      let t = performance.now();
-      await pg.copyFrom("cp", bytes);
-      const copyFrom = performance.now() - t;
-      await pg.query("truncate cp");
-      t = performance.now();
-      const file = await pg.upload(`/uploads/measure-${i}.csv`, bytes);
-      const upload = performance.now() - t;
-      t = performance.now();
-      await pg.exec(`COPY cp FROM '${file}' WITH (FORMAT csv)`);
-      const inVM = performance.now() - t;
-      out.push({ copyFrom, upload, inVM });
-    }
-    return out;
-  }, rounds);
-  const med = k => r.map(x => x[k]).sort((a, b) => a - b)[Math.floor(r.length / 2)];
-  console.error(`measure (load ${os.loadavg().map(l => l.toFixed(2)).join(" ")}): ${JSON.stringify(r.map(x => Object.fromEntries(Object.entries(x).map(([k, v]) => [k, Math.round(v)]))))}`);
-  console.error(`medians: copyFrom ${Math.round(med("copyFrom"))} ms, upload ${Math.round(med("upload"))} ms + in-VM COPY ${Math.round(med("inVM"))} ms; copyFrom / in-VM COPY ${(med("copyFrom") / med("inVM")).toFixed(2)}x, copyFrom / (upload + COPY) ${(med("copyFrom") / (med("upload") + med("inVM"))).toFixed(2)}x`);
 });

@@ -103,6 +103,29 @@ export function pageStatus(page) {
   return page.evaluate(() => window.pgwasm?.lastStatus || null);
 }
 
+// installCSV, run in a page (page.evaluate(installCSV)), defines the CSV
+// that copy.spec.mjs loads and `make bench` times (web/test/bench.mjs
+// --copy): window.makeCSV(bytes) gives the text of rows "id,name,amount"
+// past that size and the sums PostgreSQL must find after loading it. Made in
+// the page: 10 MB never crosses the DevTools protocol.
+export function installCSV() {
+  window.csvRow = i => `${i},name-${i}-${"x".repeat(i % 23)},${(i * 7) % 1000}.${String(i % 100).padStart(2, "0")}\n`;
+  window.makeCSV = bytes => {
+    const parts = [];
+    let size = 0, n = 0, ids = 0, names = 0, cents = 0;
+    while (size < bytes) {
+      n++;
+      const line = window.csvRow(n);
+      parts.push(line);
+      size += line.length;
+      ids += n;
+      names += `name-${n}-`.length + (n % 23);
+      cents += ((n * 7) % 1000) * 100 + (n % 100);
+    }
+    return { text: parts.join(""), sums: { n, ids, names, cents } };
+  };
+}
+
 // LONG_QUERY is issue #11's long query: seconds of guest CPU in one
 // statement, typed into psql as a user would.
 export const LONG_QUERY = "select pg_sleep(0), count(*) from generate_series(1,3000000);";
