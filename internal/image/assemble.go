@@ -117,7 +117,7 @@ func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, s
 
 	m := &manifest.Image{
 		Version: manifest.Version, Builder: BuilderVersion, Cmdline: cfg.Cmdline, NetDevice: cfg.NetDevice,
-		PostgresVersion: pgVersion, Packages: manifestPackages(in.root), KernelPackage: manifestPackage(imageKernel(in)),
+		PostgresVersion: pgVersion, Packages: manifestPackages(in.root), KernelPackage: imageKernel(in).Package,
 		Extensions:    extensionInfo(in.exts),
 		AgentChannels: agentChannels,
 		Reproducible:  "kernel, initrd, bios, vgabios, every 9p blob except the PostgreSQL cluster files under " + pgData,

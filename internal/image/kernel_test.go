@@ -10,6 +10,7 @@ import (
 
 	"github.com/pgwasm/pgwasm/internal/image/deb"
 	"github.com/pgwasm/pgwasm/internal/image/kernelbuild"
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 // A damaged kernel cache (a module truncated by a full disk, say) is
@@ -33,7 +34,7 @@ func TestKernelTreeRepairsDamage(t *testing.T) {
 	if out, err := exec.Command("dpkg-deb", "--root-owner-group", "--build", pkg, debPath).CombinedOutput(); err != nil {
 		t.Fatalf("dpkg-deb --build: %v: %s", err, out)
 	}
-	kpkg := deb.Package{Name: "linux-image-test", Version: "1", Path: debPath}
+	kpkg := deb.Package{Package: manifest.Package{Name: "linux-image-test", Version: "1"}, Path: debPath}
 	cache := filepath.Join(dir, "cache")
 	ctx := context.Background()
 	kdir, err := kernelTree(ctx, kpkg, cache)
@@ -98,8 +99,8 @@ func TestCacheKeysFollowTheKernel(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Cmdline = DefaultCmdline(KernelDebian)
 	debian := &inputs{
-		kernel:       deb.Package{Name: "linux-image-6.1.0-50-686", Version: "6.1.176-1", SHA256: strings.Repeat("1", 64)},
-		kernelSource: deb.Package{Name: "linux-source-6.1", Version: "6.1.176-1", SHA256: strings.Repeat("2", 64)},
+		kernel:       deb.Package{Package: manifest.Package{Name: "linux-image-6.1.0-50-686", Version: "6.1.176-1", SHA256: strings.Repeat("1", 64)}},
+		kernelSource: deb.Package{Package: manifest.Package{Name: "linux-source-6.1", Version: "6.1.176-1", SHA256: strings.Repeat("2", 64)}},
 	}
 	agent := []byte("agent")
 	newerSource := *debian

@@ -44,18 +44,14 @@ func describe(dir, name string) (manifest.File, error) {
 	return manifest.File{File: name, SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}, nil
 }
 
-// manifestPackage is a Debian package as the manifest records it.
-func manifestPackage(p deb.Package) manifest.Package {
-	return manifest.Package{Name: p.Name, Version: p.Version, Arch: p.Arch, SHA256: p.SHA256, Size: p.Size}
-}
-
+// manifestPackages is what the manifest records of the packages.
 func manifestPackages(ps []deb.Package) []manifest.Package {
 	if ps == nil {
 		return nil
 	}
 	out := make([]manifest.Package, len(ps))
 	for i, p := range ps {
-		out[i] = manifestPackage(p)
+		out[i] = p.Package
 	}
 	return out
 }

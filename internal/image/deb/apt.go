@@ -24,15 +24,14 @@ import (
 
 	"github.com/pgwasm/pgwasm/internal/hostexec"
 	"github.com/pgwasm/pgwasm/internal/image/rootfs"
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
-// Package is one resolved binary package.
+// Package is one resolved binary package: what the image manifest records
+// of it (the same JSON, so cache keys built from it did not change), and
+// where it was downloaded.
 type Package struct {
-	Name    string `json:"name"`
-	Version string `json:"version"`
-	Arch    string `json:"arch"`
-	SHA256  string `json:"sha256"`
-	Size    int64  `json:"size"`
+	manifest.Package
 	// Path is the downloaded .deb on this machine; not part of the manifest.
 	Path string `json:"-"`
 }
@@ -280,7 +279,7 @@ func (a *Apt) resolve(ctx context.Context, names []string) ([]Package, error) {
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
 		if m := instLine.FindStringSubmatch(sc.Text()); m != nil {
-			pkgs = append(pkgs, Package{Name: m[1], Version: m[2], Arch: m[3]})
+			pkgs = append(pkgs, Package{Package: manifest.Package{Name: m[1], Version: m[2], Arch: m[3]}})
 		}
 	}
 	if len(pkgs) == 0 {
@@ -313,7 +312,7 @@ func (a *Apt) fillChecksums(ctx context.Context, pkgs []Package) error {
 		}
 		var size int64
 		fmt.Sscan(f["Size"], &size)
-		found[key{f["Package"], f["Version"]}] = Package{SHA256: f["SHA256"], Size: size}
+		found[key{f["Package"], f["Version"]}] = Package{Package: manifest.Package{SHA256: f["SHA256"], Size: size}}
 	}
 	for i, p := range pkgs {
 		got, ok := found[key{p.Name, p.Version}]

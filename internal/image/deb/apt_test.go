@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 // newTestApt uses the real Debian archive through the host's apt
@@ -101,7 +103,7 @@ func TestResolveCachedPerLists(t *testing.T) {
 	os.MkdirAll(filepath.Dir(stamp), 0o755)
 	os.WriteFile(stamp, nil, 0o644)
 	names := []string{"busybox-static"}
-	want := []Package{{Name: "busybox-static", Version: "1:1.37.0-6", Arch: "i386", SHA256: strings.Repeat("ab", 32), Size: 10}}
+	want := []Package{{Package: manifest.Package{Name: "busybox-static", Version: "1:1.37.0-6", Arch: "i386", SHA256: strings.Repeat("ab", 32), Size: 10}}}
 	key, err := a.resolveKey(names)
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 // Lock is the committed list of exact package versions the image is built
@@ -66,7 +68,7 @@ func ParseLock(b []byte) (*Lock, error) {
 		if err != nil || size <= 0 {
 			return nil, fmt.Errorf("lock file line %d: bad size %q", n, f[4])
 		}
-		pkgs = append(pkgs, Package{Name: f[0], Arch: f[1], Version: f[2], SHA256: f[3], Size: size})
+		pkgs = append(pkgs, Package{Package: manifest.Package{Name: f[0], Arch: f[1], Version: f[2], SHA256: f[3], Size: size}})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, err
@@ -127,7 +129,7 @@ func (l *Lock) check(resolved []Package, index []byte, unlocked func(Package) bo
 			continue
 		}
 		k := lockKey(f["Package"], f["Architecture"])
-		offered[k] = append(offered[k], Package{Version: f["Version"], SHA256: f["SHA256"]})
+		offered[k] = append(offered[k], Package{Package: manifest.Package{Version: f["Version"], SHA256: f["SHA256"]}})
 	}
 	var problems []string
 	for _, p := range resolved {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 func sha(c byte) string { return strings.Repeat(string(c), 64) }
@@ -36,9 +38,9 @@ SHA256: dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd
 
 func TestLockFormatParse(t *testing.T) {
 	l, err := NewLock([]Package{
-		{Name: "postgresql-17", Arch: "i386", Version: "17.11-0+deb13u1", SHA256: sha('a'), Size: 17000000},
-		{Name: "libc6", Arch: "i386", Version: "2.41-12", SHA256: sha('c'), Size: 2900000},
-		{Name: "busybox-static", Arch: "i386", Version: "1:1.37.0-6+b3", SHA256: sha('e'), Size: 1000},
+		{Package: manifest.Package{Name: "postgresql-17", Arch: "i386", Version: "17.11-0+deb13u1", SHA256: sha('a'), Size: 17000000}},
+		{Package: manifest.Package{Name: "libc6", Arch: "i386", Version: "2.41-12", SHA256: sha('c'), Size: 2900000}},
+		{Package: manifest.Package{Name: "busybox-static", Arch: "i386", Version: "1:1.37.0-6+b3", SHA256: sha('e'), Size: 1000}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -69,19 +71,19 @@ func TestLockFormatParse(t *testing.T) {
 
 func TestLockCheck(t *testing.T) {
 	l, err := NewLock([]Package{
-		{Name: "postgresql-17", Arch: "i386", Version: "17.11-0+deb13u1", SHA256: sha('a'), Size: 17000000},
-		{Name: "libc6", Arch: "i386", Version: "2.41-12", SHA256: sha('c'), Size: 2900000},
+		{Package: manifest.Package{Name: "postgresql-17", Arch: "i386", Version: "17.11-0+deb13u1", SHA256: sha('a'), Size: 17000000}},
+		{Package: manifest.Package{Name: "libc6", Arch: "i386", Version: "2.41-12", SHA256: sha('c'), Size: 2900000}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	libc := Package{Name: "libc6", Arch: "i386", Version: "2.41-12", SHA256: sha('c')}
+	libc := Package{Package: manifest.Package{Name: "libc6", Arch: "i386", Version: "2.41-12", SHA256: sha('c')}}
 	if err := l.check([]Package{libc}, nil, nil); err != nil {
 		t.Errorf("the locked version was refused: %v", err)
 	}
 
 	// The archive dropped 17.11: apt's pin cannot hold, it resolves 17.12.
-	pg := Package{Name: "postgresql-17", Arch: "i386", Version: "17.12-0+deb13u1", SHA256: sha('b')}
+	pg := Package{Package: manifest.Package{Name: "postgresql-17", Arch: "i386", Version: "17.12-0+deb13u1", SHA256: sha('b')}}
 	err = l.check([]Package{libc, pg}, []byte(fakeIndex), nil)
 	if !errors.Is(err, ErrLockMismatch) {
 		t.Fatalf("check = %v, want ErrLockMismatch", err)
@@ -98,7 +100,7 @@ func TestLockCheck(t *testing.T) {
 	// The same version with another checksum, and a package the lock lacks.
 	rebuilt := libc
 	rebuilt.SHA256 = sha('f')
-	extra := Package{Name: "libfoo1", Arch: "i386", Version: "1.0-1", SHA256: sha('1')}
+	extra := Package{Package: manifest.Package{Name: "libfoo1", Arch: "i386", Version: "1.0-1", SHA256: sha('1')}}
 	err = l.check([]Package{rebuilt, extra}, []byte(fakeIndex), nil)
 	for _, want := range []string{"libc6:i386 2.41-12: the archive's index says sha256 " + sha('f'), "libfoo1:i386 1.0-1 is not in the lock file"} {
 		if err == nil || !strings.Contains(err.Error(), want) {

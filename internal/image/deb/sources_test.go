@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 func TestMirrorFromHost(t *testing.T) {
@@ -75,7 +77,7 @@ Enabled: no
 }
 
 func TestDebFileName(t *testing.T) {
-	p := Package{Name: "busybox-static", Version: "1:1.37.0-6+b9", Arch: "i386"}
+	p := Package{Package: manifest.Package{Name: "busybox-static", Version: "1:1.37.0-6+b9", Arch: "i386"}}
 	if got, want := debFileName(p), "busybox-static_1%3a1.37.0-6+b9_i386.deb"; got != want {
 		t.Fatalf("debFileName() = %q, want %q", got, want)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing/fstest"
 
 	"github.com/pgwasm/pgwasm/internal/image/deb"
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 const showsrcOutput = `Package: pgvector
@@ -86,7 +87,7 @@ func contains(s []string, v string) bool {
 func TestResultKey(t *testing.T) {
 	r, _ := Lookup("pgvector")
 	sp := &sourcePkg{Name: "pgvector", Version: "0.8.0-1", Files: []sourceFile{{"a.dsc", 1, "aa"}}}
-	tool := []deb.Package{{Name: "libc6-dev", Version: "2.41-12", Arch: "i386", SHA256: "bb"}}
+	tool := []deb.Package{{Package: manifest.Package{Name: "libc6-dev", Version: "2.41-12", Arch: "i386", SHA256: "bb"}}}
 	cc := &CrossCompiler{CC: "/usr/bin/i686-linux-gnu-gcc", Version: "12.2.0", Target: "i686-linux-gnu",
 		Ident: "i686-linux-gnu-gcc (Debian 12.2.0-14) 12.2.0", Packages: []string{"gcc-i686-linux-gnu 4:12.2.0-3"}}
 	base := resultKey(r, "trixie", sp, tool, cc)
@@ -97,7 +98,7 @@ func TestResultKey(t *testing.T) {
 	r2.MakeArgs = []string{"OPTFLAGS=-msse2"}
 	sp2 := *sp
 	sp2.Files = []sourceFile{{"a.dsc", 1, "ab"}}
-	tool2 := []deb.Package{{Name: "libc6-dev", Version: "2.41-13", Arch: "i386", SHA256: "bb"}}
+	tool2 := []deb.Package{{Package: manifest.Package{Name: "libc6-dev", Version: "2.41-13", Arch: "i386", SHA256: "bb"}}}
 	cc2 := *cc
 	cc2.Packages = []string{"gcc-i686-linux-gnu 4:12.2.0-4"}
 	cc3 := *cc

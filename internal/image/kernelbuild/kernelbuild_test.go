@@ -12,10 +12,11 @@ import (
 	"github.com/pgwasm/pgwasm/guest/kernel"
 	"github.com/pgwasm/pgwasm/internal/image/deb"
 	"github.com/pgwasm/pgwasm/internal/image/extbuild"
+	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
 func TestKeyNamesEveryInput(t *testing.T) {
-	src := deb.Package{Name: "linux-source-6.1", Version: "6.1.176-1", SHA256: strings.Repeat("a", 64)}
+	src := deb.Package{Package: manifest.Package{Name: "linux-source-6.1", Version: "6.1.176-1", SHA256: strings.Repeat("a", 64)}}
 	cc := &extbuild.CrossCompiler{Version: "12.2.0", Target: "i686-linux-gnu", Ident: "i686-linux-gnu-gcc (Debian 12.2.0-14) 12.2.0"}
 	frag := []byte("# why\nCONFIG_PCI=y\n")
 	base := Key(src, frag, cc, "gcc (Debian 12.2.0-14) 12.2.0")
@@ -95,7 +96,7 @@ func sourceDeb(t *testing.T) deb.Package {
 	}
 	name, rest, _ := strings.Cut(filepath.Base(debs[0]), "_")
 	version, _, _ := strings.Cut(rest, "_")
-	return deb.Package{Name: name, Version: version, Arch: "all", Path: debs[0]}
+	return deb.Package{Package: manifest.Package{Name: name, Version: version, Arch: "all"}, Path: debs[0]}
 }
 
 // The repository's fragment gives, with Debian's real kernel source, a
@@ -179,7 +180,7 @@ func TestPrepareTreeReusesOnlyFinishedTrees(t *testing.T) {
 	os.WriteFile(filepath.Join(src, "Makefile"), []byte("# kbuild\n"), 0o644)
 	other := filepath.Join(cache, "tree-"+strings.Repeat("c", 16))
 	os.MkdirAll(other, 0o755)
-	pkg := deb.Package{Name: "linux-source-6.1", Version: "6.1.176-1"}
+	pkg := deb.Package{Package: manifest.Package{Name: "linux-source-6.1", Version: "6.1.176-1"}}
 
 	gotWork, tree, reused, err := prepareTree(context.Background(), cache, pkg, key)
 	if err != nil || !reused || gotWork != work || tree != src {
