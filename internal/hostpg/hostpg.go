@@ -41,9 +41,14 @@ type Options struct {
 	// Password, when set, is the postgres user's and TCP connections need
 	// it (SCRAM); when empty, TCP is trusted like the Unix socket.
 	Password string
-	TLS      bool   // a self-signed certificate for localhost, ssl = on
-	Conf     string // postgresql.conf lines appended after ours
-	Prefix   string // of the temporary directory's name
+	TLS      bool // a self-signed certificate for localhost, ssl = on
+	// Conf is postgresql.conf lines appended after ours. Where the server
+	// listens (listen_addresses, port, unix_socket_directories) comes after
+	// them: Addr and Dir must stay true.
+	Conf       string
+	InitdbArgs []string          // after ours, so they win
+	DataFiles  map[string][]byte // written into the data directory after initdb (pg_hba.conf, an include), owned by postgres, mode 0600
+	Prefix     string            // of the temporary directory's name
 }
 
 // Server is a running PostgreSQL: the postgres superuser logs in without a
@@ -135,8 +140,13 @@ func (s *Server) create(ctx context.Context, opts Options) error {
 	} else {
 		initdb = append(initdb, "--auth-host=trust")
 	}
-	if err := s.Run(ctx, "initdb", initdb...); err != nil {
+	if err := s.Run(ctx, "initdb", append(initdb, opts.InitdbArgs...)...); err != nil {
 		return err
+	}
+	for name, b := range opts.DataFiles {
+		if err := s.writeFile(filepath.Join("data", name), b, 0o600); err != nil {
+			return err
+		}
 	}
 	port, err := testkit.FindRange("127.0.0.1", 1)
 	if err != nil {
@@ -145,9 +155,6 @@ func (s *Server) create(ctx context.Context, opts Options) error {
 	s.Port = port
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	conf := []string{
-		"listen_addresses = '127.0.0.1'",
-		fmt.Sprintf("port = %d", port),
-		fmt.Sprintf("unix_socket_directories = '%s'", s.Dir),
 		"fsync = off",
 		"max_connections = 50",
 	}
@@ -166,7 +173,12 @@ func (s *Server) create(ctx context.Context, opts Options) error {
 			fmt.Sprintf("ssl_cert_file = '%s/server.crt'", s.Dir),
 			fmt.Sprintf("ssl_key_file = '%s/server.key'", s.Dir))
 	}
-	text := strings.Join(conf, "\n") + "\n" + opts.Conf
+	where := []string{
+		"listen_addresses = '127.0.0.1'",
+		fmt.Sprintf("port = %d", port),
+		fmt.Sprintf("unix_socket_directories = '%s'", s.Dir),
+	}
+	text := strings.Join(conf, "\n") + "\n" + opts.Conf + "\n" + strings.Join(where, "\n") + "\n"
 	f, err := os.OpenFile(filepath.Join(s.Data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		return fmt.Errorf("cannot open postgresql.conf: %w", err)

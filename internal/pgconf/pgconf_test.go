@@ -2,17 +2,17 @@ package pgconf
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
-	"github.com/pgwasm/pgwasm/internal/testkit"
+	"github.com/pgwasm/pgwasm/internal/hostpg"
 )
 
 func TestConfFileHasEverySettingOnce(t *testing.T) {
@@ -65,46 +65,37 @@ func TestCertIsDeterministicAndValid(t *testing.T) {
 // SCRAM password. The VM runs PostgreSQL 17; the host has 15, which knows
 // every setting used here.
 func TestRealServerAcceptsConfig(t *testing.T) {
-	bin := hostPGBin(t)
-	dir := t.TempDir()
-	// t.TempDir's parent is private to root; the server runs as postgres.
-	if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
-		t.Fatal(err)
+	if err := hostpg.Check(""); err != nil {
+		t.Skip(err)
 	}
-	data := filepath.Join(dir, "data")
-	chownPostgres(t, dir)
-	runAs(t, append([]string{filepath.Join(bin, "initdb"), "-D", data, "--no-sync"}, InitdbArgs()...)...)
 	cert, key, err := Cert([]byte("test"), []string{"localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := testkit.FreePort(t, "127.0.0.1")
-	// The pgwasm module is built for the image's i386 server only; the VM
-	// tests load it (TestSavedSessionsRandom).
-	conf := ConfFile() + fmt.Sprintf("port = %d\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\nshared_preload_libraries = ''\n", port, dir)
-	for name, content := range map[string][]byte{"pgwasm.conf": []byte(conf), "pg_hba.conf": []byte(HBA()), "server.crt": cert, "server.key": key} {
-		p := filepath.Join(data, name)
-		if err := os.WriteFile(p, content, 0o600); err != nil {
-			t.Fatal(err)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv, err := hostpg.Start(ctx, hostpg.Options{
+		InitdbArgs: InitdbArgs(),
+		DataFiles: map[string][]byte{
+			// The pgwasm module is built for the image's i386 server only;
+			// the VM tests load it (TestSavedSessionsRandom).
+			"pgwasm.conf": []byte(ConfFile() + "shared_preload_libraries = ''\n"),
+			"pg_hba.conf": []byte(HBA()), "server.crt": cert, "server.key": key,
+		},
+		Conf: "include = 'pgwasm.conf'\n",
+	})
+	if err != nil {
+		t.Fatalf("server did not start: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Stop(context.Background()); err != nil {
+			t.Log(err)
 		}
-		chownPostgres(t, p)
-	}
-	f, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = f.WriteString("include = 'pgwasm.conf'\n")
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		t.Fatalf("cannot include pgwasm.conf: %v", err)
-	}
-	if err := runAsErr(filepath.Join(bin, "pg_ctl"), "-D", data, "-l", filepath.Join(dir, "log"), "-w", "start"); err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "log"))
-		t.Fatalf("server did not start: %v\n%s", err, log)
-	}
-	t.Cleanup(func() { runAs(t, filepath.Join(bin, "pg_ctl"), "-D", data, "-m", "immediate", "stop") })
+		if err := srv.Remove(); err != nil {
+			t.Error(err)
+		}
+	})
+	dir, port := srv.Dir, srv.Port
 
 	local := fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres", dir, port)
 	if got := psql(t, local, "show wal_level"); got != "logical" {
@@ -121,30 +112,6 @@ func TestRealServerAcceptsConfig(t *testing.T) {
 	}
 }
 
-func hostPGBin(t *testing.T) string {
-	t.Helper()
-	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
-	if len(matches) == 0 {
-		t.Skip("Debian postgresql is not installed (make setup installs it)")
-	}
-	return filepath.Dir(matches[len(matches)-1])
-}
-
-func chownPostgres(t *testing.T, path string) {
-	t.Helper()
-	if out, err := exec.Command("chown", "-R", "postgres:postgres", path).CombinedOutput(); err != nil {
-		t.Fatalf("chown: %v: %s", err, out)
-	}
-}
-
-func runAs(t *testing.T, args ...string) {
-	t.Helper()
-	cmd := exec.Command("runuser", append([]string{"-u", "postgres", "--"}, args...)...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
-
 func psql(t *testing.T, conn, sql string) string {
 	t.Helper()
 	out, err := exec.Command("psql", "-XAtc", sql, conn).CombinedOutput()
@@ -152,12 +119,4 @@ func psql(t *testing.T, conn, sql string) string {
 		t.Fatalf("psql %q: %v: %s", sql, err, out)
 	}
 	return strings.TrimSpace(string(out))
-}
-
-func runAsErr(args ...string) error {
-	cmd := exec.Command("runuser", append([]string{"-u", "postgres", "--"}, args...)...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, out)
-	}
-	return nil
 }
