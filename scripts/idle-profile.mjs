@@ -7,7 +7,8 @@
 //     as a share of one core);
 //   - v86: every main_loop call (how many, how many ended with the CPU in
 //     HLT, guest instructions run), and with --debug the profiler counters
-//     of v86-debug.wasm (MAIN_LOOP_IDLE, PAGE_FAULT, ...);
+//     of a v86-debug.wasm built with v86's profiler feature (MAIN_LOOP_IDLE,
+//     PAGE_FAULT, ...; the npm package's is not: the script says so);
 //   - the guest: its instruction pointer whenever a main_loop call ends
 //     with the CPU running, named through the kernel's own kallsyms table
 //     (read from guest memory: /proc/kallsyms gives the names in table
@@ -130,6 +131,11 @@ for (let i = 0; ; i++) {
 await agent({ op: "set_time", unix_ms: Date.now() });
 
 const cpu = emulator.v86.cpu;
+// npm v86 0.5.462's v86-debug.wasm is built without the profiler feature:
+// every counter stays 0. Say so rather than print an empty table.
+if (debug && !cpu.wm.exports.profiler_is_enabled()) {
+    throw new Error("--debug: this v86-debug.wasm has no profiler (profiler_is_enabled() is 0; v86 must be built with its profiler feature)");
+}
 const mem8 = cpu.mem8;
 const rd32 = a => mem8[a] | mem8[a + 1] << 8 | mem8[a + 2] << 16 | mem8[a + 3] << 24;
 
@@ -224,7 +230,13 @@ function profilerNames() {
 function profiler() {
     const get = cpu.wm.exports.profiler_stat_get;
     const o = {};
-    statNames.forEach((name, i) => { if (!name.includes("/")) o[name] = get(i); });
+    // The list has ratio entries ("A/B") that are not counters: a
+    // counter's index skips them, as v86's own stats dump does.
+    let ratios = 0;
+    statNames.forEach((name, i) => {
+        if (name.includes("/")) ratios++;
+        else o[name] = get(i - ratios);
+    });
     return o;
 }
 
