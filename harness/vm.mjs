@@ -6,7 +6,8 @@
 // Commands ({"id":N,"cmd":...}); every response is {"id":N,"ok":bool,...}:
 //   start      boot the image, or restore a state file; answers once the CPU runs
 //              (virtio_console: give v86 that device; agent_channel: "serial"
-//              or "virtio-console", where agent requests go by default)
+//              or "virtio-console", where agent requests go by default;
+//              net_mtu: virtio-net's MTU)
 //   wait_agent wait until the guest agent answers on the default channel
 //   agent      pass one request object to the guest agent, return its response
 //              (channel: another channel than the default; stream: {chunk_bytes,
@@ -520,7 +521,9 @@ async function start(cmd) {
         // The agent's fast channel; a state restores only into a machine
         // with the same devices, so the image's manifest decides.
         virtio_console: !!cmd.virtio_console,
-        net_device: { type: cmd.net_device, ...(cmd.relay_url ? { relay_url: cmd.relay_url } : {}) },
+        // mtu: virtio-net's, which the guest takes when it probes the
+        // device (a restored guest keeps the one it booted with).
+        net_device: { type: cmd.net_device, ...(cmd.net_mtu ? { mtu: cmd.net_mtu } : {}), ...(cmd.relay_url ? { relay_url: cmd.relay_url } : {}) },
         // Keep the NIC's MAC across restores so the guest's network survives.
         preserve_mac_from_state_image: true,
         // A restore replaces the whole 9p tree with the one in the state, so
@@ -603,16 +606,23 @@ async function saveState(cmd) {
     return { bytes: buf.byteLength, ms: Math.round(performance.now() - t) };
 }
 
-// nicMAC is the station address in the emulated ne2k's PROM: what the guest
-// driver read at boot and uses as its MAC. After a restore it must be the
-// saved one (preserve_mac_from_state_image), or frames to the guest are
-// addressed to a MAC the NIC filters out once the interface is up.
+// nicMAC is the MAC the emulated NIC answers to and sends from: what the
+// guest driver read at probe and uses as eth0's address. After a restore it
+// must be the saved one (preserve_mac_from_state_image): the ne2k filters out
+// frames to any other address once the interface is up.
 function nicMAC() {
-    const cpu = state.emulator && state.emulator.v86 && state.emulator.v86.cpu;
-    const prom = cpu && cpu.devices && cpu.devices.net && cpu.devices.net.memory;
-    if (!prom || prom.length < 12) return null;
-    // The ne2k PROM stores each byte twice (word mode).
-    return Array.from({ length: 6 }, (_, i) => prom[2 * i].toString(16).padStart(2, "0")).join(":");
+    const devices = state.emulator && state.emulator.v86 && state.emulator.v86.cpu && state.emulator.v86.cpu.devices;
+    if (!devices) return null;
+    let mac = null;
+    if (devices.virtio_net) {
+        // virtio-net keeps it in a field its config space reads from.
+        mac = devices.virtio_net.mac;
+    } else if (devices.net && devices.net.memory) {
+        // The ne2k PROM stores each byte twice (word mode).
+        mac = Array.from({ length: 6 }, (_, i) => devices.net.memory[2 * i]);
+    }
+    if (!mac || mac.length !== 6) return null;
+    return Array.from(mac, b => b.toString(16).padStart(2, "0")).join(":");
 }
 
 // ---- interrupt controller state (irq_debug) ----

@@ -28,7 +28,7 @@ func (c *imageBuildConfig) registerFlags(e *env) *flag.FlagSet {
 	fs.StringVar(&c.Mirror, "mirror", "", "Debian archive URI (default: read from the host's apt sources)")
 	fs.StringVar(&c.Kernel, "kernel", c.Kernel, "the kernel: debian (Debian's linux-image-686 with modules) or source (built from linux-source-6.1 with guest/kernel/pgwasm.config)")
 	fs.StringVar(&c.Cmdline, "cmdline", "", "kernel command line (default: the chosen kernel's, docs/image.md)")
-	fs.StringVar(&c.NetDevice, "net-device", c.NetDevice, "v86 NIC the image is made for: ne2k or virtio")
+	fs.StringVar(&c.NetDevice, "net-device", c.NetDevice, "v86 NIC the image is made for: virtio or ne2k")
 	fs.StringVar(&c.HarnessDir, "harness", "", "directory of the Node harness (vm.mjs) that boots the VM to run initdb; found automatically when empty")
 	fs.BoolVar(&c.Force, "force", false, "rebuild even when the inputs are unchanged")
 	fs.BoolVar(&c.json, "json", false, "print the manifest as JSON")

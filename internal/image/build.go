@@ -102,7 +102,7 @@ func DefaultConfig() Config {
 		EtcApt:              "/etc/apt",
 		Keyring:             "/usr/share/keyrings/debian-archive-keyring.gpg",
 		Lock:                LockFile,
-		NetDevice:           "ne2k",
+		NetDevice:           "virtio",
 	}
 }
 

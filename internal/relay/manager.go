@@ -86,6 +86,9 @@ type Manager struct {
 	// tokens cannot bring them back on this Manager.
 	deleted   map[string]time.Time
 	onRestore func(*Session, *http.Request)
+
+	// frameBufs are the sessions' read buffers, MaxFrameSize+1 bytes each.
+	frameBufs sync.Pool
 }
 
 // NewManager checks cfg and starts the timeout checker. Metrics go to reg
@@ -124,6 +127,10 @@ func NewManager(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Ma
 		sessions:     make(map[string]*Session),
 		byClient:     make(map[netip.Addr]int),
 		deleted:      make(map[string]time.Time),
+	}
+	m.frameBufs.New = func() any {
+		b := make([]byte, cfg.MaxFrameSize+1)
+		return &b
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.wg.Add(1)

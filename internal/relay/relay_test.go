@@ -235,7 +235,7 @@ func TestDHCPLease(t *testing.T) {
 		Addr:    netip.MustParsePrefix("10.0.2.15/24"),
 		Gateway: netip.MustParseAddr("10.0.2.2"),
 		DNS:     netip.MustParseAddr("10.0.2.2"),
-		MTU:     1500,
+		MTU:     9000, // the guest's on virtio-net
 	}
 	if l != want {
 		t.Errorf("lease = %+v, want %+v", l, want)

@@ -500,37 +500,50 @@ const wsReadLimit = 64 << 10
 
 func (s *Session) readLoop(ctx context.Context, c *websocket.Conn) error {
 	c.SetReadLimit(wsReadLimit)
-	buf := make([]byte, s.cfg.MaxFrameSize+1)
 	for {
 		typ, r, err := c.Reader(ctx)
 		if err != nil {
 			return err
 		}
-		n, err := io.ReadFull(r, buf)
-		switch {
-		case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
-		case err != nil:
+		// A frame buffer only once a message has come: an idle session
+		// holds none (MaxFrameSize is 9 KB at MTU 9000).
+		buf := s.m.frameBufs.Get().(*[]byte)
+		err = s.readFrame(ctx, typ, r, *buf)
+		s.m.frameBufs.Put(buf)
+		if err != nil {
 			return err
-		default:
-			// Longer than MaxFrameSize: drain and drop.
-			rest, err := io.Copy(io.Discard, r)
-			if err != nil {
-				return err
-			}
-			s.drop(dropOversize, make([]byte, 0, n+int(rest)))
-			continue
 		}
-		if typ != websocket.MessageBinary {
-			s.drop(dropText, buf[:n])
-			continue
-		}
-		if s.cfg.BytesPerSecond > 0 {
-			if err := s.in.WaitN(ctx, n); err != nil {
-				return err
-			}
-		}
-		s.InjectFrame(buf[:n])
 	}
+}
+
+// readFrame reads one websocket message into buf (MaxFrameSize+1 bytes)
+// and injects it, or drops it.
+func (s *Session) readFrame(ctx context.Context, typ websocket.MessageType, r io.Reader, buf []byte) error {
+	n, err := io.ReadFull(r, buf)
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+	case err != nil:
+		return err
+	default:
+		// Longer than MaxFrameSize: drain and drop.
+		rest, err := io.Copy(io.Discard, r)
+		if err != nil {
+			return err
+		}
+		s.drop(dropOversize, make([]byte, 0, n+int(rest)))
+		return nil
+	}
+	if typ != websocket.MessageBinary {
+		s.drop(dropText, buf[:n])
+		return nil
+	}
+	if s.cfg.BytesPerSecond > 0 {
+		if err := s.in.WaitN(ctx, n); err != nil {
+			return err
+		}
+	}
+	s.InjectFrame(buf[:n])
+	return nil
 }
 
 func (s *Session) writeLoop(ctx context.Context, a *attachment) {
@@ -544,12 +557,15 @@ func (s *Session) writeLoop(ctx context.Context, a *attachment) {
 	if a.cork != nil {
 		defer a.cork.uncork()
 	}
-	buf := make([]byte, 0, s.cfg.MaxFrameSize)
+	// Sized for an MTU 1500 frame: an idle session waits in AppendFrame
+	// holding it; the first larger frame grows it for good.
+	buf := make([]byte, 0, min(s.cfg.MaxFrameSize, 1514+8))
 	for {
 		frame, err := s.st.AppendFrame(ctx, buf[:0])
 		if err != nil {
 			return
 		}
+		buf = frame
 		if s.cfg.BytesPerSecond > 0 {
 			if err := s.out.WaitN(ctx, len(frame)); err != nil {
 				return

@@ -49,7 +49,7 @@ func TestSpoofedFramesDropped(t *testing.T) {
 		{"ARP for another sender", simvm.BuildARPRequest(vm.MAC(), netip.MustParseAddr("10.0.2.3"), gateway), "spoofed-arp"},
 		{"multicast source MAC", simvm.BuildUDPFrame(net.HardwareAddr{0x01, 0, 0x5e, 0, 0, 1}, net.HardwareAddr{0x52, 0x55, 0x0a, 0, 2, 2}, netip.AddrPortFrom(guest, 1000), netip.AddrPortFrom(gateway, 53), dnsQ), "bad-source-mac"},
 		{"runt", []byte{1, 2, 3}, "runt"},
-		{"oversized", append(simvm.BuildUDPFrame(vm.MAC(), net.HardwareAddr{0x52, 0x55, 0x0a, 0, 2, 2}, netip.AddrPortFrom(guest, 1000), netip.AddrPortFrom(gateway, 53), nil), make([]byte, 2000)...), "oversize"},
+		{"oversized", append(simvm.BuildUDPFrame(vm.MAC(), net.HardwareAddr{0x52, 0x55, 0x0a, 0, 2, 2}, netip.AddrPortFrom(guest, 1000), netip.AddrPortFrom(gateway, 53), nil), make([]byte, relay.DefaultConfig().MaxFrameSize)...), "oversize"},
 		{"IPv6", append(append(append([]byte{0x33, 0x33, 0, 0, 0, 1}, vm.MAC()...), 0x86, 0xdd), make([]byte, 40)...), "unsupported-ethertype"},
 	}
 	for _, tt := range tests {

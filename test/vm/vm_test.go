@@ -195,6 +195,19 @@ func TestSaveRestore(t *testing.T) {
 	if guestMAC := strings.TrimSpace(*res.Rows[0][0]); st.NICMAC == "" || st.NICMAC != guestMAC {
 		t.Errorf("NIC MAC %q after restore, guest driver has %q", st.NICMAC, guestMAC)
 	}
+	// The NIC is the default one, virtio-net (ne2k only on request, `image
+	// build --net-device ne2k`), and the guest drives it with virtio_net.
+	m, err := manifest.Read(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err = v2.Query(ctx, "select pg_read_file('/sys/class/net/eth0/device/uevent')")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uevent := *res.Rows[0][0]; m.NetDevice != "virtio" || !strings.Contains(uevent, "DRIVER=virtio_net\n") {
+		t.Errorf("image NIC %q, guest eth0 %q: want virtio-net driven by virtio_net", m.NetDevice, uevent)
+	}
 	// Parameters go through as text.
 	res, err = v2.Query(ctx, "select $1::int + 1, $2::text is null", 41, nil)
 	if err != nil {
