@@ -496,6 +496,14 @@ func DebianModules(ctx context.Context, cfg Config) (string, error) {
 	return mods[0], nil
 }
 
+// netMTU is the MTU an image's NIC offers its guest (manifest.Image.NetMTU).
+func netMTU(device string) int {
+	if device == "virtio" {
+		return manifest.VirtioNetMTU
+	}
+	return 0
+}
+
 // cacheKey hashes every input of the build: packages (by their index
 // checksums), the agent, the guest files, the generated configuration and the
 // builder version.
@@ -509,6 +517,7 @@ func cacheKey(cfg Config, in *inputs, agent []byte) string {
 		BIOS     deb.Package
 		Cmdline  string
 		Net      string
+		NetMTU   int `json:",omitempty"`
 		Agent    [32]byte
 		Guest    [32]byte
 		Memory   [32]byte
@@ -516,7 +525,7 @@ func cacheKey(cfg Config, in *inputs, agent []byte) string {
 		// Our kernel's build key (source package, configuration,
 		// compilers); absent for Debian's kernel, whose key stays as it was.
 		KernelBuild string `json:",omitempty"`
-	}{BuilderVersion, in.root, imageKernel(in), in.bios, cfg.Cmdline, cfg.NetDevice, sha256.Sum256(agent), guestHash(), sha256.Sum256(guest.Memory), extKeys(in.exts), kernelBuildKey(in)})
+	}{BuilderVersion, in.root, imageKernel(in), in.bios, cfg.Cmdline, cfg.NetDevice, netMTU(cfg.NetDevice), sha256.Sum256(agent), guestHash(), sha256.Sum256(guest.Memory), extKeys(in.exts), kernelBuildKey(in)})
 	return hex.EncodeToString(h.Sum(nil))
 }
 

@@ -105,7 +105,7 @@ func DefaultConfig() Config {
 		Gateway:              netip.MustParseAddr("10.0.2.2"),
 		Guest:                netip.MustParseAddr("10.0.2.15"),
 		GatewayMAC:           net.HardwareAddr{0x52, 0x55, 0x0a, 0x00, 0x02, 0x02},
-		MTU:                  9000, // the guest's on virtio-net (vm.VirtioNetMTU)
+		MTU:                  9000, // the guest's on virtio-net (manifest.VirtioNetMTU)
 		LeaseTime:            24 * time.Hour,
 		ResolvConf:           "/etc/resolv.conf",
 		MaxSessions:          10000,

@@ -12,14 +12,6 @@ import (
 	"github.com/pgwasm/pgwasm/internal/manifest"
 )
 
-// VirtioNetMTU is the MTU v86's virtio-net offers (its net_device.mtu).
-// The guest's virtio_net takes it as eth0's MTU when it probes the device,
-// so a state keeps the MTU of the boot it was saved from (the snapshot's).
-// It is the relay's (relay.DefaultConfig): a TCP segment fills a 9000-byte
-// frame, and downloads run 2.3x, uploads 1.6-2.6x as fast as at 1500
-// (docs/scenarios.md, "The NIC"). The NE2000 has no such setting.
-const VirtioNetMTU = 9000
-
 // BootFiles are what a full boot loads. Start takes them from the image's
 // manifest; the image build names them itself, since it boots the image
 // before there is a manifest (Boot).
@@ -29,6 +21,7 @@ type BootFiles struct {
 	FSJSON, BlobDir string // the 9p tree: fs.json and its blob directory
 	Cmdline         string // kernel command line
 	NetDevice       string // v86 NIC type; "" means ne2k
+	NetMTU          int    // virtio-net's offered MTU (manifest.Image.NetMTU); 0: v86's default
 	// VirtioConsole gives v86 the virtio-console device (the agent's fast
 	// channel); a state saved with it restores only with it.
 	VirtioConsole bool
@@ -138,8 +131,8 @@ func (v *VM) startEmulator(ctx context.Context, harnessDir string, files BootFil
 	if relayURL != "" {
 		fields["relay_url"] = relayURL
 	}
-	if files.NetDevice == "virtio" {
-		fields["net_mtu"] = VirtioNetMTU
+	if files.NetDevice == "virtio" && files.NetMTU > 0 {
+		fields["net_mtu"] = files.NetMTU
 	}
 	if _, err := v.h.call(ctx, "start", fields); err != nil {
 		return err

@@ -18,7 +18,6 @@ import (
 
 	"github.com/pgwasm/pgwasm/internal/manifest"
 	"github.com/pgwasm/pgwasm/internal/testkit/pgtest"
-	"github.com/pgwasm/pgwasm/internal/vm"
 )
 
 // sink is a host TCP server the VM uploads to: it reads exactly want bytes
@@ -179,8 +178,8 @@ func TestUploads(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantMTU := 1500
-	if m.NetDevice == "virtio" {
-		wantMTU = vm.VirtioNetMTU
+	if m.NetDevice == "virtio" && m.NetMTU > 0 {
+		wantMTU = m.NetMTU
 	}
 	if out, err := g.program(ctx, "cat /sys/class/net/eth0/mtu"); err != nil || len(out) != 1 || out[0] != strconv.Itoa(wantMTU) {
 		t.Errorf("eth0 MTU %q (%v), want %d (net_device %s)", out, err, wantMTU, m.NetDevice)

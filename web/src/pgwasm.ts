@@ -94,6 +94,9 @@ export interface Manifest {
   key: string;
   cmdline: string;
   net_device: string;
+  // virtio-net's MTU, which the guest takes when it probes the NIC: a full
+  // boot offers it, a restored guest keeps its own. Absent: v86's 1500.
+  net_mtu?: number;
   postgres_version?: string;
   // The guest agent's channels (docs/agent-protocol.md, "Channels"); with
   // "virtio-console" the image's states hold that v86 device.
@@ -534,7 +537,7 @@ export class PgWasm extends EventTarget {
       // devices it was saved with.
       uart1: true,
       virtio_console: true,
-      net_device: { type: this.manifest.net_device || "ne2k" },
+      net_device: { type: this.manifest.net_device || "ne2k", ...(this.manifest.net_mtu ? { mtu: this.manifest.net_mtu } : {}) },
       preserve_mac_from_state_image: true,
       filesystem: boot ? { basefs: img("9p/fs.json"), baseurl: img("9p/blobs/") } : { baseurl: img("9p/blobs/") },
     };
