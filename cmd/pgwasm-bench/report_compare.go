@@ -29,7 +29,7 @@ var (
 	causeNet = cause{"The emulated network path",
 		"every packet crosses the emulated NIC (virtio-net at MTU 9000 by default), the guest kernel's TCP, the websocket relay and the host netstack, with TLS inside the VM; " +
 			"v86 runs the whole VM on one host thread, so 4 clients share one emulated CPU and get no more throughput than 1. " +
-			"What would change it: more emulation speed for the guest's TLS and TCP (virtio-net at MTU 9000 did not move pgbench against the NE2000, see [scenarios.md](scenarios.md), "The NIC"; more clients cannot help)"}
+			"What would change it: more emulation speed for the guest's TLS and TCP (virtio-net at MTU 9000 did not move pgbench against the NE2000, see [scenarios.md](scenarios.md), The NIC; more clients cannot help)"}
 	causeOrder = []cause{causeStart, causeBytes, causeCPU, causeRTT, causeNet}
 )
 
