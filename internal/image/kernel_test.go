@@ -66,7 +66,7 @@ func TestCheckKernel(t *testing.T) {
 		wantKind, wantStart string
 		err                 string
 	}{
-		{kernel: "", wantKind: KernelDebian, wantStart: DefaultCmdline(KernelDebian)},
+		{kernel: "", wantKind: KernelSource, wantStart: DefaultCmdline(KernelSource)},
 		{kernel: KernelDebian, wantKind: KernelDebian, wantStart: "console=ttyS0 "},
 		{kernel: KernelSource, wantKind: KernelSource, wantStart: DefaultCmdline(KernelSource)},
 		{kernel: KernelSource, cmdline: "console=ttyS0 debug", wantKind: KernelSource, wantStart: "console=ttyS0 debug"},
