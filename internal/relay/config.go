@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/pgwasm/pgwasm/internal/manifest"
 	"github.com/pgwasm/pgwasm/internal/netstack"
 	"github.com/pgwasm/pgwasm/internal/policy"
 )
@@ -105,7 +106,7 @@ func DefaultConfig() Config {
 		Gateway:              netip.MustParseAddr("10.0.2.2"),
 		Guest:                netip.MustParseAddr("10.0.2.15"),
 		GatewayMAC:           net.HardwareAddr{0x52, 0x55, 0x0a, 0x00, 0x02, 0x02},
-		MTU:                  9000, // the guest's on virtio-net (manifest.VirtioNetMTU)
+		MTU:                  manifest.VirtioNetMTU, // the guest's on virtio-net
 		LeaseTime:            24 * time.Hour,
 		ResolvConf:           "/etc/resolv.conf",
 		MaxSessions:          10000,
@@ -117,7 +118,7 @@ func DefaultConfig() Config {
 		IdleTimeout:          time.Hour,
 		Lifetime:             24 * time.Hour,
 		Grace:                60 * time.Second,
-		MaxFrameSize:         9014 + 8, // Ethernet + MTU 9000, slack for a VLAN tag
+		MaxFrameSize:         manifest.VirtioNetMTU + 14 + 8, // Ethernet header + MTU, slack for a VLAN tag
 		DialTimeout:          10 * time.Second,
 		UDPIdleTimeout:       60 * time.Second,
 	}
