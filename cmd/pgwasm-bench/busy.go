@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strconv"
 	"time"
 )
@@ -32,7 +31,7 @@ type ourBusy struct {
 }
 
 func measureBusy(ctx context.Context, cfg *Config, logger *slog.Logger, errs *[]string) *busyResults {
-	env := append(os.Environ(), "PGWASM_BIN="+cfg.Bin, "PGWASM_IMAGE="+absPath(cfg.ImageDir))
+	env := cfg.pageEnv()
 	var out struct {
 		Busy []ourBusy `json:"busy"`
 	}

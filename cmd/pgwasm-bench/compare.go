@@ -382,7 +382,7 @@ func measureCompare(ctx context.Context, cfg *Config, logger *slog.Logger, errs 
 				r.PGliteBrowserSetup = pb.QuerySet.into(r.PGliteBrowserQ)
 			}
 		}
-		env := append(os.Environ(), "PGWASM_BIN="+cfg.Bin, "PGWASM_IMAGE="+absPath(cfg.ImageDir))
+		env := cfg.pageEnv()
 		for i := range cfg.BrowserStarts {
 			if i > 0 && time.Now().After(budget) {
 				r.Notes = append(r.Notes, fmt.Sprintf("our page in Chromium: %d of %d runs (time budget)", i, cfg.BrowserStarts))

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strconv"
 	"time"
 )
@@ -59,7 +58,7 @@ func (o *ourCopy) results(runs int) *copyResults {
 }
 
 func measureCopy(ctx context.Context, cfg *Config, logger *slog.Logger, errs *[]string) *copyResults {
-	env := append(os.Environ(), "PGWASM_BIN="+cfg.Bin, "PGWASM_IMAGE="+absPath(cfg.ImageDir))
+	env := cfg.pageEnv()
 	var out ourCopy
 	if err := runJSON(ctx, logger, &out, 25*time.Minute, env, "node", "web/test/bench.mjs", "--copy", strconv.Itoa(cfg.CopyRuns), "--copy-mb", strconv.Itoa(cfg.CopyMB)); err != nil {
 		*errs = append(*errs, fmt.Sprintf("COPY through the page API: %v", err))

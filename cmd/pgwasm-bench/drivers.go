@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -63,7 +62,7 @@ func (o *ourDrivers) results(runs, warm, kyRuns int) *driversResults {
 }
 
 func measureDrivers(ctx context.Context, cfg *Config, logger *slog.Logger, errs *[]string) *driversResults {
-	env := append(os.Environ(), "PGWASM_BIN="+cfg.Bin, "PGWASM_IMAGE="+absPath(cfg.ImageDir))
+	env := cfg.pageEnv()
 	var out ourDrivers
 	err := runJSON(ctx, logger, &out, 15*time.Minute, env, "node", "web/test/bench.mjs",
 		"--drivers", strconv.Itoa(cfg.DriverRuns), "--warm", strconv.Itoa(cfg.DriverWarm), "--kysely-runs", strconv.Itoa(cfg.KyselyRuns))

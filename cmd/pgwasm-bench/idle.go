@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strconv"
 	"time"
 )
@@ -27,7 +26,7 @@ type ourIdle struct {
 
 func measureIdle(ctx context.Context, cfg *Config, logger *slog.Logger, errs *[]string) *idleResults {
 	r := &idleResults{Seconds: cfg.IdleSeconds}
-	env := append(os.Environ(), "PGWASM_BIN="+cfg.Bin, "PGWASM_IMAGE="+absPath(cfg.ImageDir))
+	env := cfg.pageEnv()
 	for i := range cfg.IdleRuns {
 		var out ourIdle
 		err := runJSON(ctx, logger, &out, 10*time.Minute, env, "node", "web/test/bench.mjs", "--idle", strconv.Itoa(cfg.IdleSeconds))

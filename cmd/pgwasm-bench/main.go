@@ -351,3 +351,9 @@ func writeFileAtomic(path string, data []byte) error {
 	}
 	return nil
 }
+
+// pageEnv is the environment of web/test/bench.mjs: this run's pgwasm
+// binary and image, for its `pgwasm serve`.
+func (c *Config) pageEnv() []string {
+	return append(os.Environ(), "PGWASM_BIN="+c.Bin, "PGWASM_IMAGE="+absPath(c.ImageDir))
+}
