@@ -53,17 +53,13 @@ import fs from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import { startServer, launchBrowser, waitReady, waitMessage, waitScreen, mainThreadDuring, installCSV, root } from "./lib.mjs";
+import { startServer, launchBrowser, waitReady, waitMessage, waitScreen, mainThreadDuring, installCSV, COPY_TABLE, root } from "./lib.mjs";
 import { inPage, trackBytes, roundTrips, kyselyRows } from "../../bench/measure.mjs";
 import { bundleDrivers, webModules } from "./driver-bundle.mjs";
 
 // PGlite comes from the bench/ package (npm ci there), as bench/pglite.mjs.
 const benchModules = path.join(root, "bench", "node_modules");
 const pgliteDir = path.join(benchModules, "@electric-sql", "pglite");
-
-// COPY_TABLE is the table both sides load: an int primary key (an index to
-// maintain, as a real import has), text and numeric.
-const COPY_TABLE = "create table cp (id int primary key, name text, amount numeric(8,2))";
 
 const args = process.argv.slice(2);
 const arg = name => {

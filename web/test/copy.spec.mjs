@@ -7,7 +7,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { startServer, launchBrowser, waitReady, apiQuery, artifacts, installCSV } from "./lib.mjs";
+import { startServer, launchBrowser, waitReady, apiQuery, artifacts, installCSV, COPY_TABLE } from "./lib.mjs";
 
 let srv, browser, page;
 
@@ -32,7 +32,7 @@ before(async () => {
     };
     window.errOf = e => ({ message: e.message, sqlstate: e.sqlstate, detail: e.detail, hint: e.hint });
   });
-  await apiQuery(page, "create table cp (id int primary key, name text, amount numeric(8,2))");
+  await apiQuery(page, COPY_TABLE);
 });
 
 after(async () => {

@@ -103,6 +103,10 @@ export function pageStatus(page) {
   return page.evaluate(() => window.pgwasm?.lastStatus || null);
 }
 
+// COPY_TABLE is the table installCSV's rows load into: an int primary key
+// (an index to maintain, as a real import has), text and numeric.
+export const COPY_TABLE = "create table cp (id int primary key, name text, amount numeric(8,2))";
+
 // installCSV, run in a page (page.evaluate(installCSV)), defines the CSV
 // that copy.spec.mjs loads and `make bench` times (web/test/bench.mjs
 // --copy): window.makeCSV(bytes) gives the text of rows "id,name,amount"
