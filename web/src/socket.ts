@@ -354,9 +354,17 @@ export function streamsOf(c: MuxConn): PgSocket {
 
 type Listener = (...args: any[]) => void;
 
+// asBuffer hands out a Buffer when the page has a global one (drivers
+// written for Node parse Buffers), else the bytes as they are.
+function asBuffer(b: Uint8Array): Uint8Array {
+  const B = (globalThis as any).Buffer;
+  return B ? B.from(b.buffer, b.byteOffset, b.length) : b;
+}
+
 // NodeSocket is shaped like Node's net.Socket as far as PostgreSQL drivers
 // use it (node-postgres: connect, setNoDelay, setKeepAlive, write, end,
-// destroy, 'connect', 'data', 'end', 'close', 'error'). Data arrives as
+// destroy, 'connect', 'data', 'end', 'close', 'error'; pg-copy-streams'
+// COPY TO: pause, read, 'readable', listeners, resume). Data arrives as
 // Buffer when the page has a global Buffer (drivers need it), else as
 // Uint8Array. Hand one to a driver that takes a custom stream, e.g.
 // `new pg.Client({ stream: () => pgwasm.nodeSocket() })`.
@@ -364,11 +372,16 @@ type Listener = (...args: any[]) => void;
 const HIGH_WATER = 64 << 10;
 
 export class NodeSocket {
-  private listeners = new Map<string, Listener[]>();
+  private handlers = new Map<string, Listener[]>();
   private conn: MuxConn | null = null;
   private pendingWrites: Uint8Array[] = [];
   private paused = false;
   private unread: Uint8Array[] = [];
+  private unreadBytes = 0;
+  private readableSignalled = false;
+  // The channel's end, held back while paused data is unread: as on a
+  // net.Socket, 'end' follows the last byte read.
+  private heldEnd = false;
   connecting = false;
   destroyed = false;
   readyState: "opening" | "open" | "readOnly" | "writeOnly" | "closed" = "closed";
@@ -380,9 +393,10 @@ export class NodeSocket {
   constructor(private opener: () => Promise<MuxConn>) {}
 
   on(ev: string, f: Listener): this {
-    const l = this.listeners.get(ev) || [];
+    const l = this.handlers.get(ev) || [];
     l.push(f);
-    this.listeners.set(ev, l);
+    this.handlers.set(ev, l);
+    if (ev === "readable" && this.unreadBytes > 0) this.signalReadable();
     return this;
   }
   addListener(ev: string, f: Listener): this { return this.on(ev, f); }
@@ -392,18 +406,19 @@ export class NodeSocket {
     return this.on(ev, w);
   }
   off(ev: string, f: Listener): this {
-    const l = this.listeners.get(ev);
-    if (l) this.listeners.set(ev, l.filter(x => x !== f && (x as any).listener !== f));
+    const l = this.handlers.get(ev);
+    if (l) this.handlers.set(ev, l.filter(x => x !== f && (x as any).listener !== f));
     return this;
   }
   removeListener(ev: string, f: Listener): this { return this.off(ev, f); }
   removeAllListeners(ev?: string): this {
-    if (ev) this.listeners.delete(ev); else this.listeners.clear();
+    if (ev) this.handlers.delete(ev); else this.handlers.clear();
     return this;
   }
-  listenerCount(ev: string): number { return this.listeners.get(ev)?.length || 0; }
+  listenerCount(ev: string): number { return this.handlers.get(ev)?.length || 0; }
+  listeners(ev: string): Listener[] { return (this.handlers.get(ev) || []).map(f => (f as any).listener || f); }
   emit(ev: string, ...args: any[]): boolean {
-    const l = this.listeners.get(ev);
+    const l = this.handlers.get(ev);
     if (!l || l.length === 0) {
       if (ev === "error") console.error("pgwasm socket error with no listener:", args[0]);
       return false;
@@ -433,14 +448,63 @@ export class NodeSocket {
     return this;
   }
 
+  // Paused data is not granted back to the channel until it is read or
+  // resumed, so a reader that stops reading stops the sender.
   private deliver(b: Uint8Array): void {
-    if (this.paused) { this.unread.push(b); return; }
-    const B = (globalThis as any).Buffer;
-    this.emit("data", B ? B.from(b.buffer, b.byteOffset, b.length) : b);
+    if (this.paused) {
+      this.unread.push(b);
+      this.unreadBytes += b.length;
+      if (this.listenerCount("readable") > 0) this.signalReadable();
+      return;
+    }
+    this.emit("data", asBuffer(b));
     this.conn?.consumed(b.length);
   }
 
+  private signalReadable(): void {
+    if (this.readableSignalled) return;
+    this.readableSignalled = true;
+    queueMicrotask(() => {
+      this.readableSignalled = false;
+      if (this.unreadBytes > 0 || this.heldEnd) this.emit("readable");
+    });
+  }
+
+  // read is a paused net.Socket's read: all unread bytes, or size of them,
+  // or null when fewer are there.
+  read(size?: number): Uint8Array | null {
+    if (this.unreadBytes === 0 || (size !== undefined && size > this.unreadBytes)) {
+      if (this.heldEnd && this.unreadBytes === 0) queueMicrotask(() => this.releaseEnd());
+      return null;
+    }
+    const n = size === undefined || size <= 0 ? this.unreadBytes : size;
+    const out = new Uint8Array(n);
+    let at = 0;
+    while (at < n) {
+      const head = this.unread[0];
+      const take = Math.min(head.length, n - at);
+      out.set(head.subarray(0, take), at);
+      at += take;
+      if (take === head.length) this.unread.shift();
+      else this.unread[0] = head.subarray(take);
+    }
+    this.unreadBytes -= n;
+    this.conn?.consumed(n);
+    if (this.heldEnd && this.unreadBytes === 0) queueMicrotask(() => this.releaseEnd());
+    return asBuffer(out);
+  }
+
+  private releaseEnd(): void {
+    if (!this.heldEnd || this.unreadBytes > 0) return;
+    this.heldEnd = false;
+    this.ended(null);
+  }
+
   private ended(err: Error | null): void {
+    if (!err && this.unreadBytes > 0) {
+      this.heldEnd = true;
+      return;
+    }
     this.readyState = "closed";
     this.writable = this.readable = false;
     if (err) {
@@ -523,11 +587,14 @@ export class NodeSocket {
   }
 
   pause(): this { this.paused = true; return this; }
+  isPaused(): boolean { return this.paused; }
   resume(): this {
     this.paused = false;
     const u = this.unread;
     this.unread = [];
+    this.unreadBytes = 0;
     for (const b of u) this.deliver(b);
+    if (this.heldEnd) this.releaseEnd();
     return this;
   }
   setNoDelay(_v?: boolean): this { return this; }

@@ -23,7 +23,7 @@ const main = `
 import pg from "pg";
 import postgres from "postgres";
 import { Kysely, PostgresDialect, sql as ksql } from "kysely";
-import { from as copyFrom } from "pg-copy-streams";
+import { from as copyFrom, to as copyTo } from "pg-copy-streams";
 import { Buffer } from "buffer";
 import { boot, SocketError } from "pgwasm";
 // Drivers written for Node parse Buffers: the socket hands out Buffers when
@@ -48,6 +48,7 @@ window.kysely = () => new Kysely({ dialect: new PostgresDialect({
 }) });
 window.ksql = ksql;
 window.copyFrom = copyFrom;
+window.copyTo = copyTo;
 // postgres.js takes a socket that is already connected.
 window.sqljs = (max = 2) => postgres({
   user: "postgres", database: "postgres", max, onnotice: () => {},
@@ -194,9 +195,9 @@ test("postgres.js: table, insert, select, transaction, prepared statement, SQLST
 // client usable; postgres.js 3.4.9's `.writable()` never settles when the
 // server rejects the data after end(), porsager/postgres#1173: this spec
 // hung on it), postgres.js's built-in `.readable()` for COPY TO STDOUT
-// (pg-copy-streams' COPY TO reads the socket in Node's paused mode,
-// read() and 'readable', which nodeSocket() does not have). Both build on
-// Node's stream module: the bundle takes it from readable-stream.
+// (pg-copy-streams' COPY TO, which reads the socket in Node's paused mode,
+// has its own test below). Both build on Node's stream module: the bundle
+// takes it from readable-stream.
 test("COPY FROM STDIN (node-postgres + pg-copy-streams) and TO STDOUT (postgres.js): escapes kept; a bad row fails with its SQLSTATE", async () => {
   const r = await p.evaluate(async () => {
     const out = {};
@@ -265,6 +266,60 @@ test("COPY FROM STDIN (node-postgres + pg-copy-streams) and TO STDOUT (postgres.
   assert.deepEqual(r.bad, { code: "22P02", message: 'invalid input syntax for type integer: "x9500"', where: 'COPY pjc, line 4501, column id: "x9500"' });
   assert.equal(r.sameAfterBad, "same");
   assert.deepEqual(r.after, { n: 5000, max: 4999 });
+});
+
+// pg-copy-streams' COPY TO takes the socket over in Node's paused mode
+// (pause(), read() in a loop on 'readable', then resume() and pg's own
+// 'data' handler for what it did not consume): a slow consumer must hold
+// the data back, and the client must be usable after the end and after an
+// error in the middle of the copy.
+test("COPY TO STDOUT through node-postgres + pg-copy-streams: paused-mode reads, a slow reader, an error mid-copy", async () => {
+  const r = await p.evaluate(async () => {
+    const out = {};
+    const timeout = (what, ms = 60000) => new Promise((_, reject) => setTimeout(() => reject(new Error(what + ": no answer in " + ms + " ms")), ms));
+    const c = await window.client();
+    await c.query("create table pjt as select i as id, repeat(md5(i::text), 3) as body from generate_series(1, 20000) i");
+    const expect = (await c.query("select md5(string_agg(id || E'\\t' || body || E'\\n', '' order by id)) as h, sum(length(id::text) + length(body) + 2)::int as n from pjt")).rows[0];
+    const readAll = async (stream, slowMs) => {
+      const parts = [];
+      await Promise.race([(async () => {
+        for await (const chunk of stream) {
+          parts.push(new Uint8Array(chunk));
+          if (slowMs && parts.length <= 5) await new Promise(res => setTimeout(res, slowMs));
+        }
+      })(), timeout("COPY TO")]);
+      return parts;
+    };
+    const digest = async parts => {
+      const all = new Uint8Array(parts.reduce((n, b) => n + b.length, 0));
+      parts.reduce((at, b) => { all.set(b, at); return at + b.length; }, 0);
+      return { n: all.length, text: new TextDecoder().decode(all) };
+    };
+    // A reader that sleeps on its first chunks: the rest waits in the page
+    // (unread, not granted back to the channel) until it reads on.
+    const s1 = c.query(window.copyTo("copy (select id, body from pjt order by id) to stdout"));
+    const got = await digest(await readAll(s1, 300));
+    out.bytes = got.n;
+    out.expectBytes = expect.n;
+    out.rowCount = s1.rowCount;
+    out.sameMd5 = (await c.query("select md5($1) as h", [got.text])).rows[0].h === expect.h;
+    out.after = (await Promise.race([c.query("select 'usable' as v"), timeout("query after COPY TO")])).rows[0].v;
+    // An error once rows have been sent: the stream fails with the
+    // SQLSTATE and the client takes the next query.
+    const s2 = c.query(window.copyTo("copy (select id, 1 / (id - 15000) from pjt order by id) to stdout"));
+    try { await readAll(s2); out.err = "no error"; } catch (e) { out.err = { code: e.code, message: e.message }; }
+    out.afterErr = (await Promise.race([c.query("select 'again' as v"), timeout("query after a failed COPY TO")])).rows[0].v;
+    await c.query("drop table pjt");
+    await c.end();
+    return out;
+  });
+  assert.ok(r.bytes > 1_000_000, `only ${r.bytes} bytes`);
+  assert.equal(r.bytes, r.expectBytes);
+  assert.equal(r.rowCount, 20000);
+  assert.ok(r.sameMd5, "COPY TO differs from the table");
+  assert.equal(r.after, "usable");
+  assert.deepEqual(r.err, { code: "22012", message: "division by zero" });
+  assert.equal(r.afterErr, "again");
 });
 
 test("Kysely on node-postgres: schema, insert, select, transaction", async t => {
