@@ -7,7 +7,7 @@
 //   start      boot the image, or restore a state file; answers once the CPU runs
 //              (virtio_console: give v86 that device; agent_channel: "serial"
 //              or "virtio-console", where agent requests go by default;
-//              net_mtu: virtio-net's MTU)
+//              net_mtu: virtio-net's MTU; acpi: v86's local APIC)
 //   wait_agent wait until the guest agent answers on the default channel
 //   agent      pass one request object to the guest agent, return its response
 //              (channel: another channel than the default; stream: {chunk_bytes,
@@ -521,6 +521,9 @@ async function start(cmd) {
         // The agent's fast channel; a state restores only into a machine
         // with the same devices, so the image's manifest decides.
         virtio_console: !!cmd.virtio_console,
+        // The guest's local APIC (our kernel's clock-event device); part of
+        // the machine a state needs, so the image's manifest decides.
+        acpi: !!cmd.acpi,
         // mtu: virtio-net's, which the guest takes when it probes the
         // device (a restored guest keeps the one it booted with).
         net_device: { type: cmd.net_device, ...(cmd.net_mtu ? { mtu: cmd.net_mtu } : {}), ...(cmd.relay_url ? { relay_url: cmd.relay_url } : {}) },

@@ -72,6 +72,7 @@ const emulator = new V86({
     disable_speaker: true,
     uart1: true,
     virtio_console: !!stateMeta.virtio_console,
+    acpi: !!manifest.acpi,
     net_device: { type: manifest.net_device },
     preserve_mac_from_state_image: true,
     filesystem: { baseurl: path.resolve(imageDir, manifest.fs.blob_dir) + "/" },

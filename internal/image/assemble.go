@@ -116,7 +116,7 @@ func assemble(ctx context.Context, cfg Config, in *inputs, agent []byte, work, s
 	}
 
 	m := &manifest.Image{
-		Version: manifest.Version, Builder: BuilderVersion, Cmdline: cfg.Cmdline, NetDevice: cfg.NetDevice, NetMTU: netMTU(cfg.NetDevice),
+		Version: manifest.Version, Builder: BuilderVersion, Cmdline: cfg.Cmdline, NetDevice: cfg.NetDevice, NetMTU: netMTU(cfg.NetDevice), ACPI: localAPIC(cfg.Kernel),
 		PostgresVersion: pgVersion, Packages: manifestPackages(in.root), KernelPackage: imageKernel(in).Package,
 		Extensions:    extensionInfo(in.exts),
 		AgentChannels: agentChannels,

@@ -504,6 +504,12 @@ func netMTU(device string) int {
 	return 0
 }
 
+// localAPIC says whether an image's machine has v86's local APIC
+// (manifest.Image.ACPI): only our kernel is configured for it and measured
+// with it (guest/kernel/pgwasm.config); Debian's kernel keeps the machine it
+// was tested on.
+func localAPIC(kernel string) bool { return kernel == KernelSource }
+
 // cacheKey hashes every input of the build: packages (by their index
 // checksums), the agent, the guest files, the generated configuration and the
 // builder version.
@@ -517,7 +523,8 @@ func cacheKey(cfg Config, in *inputs, agent []byte) string {
 		BIOS     deb.Package
 		Cmdline  string
 		Net      string
-		NetMTU   int `json:",omitempty"`
+		NetMTU   int  `json:",omitempty"`
+		ACPI     bool `json:",omitempty"`
 		Agent    [32]byte
 		Guest    [32]byte
 		Memory   [32]byte
@@ -525,7 +532,7 @@ func cacheKey(cfg Config, in *inputs, agent []byte) string {
 		// Our kernel's build key (source package, configuration,
 		// compilers); absent for Debian's kernel, whose key stays as it was.
 		KernelBuild string `json:",omitempty"`
-	}{BuilderVersion, in.root, imageKernel(in), in.bios, cfg.Cmdline, cfg.NetDevice, netMTU(cfg.NetDevice), sha256.Sum256(agent), guestHash(), sha256.Sum256(guest.Memory), extKeys(in.exts), kernelBuildKey(in)})
+	}{BuilderVersion, in.root, imageKernel(in), in.bios, cfg.Cmdline, cfg.NetDevice, netMTU(cfg.NetDevice), localAPIC(cfg.Kernel), sha256.Sum256(agent), guestHash(), sha256.Sum256(guest.Memory), extKeys(in.exts), kernelBuildKey(in)})
 	return hex.EncodeToString(h.Sum(nil))
 }
 

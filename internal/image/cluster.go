@@ -320,7 +320,7 @@ func bootVMStep(ctx context.Context, cfg Config, staged, tree, entryTmp, work st
 			Kernel: filepath.Join(staged, "bzImage"), Initrd: filepath.Join(staged, "initrd.img"),
 			BIOS: filepath.Join(staged, "bios.bin"), VGABIOS: filepath.Join(staged, "vgabios.bin"),
 			FSJSON: filepath.Join(tree, ninep.IndexName), BlobDir: filepath.Join(tree, ninep.BlobDir),
-			Cmdline: cfg.Cmdline + " " + buildFlag, NetDevice: cfg.NetDevice,
+			Cmdline: cfg.Cmdline + " " + buildFlag, NetDevice: cfg.NetDevice, ACPI: localAPIC(cfg.Kernel),
 		},
 		Memory:     vmStepMemoryMB,
 		HarnessDir: cfg.HarnessDir,

@@ -53,7 +53,13 @@ type Image struct {
 	// guest's virtio_net takes as eth0's when it probes the device: a full
 	// boot offers it, a state keeps what its boot took. 0: v86's 1500
 	// (the NE2000, virtio images from before it).
-	NetMTU          int      `json:"net_mtu,omitempty"`
+	NetMTU int `json:"net_mtu,omitempty"`
+	// ACPI starts v86 with its `acpi` option, which gives the guest a
+	// local APIC (and v86's ACPI and I/O APIC devices, which our kernel
+	// does not use): our kernel takes the APIC's timer as its clock-event
+	// device. A state saved with it restores only with it. False for
+	// Debian's kernel and images from before it.
+	ACPI            bool     `json:"acpi,omitempty"`
 	PostgresVersion string   `json:"postgres_version"`
 	Modules         []string `json:"modules"`
 	// AgentChannels are the channels the guest agent answers on, the

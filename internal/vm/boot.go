@@ -22,6 +22,7 @@ type BootFiles struct {
 	Cmdline         string // kernel command line
 	NetDevice       string // v86 NIC type; "" means ne2k
 	NetMTU          int    // virtio-net's offered MTU (manifest.Image.NetMTU); 0: v86's default
+	ACPI            bool   // v86's acpi option: the guest's local APIC (manifest.Image.ACPI)
 	// VirtioConsole gives v86 the virtio-console device (the agent's fast
 	// channel); a state saved with it restores only with it.
 	VirtioConsole bool
@@ -133,6 +134,9 @@ func (v *VM) startEmulator(ctx context.Context, harnessDir string, files BootFil
 	}
 	if files.NetDevice == "virtio" && files.NetMTU > 0 {
 		fields["net_mtu"] = files.NetMTU
+	}
+	if files.ACPI {
+		fields["acpi"] = true
 	}
 	if _, err := v.h.call(ctx, "start", fields); err != nil {
 		return err

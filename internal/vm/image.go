@@ -37,7 +37,7 @@ func (img *Image) bootFiles() BootFiles {
 		Kernel: img.path(m.Kernel.File), Initrd: img.path(m.Initrd.File),
 		BIOS: img.path(m.BIOS.File), VGABIOS: img.path(m.VGABIOS.File),
 		FSJSON: img.path(m.FS.File), BlobDir: img.path(m.FS.BlobDir),
-		Cmdline: m.Cmdline, NetDevice: m.NetDevice, NetMTU: m.NetMTU,
+		Cmdline: m.Cmdline, NetDevice: m.NetDevice, NetMTU: m.NetMTU, ACPI: m.ACPI,
 		VirtioConsole: img.virtioConsole(),
 	}
 }

@@ -97,6 +97,7 @@ export interface Manifest {
   // virtio-net's MTU, which the guest takes when it probes the NIC: a full
   // boot offers it, a restored guest keeps its own. Absent: v86's 1500.
   net_mtu?: number;
+  acpi?: boolean; // v86's local APIC, which our kernel's timer uses
   postgres_version?: string;
   // The guest agent's channels (docs/agent-protocol.md, "Channels"); with
   // "virtio-console" the image's states hold that v86 device.
@@ -538,6 +539,7 @@ export class PgWasm extends EventTarget {
       uart1: true,
       virtio_console: true,
       net_device: { type: this.manifest.net_device || "ne2k", ...(this.manifest.net_mtu ? { mtu: this.manifest.net_mtu } : {}) },
+      acpi: !!this.manifest.acpi,
       preserve_mac_from_state_image: true,
       filesystem: boot ? { basefs: img("9p/fs.json"), baseurl: img("9p/blobs/") } : { baseurl: img("9p/blobs/") },
     };
