@@ -37,6 +37,11 @@ export type ToWorker =
   | { t: "write"; channel: Channel; bytes: Uint8Array }
   | { t: "reset"; channel: Channel }
   | { t: "net"; frame: Uint8Array }
+  // A test aid (web/test/lib.mjs throttleCPU): CDP's CPU throttling slows
+  // only a page's own thread ("Operation is only supported for pages, not
+  // workers"), so the worker slows its emulator itself: after each slice of
+  // d ms it waits (rate - 1) * d ms, a CPU rate times slower to the guest.
+  | { t: "throttle"; rate: number }
   | { t: "call"; id: number; op: string; args: unknown[] };
 
 // Worker → page. "beat" comes every SAMPLE_MS with what the liveness

@@ -27,6 +27,7 @@ let loadsInFlight = 0;
 let lastLoad = 0;
 let lastBusy = 0;
 let lastIC = 0;
+let throttle = 1; // see the "throttle" message (vm-protocol.ts)
 
 const stats: EmulatorStats = {
   instructions: 0, inHlt: false, mainLoopCalls: 0, mainLoopMs: 0, mainLoopInstructions: 0, endedInHlt: 0,
@@ -124,7 +125,7 @@ function count(): void {
     if (d > 50) stats.slicesOver50++;
     if (d > 100) stats.slicesOver100++;
     if (d > stats.longestSliceMs) stats.longestSliceMs = d;
-    return r;
+    return throttle > 1 ? Math.max(r, (throttle - 1) * d) : r;
   };
   // v86's JIT hands each compiled guest code block to V8 as a new
   // WebAssembly module here.
@@ -327,6 +328,9 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
       break;
     case "reset":
       writers[m.channel].reset();
+      break;
+    case "throttle":
+      throttle = m.rate;
       break;
     case "net":
       emulator?.bus.send("net0-receive", m.frame);
