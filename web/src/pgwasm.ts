@@ -993,7 +993,7 @@ export class PgWasm extends EventTarget {
   async upload(path: string, bytes: Uint8Array | ArrayBuffer | Blob): Promise<string> {
     // A copy, given to the worker: the caller keeps its bytes.
     const data = bytes instanceof Blob ? new Uint8Array(await bytes.arrayBuffer()) : new Uint8Array(bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes));
-    return this.call<string>("upload", [path, data]);
+    return this.call<string>("upload", [path, data], [data.buffer]);
   }
 
   // download reads a file out of the VM. Files on the guest's tmpfs mounts

@@ -254,7 +254,9 @@ function listFiles(dir: string): { name: string; size: number }[] {
 }
 
 // ops are the page's calls (PgWasm.call); a result that is an ArrayBuffer
-// or a Uint8Array is transferred.
+// (v86 makes a new one for save_state) is transferred, a Uint8Array copied
+// first (read_file may hand out a view of v86's cached file) and its copy
+// transferred.
 const ops: Record<string, (...args: any[]) => unknown> = {
   run,
   stop: () => emulator.stop(),
@@ -305,8 +307,9 @@ async function call(id: number, op: string, args: unknown[]): Promise<void> {
     const fn = ops[op];
     if (!fn) throw new Error(`the emulator's worker has no operation ${op}`);
     if (!emulator && op !== "destroy") throw new Error("the emulator is gone");
-    const value = await fn(...args);
-    const transfer = value instanceof ArrayBuffer ? [value] : ArrayBuffer.isView(value) ? [value.buffer as ArrayBuffer] : [];
+    let value = await fn(...args);
+    if (value instanceof Uint8Array) value = copy(value);
+    const transfer = value instanceof ArrayBuffer ? [value] : value instanceof Uint8Array ? [value.buffer as ArrayBuffer] : [];
     post({ t: "reply", id, ok: true, value }, transfer);
   } catch (err) {
     post({ t: "reply", id, ok: false, error: String((err as Error)?.message || err) });
