@@ -267,7 +267,8 @@ export class PgWasm extends EventTarget {
   // the guest lives in the worker, as unbounded as the harness's writer
   // it is: what bounds it is the protocols above it, as before (the
   // socket mux sends within the window the agent grants per connection,
-  // the agent client a request of at most 1 MiB at a time per call).
+  // so a big copyFrom has at most that in flight; the agent client writes
+  // the requests its callers make, as big as they are).
   private channelWriter(channel: Channel): ChannelWriter {
     const write = (bytes: Uint8Array) => {
       if (bytes.length === 0 || !this.worker) return;
