@@ -30,12 +30,15 @@ type BuildResult struct {
 	Bytes int64
 }
 
-// Entry points: the page and the embedding API. Each is one file (no code
-// splitting): both find v86.wasm and the image relative to their own URL,
-// and a page loads only one of them.
+// Entry points: the page, the embedding API and the emulator's worker (v86
+// runs in it; both the page and the API start it from their own URL). Each
+// is one file (no code splitting): the worker finds v86.wasm and the page
+// or the API the image relative to their own URL, and a page loads only
+// one of the first two.
 var entryPoints = []api.EntryPoint{
 	{InputPath: "src/app.ts", OutputPath: "app"},
 	{InputPath: "src/pgwasm.ts", OutputPath: "pgwasm"},
+	{InputPath: "src/vm-worker.ts", OutputPath: "vm-worker"},
 }
 
 // copied are library files served as they are.

@@ -179,14 +179,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // embeddable reports the files other origins' pages load when they embed
-// the VM (docs/web.md, "Embedding API"): the module, v86's WebAssembly and
-// anything the bundler splits out. A module script and a wasm fetch from
+// the VM (docs/web.md, "Embedding API"): the module, the emulator's worker
+// (from another origin the module starts it as a blob: worker that imports
+// it), v86's WebAssembly and anything the bundler splits out. A module script and a wasm fetch from
 // another origin need CORS. "*" is safe for them: they are the same public
 // bytes for everyone and the server uses no cookies or credentials. The
 // page, its script and the example are only used from this origin and get
 // no CORS header.
 func embeddable(name string) bool {
-	return name == "pgwasm.js" || name == "v86.wasm" ||
+	return name == "pgwasm.js" || name == "vm-worker.js" || name == "v86.wasm" ||
 		strings.HasPrefix(name, "chunks/") || strings.HasPrefix(name, "assets/")
 }
 

@@ -152,7 +152,7 @@ func TestBuild(t *testing.T) {
 		}
 		t.Fatal(err)
 	}
-	want := map[string]bool{"index.html": false, "example.html": false, "app.js": false, "pgwasm.js": false, "v86.wasm": false, "xterm.css": false, "app.css": false}
+	want := map[string]bool{"index.html": false, "example.html": false, "app.js": false, "pgwasm.js": false, "vm-worker.js": false, "v86.wasm": false, "xterm.css": false, "app.css": false}
 	for _, f := range res.Files {
 		if _, ok := want[f]; ok {
 			want[f] = true
@@ -196,6 +196,7 @@ func TestHandlerCORS(t *testing.T) {
 		"style.css":          {Data: []byte("b")},
 		"pgwasm.js":          {Data: []byte("export function boot() {}")},
 		"v86.wasm":           {Data: []byte("\x00asm")},
+		"vm-worker.js":       {Data: []byte("onmessage = null")},
 		"chunks/lib-ABCD.js": {Data: []byte("x")},
 	}
 	h, err := NewHandler(fsys)
@@ -212,6 +213,7 @@ func TestHandlerCORS(t *testing.T) {
 		{"/style.css", ""},
 		{"/pgwasm.js", "*"},
 		{"/v86.wasm", "*"},
+		{"/vm-worker.js", "*"},
 		{"/chunks/lib-ABCD.js", "*"},
 	}
 	for _, tt := range tests {

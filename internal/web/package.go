@@ -25,11 +25,12 @@ type PackageOptions struct {
 }
 
 // packaged are the files of the app build the package ships under their
-// own names: the module, the licenses of what it bundles, and the two
-// files it loads from its own directory (new URL(name, import.meta.url)),
-// v86's WebAssembly and xterm's style sheet. So the package's dist/ works
-// from any static host, with no route of pgwasm serve.
-var packaged = []string{"pgwasm.js", "pgwasm.js.LEGAL.txt", "v86.wasm", "xterm.css"}
+// own names: the module, the licenses of what it bundles, and the three
+// files it loads from its own directory (new URL(name, import.meta.url)):
+// the emulator's worker (which bundles v86), v86's WebAssembly and xterm's
+// style sheet. So the package's dist/ works from any static host, with no
+// route of pgwasm serve.
+var packaged = []string{"pgwasm.js", "pgwasm.js.LEGAL.txt", "vm-worker.js", "v86.wasm", "xterm.css"}
 
 // v86 has no license comment for esbuild to gather into LEGAL.txt, and its
 // BSD license asks that binary copies carry it.

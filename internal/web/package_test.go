@@ -43,7 +43,7 @@ func TestBuildPackage(t *testing.T) {
 		}
 		t.Fatal(err)
 	}
-	want := []string{"pgwasm.js", "pgwasm.js.LEGAL.txt", "types/pgwasm.d.ts", "v86.LICENSE.txt", "v86.wasm", "xterm.css"}
+	want := []string{"pgwasm.js", "pgwasm.js.LEGAL.txt", "types/pgwasm.d.ts", "v86.LICENSE.txt", "v86.wasm", "vm-worker.js", "xterm.css"}
 	got := slices.Sorted(slices.Values(res.Files))
 	if !slices.Equal(got, want) {
 		t.Errorf("package files = %q, want %q", got, want)

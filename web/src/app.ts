@@ -497,7 +497,7 @@ async function start(memory = settings.memory): Promise<void> {
     clearInterval(noteTimer);
     starting = false;
     setProgress("");
-    if (!vm.emulator) {
+    if (!vm.emulatorRunning) {
       message(`The VM did not start: ${(err as Error).message}`, "error");
       return;
     }
@@ -537,7 +537,7 @@ function ready(vm: PgWasm): void {
   // Ctrl-L has readline clear it and draw one prompt.
   const prompts = vm.terminal?.text().split("\n").filter(l => l.startsWith("postgres=")) ?? [];
   if (prompts.length > 1 && prompts.every(l => /^postgres=#\s*$/.test(l))) {
-    vm.emulator.serial0_send("\x0c");
+    vm.sendConsole("\x0c");
   }
   void refreshStates();
   void refreshUploads();
@@ -551,7 +551,7 @@ function ready(vm: PgWasm): void {
 // it the page's VM once it answers (or the prompt shows).
 async function adoptLate(vm: PgWasm): Promise<void> {
   const t0 = performance.now();
-  while ((window as any).pgwasm === vm && vm.emulator) {
+  while ((window as any).pgwasm === vm && vm.emulatorRunning) {
     try {
       if (vm.agent.ready) {
         const st = await vm.agent.call({ op: "status" }, 20000);
@@ -566,7 +566,7 @@ async function adoptLate(vm: PgWasm): Promise<void> {
     setStatus(`Still starting… ${Math.round((performance.now() - t0) / 1000)} s more so far`);
     await new Promise(r => setTimeout(r, 2000));
   }
-  if ((window as any).pgwasm !== vm || !vm.emulator) return;
+  if ((window as any).pgwasm !== vm || !vm.emulatorRunning) return;
   // start() gave up before it opened the console: keys typed since wait
   // in the engine until this. After a quick start psql must redraw its
   // prompt first, as in the engine's start: the snapshot's prompt is on
@@ -801,21 +801,12 @@ function clearUploads(): void {
 // refreshUploads lists what is in /uploads now (after a start or a restore
 // the VM's files are those of its state).
 async function refreshUploads(): Promise<void> {
+  const vm = pg;
+  let files: { name: string; size: number }[] = [];
+  if (vm?.emulatorRunning) files = await vm.listFiles(UPLOAD_DIR).catch(() => []);
+  if (pg !== vm) return; // another VM's refresh is under way
   clearUploads();
-  const fs9p = pg?.emulator?.fs9p;
-  if (!fs9p) return;
-  let names: string[] = [];
-  try {
-    names = fs9p.read_dir(UPLOAD_DIR) || [];
-  } catch {
-    return;
-  }
-  for (const n of names.sort().reverse()) {
-    const path = `${UPLOAD_DIR}/${n}`;
-    const node = fs9p.SearchPath(path);
-    const inode = node.id > -1 ? fs9p.GetInode(node.id) : null;
-    if (inode && (inode.mode & 0o170000) === 0o100000) addImportRow(path, inode.size);
-  }
+  for (const f of files.sort((a, b) => (a.name < b.name ? 1 : a.name > b.name ? -1 : 0))) addImportRow(`${UPLOAD_DIR}/${f.name}`, f.size);
 }
 
 function addImportRow(path: string, size: number): void {
@@ -836,7 +827,7 @@ function addImportRow(path: string, size: number): void {
       withBusy("Import", async () => {
         const out = $("#import-output");
         out.textContent = "";
-        if (!fileExists(pg!, path)) {
+        if (!(await fileExists(pg!, path))) {
           row.remove();
           throw new Error(`${path} is no longer in the VM (Restart VM or a restored state removed it): upload it again`);
         }

@@ -24,12 +24,12 @@ const ident = (s: string) => '"' + s.replace(/"/g, '""') + '"';
 
 // fileExists: the file is in the VM's root file system (9p) now. An upload
 // is gone after Restart VM, or after restoring a state saved before it.
-export function fileExists(pg: PgWasm, path: string): boolean {
-  return pg.emulator?.fs9p?.SearchPath(path)?.id > -1;
+export function fileExists(pg: PgWasm, path: string): Promise<boolean> {
+  return pg.fileExists(path).catch(() => false);
 }
 
 export async function importFile(pg: PgWasm, path: string, kind: ImportKind): Promise<ImportResult> {
-  if (!fileExists(pg, path)) {
+  if (!(await fileExists(pg, path))) {
     return { ok: false, summary: `${path} is no longer in the VM (Restart VM or a restored state removed it): upload it again.`, output: "" };
   }
   switch (kind) {

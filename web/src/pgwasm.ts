@@ -10,16 +10,11 @@
 // NetworkInfo or null), "dead" (detail: {reason}: the VM stopped for good;
 // only a restart helps), "memory" (detail: {memoryMB}: a restore switched
 // the VM to another memory size).
-import { V86 } from "v86";
-import { serialWriter } from "../../harness/serial.mjs";
-import { keepTSCOnRestore } from "../../harness/tsc.mjs";
-import { wholeMillisecondWaits } from "../../harness/yield.mjs";
-import { virtioConsoleWriter, type ChannelWriter } from "../../harness/virtio-console.mjs";
+import type { Channel, EmulatorStats, FromWorker, ToWorker } from "./vm-protocol";
 import { SocketMux, NodeSocket, streamsOf, type PgSocket } from "./socket";
 import { Agent, type QueryResult } from "./agent";
 import { copyFrom, copyTo, copyToStream, type CopyOptions, type CopySource, type TableName } from "./copy";
 import { PsqlTerminal } from "./terminal";
-import { decompressOffThread } from "./blobload";
 import { openState, readHeader, wrapState, StateError } from "./statefile";
 // The memory rule is internal/manifest's, generated into memory.ts.
 import { MEMORY_SIZES, DEFAULT_MEMORY_MB, VGA_MEMORY_MB } from "./memory";
@@ -28,6 +23,8 @@ export { StateError } from "./statefile";
 export { SocketError, NodeSocket, SOCKET_PROTOCOL_VERSION, type PgSocket } from "./socket";
 export type { QueryResult, Column } from "./agent";
 export { quoteIdent, type CopyOptions, type CopySource, type CopyError, type TableName } from "./copy";
+
+export type { EmulatorStats } from "./vm-protocol";
 
 export { MEMORY_SIZES };
 export const UPLOAD_DIR = "/uploads";
@@ -69,9 +66,6 @@ export interface Status {
 // frames) within STALL_MS, up to HARD_CAP times the first limit.
 const STALL_MS = 30000;
 const HARD_CAP = 10;
-const SAMPLE_MS = 500;
-// Closed 9p files whose contents stay in memory (see trackFileLoads).
-const KEEP_FILE_BYTES = 48 << 20;
 // The first limit of the agent's cancel of the console's statement (see
 // cancelConsole); past it, it waits on while the VM makes progress.
 const CANCEL_LIMIT_MS = 10000;
@@ -177,8 +171,15 @@ export async function probeStates(imageBase: string, manifest: Manifest): Promis
   return out;
 }
 
+// ChannelWriter is the contract of the harness's writers (virtio-console.mjs,
+// serial.mjs), which agent.ts and socket.ts write through: a call queues
+// bytes, reset() drops what is still queued.
+interface ChannelWriter {
+  (bytes: Uint8Array): void;
+  reset(): void;
+}
+
 export class PgWasm extends EventTarget {
-  emulator: any = null;
   agent: Agent;
   terminal: PsqlTerminal | null = null;
   manifest!: Manifest;
@@ -202,10 +203,12 @@ export class PgWasm extends EventTarget {
   // Liveness (see STALL_MS): when the VM last showed progress.
   private lastIO = 0;
   private lastBusy = 0;
-  private lastIC = 0;
   private loadsInFlight = 0;
-  private sampler = 0;
   private deadReason = "";
+  // The emulator's worker (vm-worker.ts) and the calls it has not answered.
+  private worker: Worker | null = null;
+  private calls = new Map<number, { resolve: (v: any) => void; reject: (e: Error) => void }>();
+  private nextCall = 1;
   // Console input waits here until psql really reads it (consoleReady).
   private consoleReady = false;
   private inputQueue: string[] = [];
@@ -231,9 +234,116 @@ export class PgWasm extends EventTarget {
     this.memoryMB = opts.memory || DEFAULT_MEMORY_MB;
     this.imageBase = new URL(opts.imageBase || "image/", here()).href.replace(/\/?$/, "/");
     this.apiBase = new URL(opts.apiBase || "./", here()).href;
-    this.agent = new Agent(virtioConsoleWriter(() => this.emulator, AGENT_PORT));
+    this.agent = new Agent(this.channelWriter(`virtio${AGENT_PORT}`));
     this.agent.judge = (op, waited, limit) => this.judgeWait(op, waited, limit);
-    this.sockets = new SocketMux(virtioConsoleWriter(() => this.emulator, SOCKET_PORT));
+    this.sockets = new SocketMux(this.channelWriter(`virtio${SOCKET_PORT}`));
+  }
+
+  // ---- the emulator's worker (vm-worker.ts, messages of vm-protocol.ts) ----
+
+  // emulatorRunning: an emulator exists (from start() until destroy(),
+  // also when start() gave up waiting for PostgreSQL).
+  get emulatorRunning(): boolean {
+    return this.worker !== null;
+  }
+
+  private send(m: ToWorker, transfer: Transferable[] = []): void {
+    this.worker?.postMessage(m, transfer);
+  }
+
+  // call runs an operation of the worker's (vm-worker.ts ops) on its
+  // emulator. Buffers in args are given to the worker (transferred).
+  private call<T = unknown>(op: string, args: unknown[] = [], transfer: Transferable[] = []): Promise<T> {
+    if (!this.worker) return Promise.reject(new Error("the VM is not running"));
+    const id = this.nextCall++;
+    return new Promise<T>((resolve, reject) => {
+      this.calls.set(id, { resolve, reject });
+      this.send({ t: "call", id, op, args }, transfer);
+    });
+  }
+
+  // channelWriter writes into the VM through the worker's writer of that
+  // channel. The bytes are copied (the caller may hold a view into a
+  // larger buffer) and the copy is transferred. The queue that waits for
+  // the guest lives in the worker, as unbounded as the harness's writer
+  // it is: what bounds it is the protocols above it, as before (the
+  // socket mux sends within the window the agent grants per connection,
+  // so a big copyFrom has at most that in flight; the agent client writes
+  // the requests its callers make, as big as they are).
+  private channelWriter(channel: Channel): ChannelWriter {
+    const write = (bytes: Uint8Array) => {
+      if (bytes.length === 0 || !this.worker) return;
+      const copy = bytes.slice();
+      this.send({ t: "write", channel, bytes: copy }, [copy.buffer]);
+    };
+    write.reset = () => this.send({ t: "reset", channel });
+    return write;
+  }
+
+  // emulatorStats are the worker's counters of its emulator (v86's
+  // slices, JIT, instruction counter, channel bytes, the TSC at the last
+  // save and restore): for the tests and web/test/bench.mjs, which used to
+  // reach into pg.emulator for them. resetPeak starts longestSliceMs anew
+  // after this reading.
+  emulatorStats(resetPeak = false): Promise<EmulatorStats> {
+    return this.call<EmulatorStats>("stats", [resetPeak]);
+  }
+
+  // debugBreakFile makes reads of a file in the VM's 9p root fail from now
+  // on, as if unlinked: engine.spec.mjs kills the VM's init with it.
+  debugBreakFile(path: string): Promise<void> {
+    return this.call("break_file", [path]);
+  }
+
+  // fileExists: the file is in the VM's root file system (9p) now.
+  fileExists(path: string): Promise<boolean> {
+    return this.call<boolean>("exists", [path]);
+  }
+
+  // listFiles lists the regular files of a directory in the VM's 9p root.
+  listFiles(dir: string): Promise<{ name: string; size: number }[]> {
+    return this.call("list_files", [dir]);
+  }
+
+  private onWorkerMessage(m: FromWorker): void {
+    switch (m.t) {
+      case "console":
+        this.onConsoleBytes(m.bytes);
+        break;
+      case "virtio":
+        this.lastIO = Date.now();
+        if (m.port === AGENT_PORT) this.agent.feed(m.bytes);
+        else if (m.port === SOCKET_PORT) this.sockets.feed(m.bytes);
+        break;
+      case "frame":
+        // Frames from the guest's NIC go to the relay when the network is on.
+        this.lastIO = Date.now();
+        this.sendFrame(m.frame as Uint8Array<ArrayBuffer>);
+        break;
+      case "halt":
+        this.markDead("its CPU halted");
+        break;
+      case "beat":
+        this.lastBusy = m.lastBusy;
+        this.loadsInFlight = m.loads;
+        this.lastIO = Math.max(this.lastIO, m.lastLoad);
+        break;
+      case "reply": {
+        const c = this.calls.get(m.id);
+        this.calls.delete(m.id);
+        if (m.ok) c?.resolve(m.value);
+        else c?.reject(new Error(m.error));
+        break;
+      }
+    }
+  }
+
+  // stopWorker ends the emulator's worker; its unanswered calls fail.
+  private stopWorker(why: string): void {
+    this.worker?.terminate();
+    this.worker = null;
+    for (const c of this.calls.values()) c.reject(new Error(why));
+    this.calls.clear();
   }
 
   // ---- connections into PostgreSQL (the socket channel) ----
@@ -292,15 +402,6 @@ export class PgWasm extends EventTarget {
     return this.deadReason;
   }
 
-  private sample(): void {
-    const emu = this.emulator;
-    const cpu = emu?.v86?.cpu;
-    if (!cpu) return;
-    const ic = emu.get_instruction_counter();
-    if (ic !== this.lastIC && cpu.in_hlt && !cpu.in_hlt[0]) this.lastBusy = Date.now();
-    this.lastIC = ic;
-  }
-
   private lastProgress(): number {
     return this.loadsInFlight > 0 ? Date.now() : Math.max(this.lastBusy, this.lastIO, this.agent.lastAnswer);
   }
@@ -308,7 +409,6 @@ export class PgWasm extends EventTarget {
   // judgeWait is the agent's judge: wait on while the VM makes progress.
   private judgeWait(_op: string, waited: number, limit: number): "wait" | string {
     if (this.deadReason) return this.deadReason;
-    this.sample();
     const stall = Date.now() - this.lastProgress();
     if (stall > STALL_MS) return `the VM made no progress for ${Math.round(stall / 1000)} s (CPU idle, no console, file or network activity)`;
     if (waited > limit * HARD_CAP) return `no answer in ${Math.round(waited / 1000)} s although the VM is running`;
@@ -325,84 +425,10 @@ export class PgWasm extends EventTarget {
     this.dispatchEvent(new CustomEvent("dead", { detail: { reason } }));
   }
 
-  // watchEmulator hooks the liveness signals of a new emulator.
-  private watchEmulator(emulator: any): void {
-    emulator.add_listener("serial0-output-byte", (b: number) => this.onConsoleByte(b));
-    emulator.add_listener(`virtio-console${AGENT_PORT}-output-bytes`, (bytes: Uint8Array) => {
-      this.lastIO = Date.now();
-      this.agent.feed(bytes);
-    });
-    emulator.add_listener(`virtio-console${SOCKET_PORT}-output-bytes`, (bytes: Uint8Array) => {
-      this.lastIO = Date.now();
-      this.sockets.feed(bytes);
-    });
-    // Frames from the guest's NIC go to the relay when the network is on.
-    emulator.add_listener("net0-send", (frame: Uint8Array) => {
-      this.lastIO = Date.now();
-      this.sendFrame(frame as Uint8Array<ArrayBuffer>);
-    });
-    // HLT with interrupts off: nothing will ever wake the CPU.
-    emulator.add_listener("cpu-event-halt", () => this.markDead("its CPU halted"));
-    clearInterval(this.sampler);
-    this.sampler = window.setInterval(() => this.sample(), SAMPLE_MS);
-  }
-
-  // trackFileLoads counts v86's 9p file loads in flight (the only 9p work
-  // that outlives a task): a state must be saved or replaced only when none
-  // is, or its reply lands in the wrong VM or never (see quiesce).
-  //
-  // It also keeps loaded files for a while after the guest closes them
-  // (v86 drops a file's contents on its last close, so every process start
-  // or page fault after that fetched and decompressed the whole blob again:
-  // PostgreSQL's autovacuum workers, forked every 20 s, cost an idle tab
-  // seconds of CPU a minute). Up to KEEP_FILE_BYTES stay, least recently
-  // closed first out.
-  private trackFileLoads(emulator: any): void {
-    const storage = emulator.fs9p?.storage;
-    if (!storage || typeof storage.read !== "function") return;
-    const mem = storage.storage;
-    if (mem?.filedata instanceof Map && typeof storage.uncache === "function") {
-      const kept = new Map<string, number>();
-      let bytes = 0;
-      storage.uncache = (sha: string) => {
-        const data = mem.filedata.get(sha);
-        if (!data) return;
-        bytes -= kept.get(sha) || 0;
-        kept.delete(sha);
-        kept.set(sha, data.length);
-        bytes += data.length;
-        for (const [k, n] of kept) {
-          if (bytes <= KEEP_FILE_BYTES) break;
-          kept.delete(k);
-          bytes -= n;
-          mem.filedata.delete(k);
-        }
-      };
-    }
-    const read = storage.read.bind(storage);
-    storage.read = async (...args: unknown[]) => {
-      this.loadsInFlight++;
-      this.lastIO = Date.now();
-      try {
-        return await read(...args);
-      } finally {
-        this.loadsInFlight--;
-        this.lastIO = Date.now();
-      }
-    };
-  }
-
-  // quiesce stops the CPU and waits until no 9p request is in flight. A
-  // state saved with a request in flight has it pending forever when
-  // restored in another page (the process waiting on it hangs); a restore
-  // over a VM with a request in flight gets that request's late reply
-  // written into the restored guest's memory and virtqueue (corrupt pages,
-  // SIGBUS; issue #16 item 2).
-  private async quiesce(): Promise<void> {
-    await this.emulator.stop();
-    const deadline = Date.now() + 120000;
-    while (this.loadsInFlight > 0 && Date.now() < deadline) await new Promise(r => setTimeout(r, 20));
-    if (this.loadsInFlight > 0) throw new Error("the VM's file loads did not finish in 120 s");
+  // quiesce stops the CPU and waits until no 9p request is in flight
+  // (vm-worker.ts quiesce says why).
+  private quiesce(): Promise<void> {
+    return this.call("quiesce");
   }
 
   private mark(name: string): void {
@@ -465,7 +491,7 @@ export class PgWasm extends EventTarget {
     if (opts.element && !opts.headless) {
       // UTF-8, chunked: a large paste no longer stalls v86's UART, and
       // non-ASCII text reaches psql intact.
-      const toConsole = serialWriter(() => this.emulator, 0);
+      const toConsole = this.channelWriter("serial0");
       const utf8 = new TextEncoder();
       this.consoleWriter = toConsole;
       this.toConsole = d => toConsole(utf8.encode(d));
@@ -473,11 +499,11 @@ export class PgWasm extends EventTarget {
       this.terminal.onResize = (rows, cols) => void this.syncTerminalSize(rows, cols).catch(() => undefined);
     }
 
-    const emulator = await this.createEmulator(meta?.vga_memory_mb || VGA_MEMORY_MB, !meta);
+    await this.createEmulator(meta?.vga_memory_mb || VGA_MEMORY_MB, !meta);
     if (stateBuf) {
       this.progress({ phase: "restore", message: "Restoring the VM state" });
       try {
-        await emulator.restore_state(stateBuf);
+        await this.call("restore_state", [stateBuf], [stateBuf]);
       } catch (err) {
         throw new Error(`cannot restore the VM state: ${(err as Error)?.message || err}`);
       }
@@ -518,9 +544,11 @@ export class PgWasm extends EventTarget {
     return (lines.pop() || "").slice(0, 80);
   }
 
-  // createEmulator makes the v86 instance (a full boot's files when boot)
-  // and resolves once it is loaded.
-  private async createEmulator(vgaMB: number, boot: boolean): Promise<any> {
+  // createEmulator starts the emulator's worker, which makes the v86
+  // instance (a full boot's files when boot), and resolves once it is
+  // loaded. A page where the worker cannot start (a CSP without
+  // `worker-src 'self'`, the module served from another origin) fails here.
+  private async createEmulator(vgaMB: number, boot: boolean): Promise<void> {
     const files: Record<string, { loaded: number; total: number }> = {};
     const img = (name: string) => new URL(name, this.imageBase).href;
     const options: any = {
@@ -548,31 +576,58 @@ export class PgWasm extends EventTarget {
       options.initrd = { url: img("initrd.img") };
       options.cmdline = this.manifest.cmdline;
     }
-    const emulator = new V86(options);
-    this.emulator = emulator;
+    let worker: Worker;
+    try {
+      // A worker's script must come from the page's origin: a module
+      // embedded from another one (docs/web.md, "Embedding API") starts a
+      // blob: worker that imports it (that server sends CORS headers).
+      const url = new URL("vm-worker.js", here());
+      const src = url.origin === location.origin ? url : URL.createObjectURL(new Blob([`import ${JSON.stringify(url.href)};\n`], { type: "text/javascript" }));
+      worker = new Worker(src, { type: "module", name: "pgwasm-vm" });
+    } catch (err) {
+      throw new Error(`cannot start the emulator's worker (vm-worker.js next to this module): ${(err as Error)?.message || err}`);
+    }
+    this.worker = worker;
     this.deadReason = "";
     this.agent.revive();
-    emulator.add_listener("download-progress", (e: any) => {
-      files[e.file_name] = { loaded: e.loaded, total: e.total || e.loaded };
-      let loaded = 0, total = 0;
-      for (const f of Object.values(files)) {
-        loaded += f.loaded;
-        total += f.total;
-      }
-      this.progress({ phase: "download", loaded, total, message: `Downloading VM files: ${fmtMB(loaded)} of ${fmtMB(total)}` });
+    await new Promise<void>((resolve, reject) => {
+      let loaded = false;
+      worker.onmessage = (e: MessageEvent<FromWorker>) => {
+        if (this.worker !== worker) return;
+        const m = e.data;
+        if (m.t === "loaded") {
+          loaded = true;
+          resolve();
+        } else if (m.t === "failed") {
+          reject(new Error(`cannot start the emulator: ${m.error}`));
+        } else if (m.t === "progress") {
+          files[m.file] = { loaded: m.loaded, total: m.total };
+          let loaded = 0, total = 0;
+          for (const f of Object.values(files)) {
+            loaded += f.loaded;
+            total += f.total;
+          }
+          this.progress({ phase: "download", loaded, total, message: `Downloading VM files: ${fmtMB(loaded)} of ${fmtMB(total)}` });
+        } else {
+          this.onWorkerMessage(m);
+        }
+      };
+      // A worker that cannot load (404, CSP) or throws: before "loaded" the
+      // start fails; after it the VM is dead (its emulator is gone or
+      // broken).
+      worker.onerror = (e: ErrorEvent) => {
+        if (this.worker !== worker) return;
+        const why = e.message || "vm-worker.js could not be loaded";
+        if (!loaded) {
+          this.stopWorker(why);
+          reject(new Error(`the emulator's worker failed: ${why}`));
+        } else {
+          this.markDead(`the emulator failed: ${why}`);
+        }
+      };
+      this.send({ t: "create", options });
     });
-    this.watchEmulator(emulator);
-    await new Promise<void>(resolve => emulator.add_listener("emulator-loaded", () => resolve()));
-    // Before any restore: v86 would put a restored guest's clock back by
-    // the previous state's uptime, and the guest would hang until it caught
-    // up (issue #16 item 2; harness/tsc.mjs).
-    keepTSCOnRestore(emulator);
-    // No busy loop before each guest timer tick (harness/yield.mjs).
-    wholeMillisecondWaits(emulator);
-    decompressOffThread(emulator);
-    this.trackFileLoads(emulator);
     this.mark("emulator_loaded");
-    return emulator;
   }
 
   // openConsole makes the psql console usable: the tty gets the terminal's
@@ -586,7 +641,7 @@ export class PgWasm extends EventTarget {
     const { rows, cols } = this.terminal.size();
     await this.syncTerminalSize(rows, cols).catch(() => undefined);
     const mark = this.consoleBytes;
-    if (redraw) this.emulator.serial0_send("\r"); // psql redraws its prompt
+    if (redraw) await this.call("serial0_send", ["\r"]); // psql redraws its prompt
     await this.waitPrompt(redraw ? mark : -1, 30000);
     this.consoleReady = true;
     for (const d of this.inputQueue.splice(0)) this.toConsole?.(d);
@@ -594,16 +649,9 @@ export class PgWasm extends EventTarget {
   }
 
   private async runAndWaitStarted(): Promise<void> {
-    // Serial input sent before the CPU runs is lost: wait for it.
-    const started = new Promise<void>(resolve => {
-      const l = () => {
-        this.emulator.remove_listener("emulator-started", l);
-        resolve();
-      };
-      this.emulator.add_listener("emulator-started", l);
-    });
-    await this.emulator.run();
-    await started;
+    // Serial input sent before the CPU runs is lost: "run" resolves once
+    // it runs.
+    await this.call("run");
     this.mark("emulator_started");
   }
 
@@ -753,30 +801,38 @@ export class PgWasm extends EventTarget {
     return r?.rows?.[0]?.[0] === "t";
   }
 
-  private onConsoleByte(byte: number): void {
+  // onConsoleBytes takes psql's output as the worker gathers it (one
+  // message per emulator slice). A prompt is at most 3 characters and ends
+  // in a space: the prompt pattern runs over the 8 characters before each
+  // space, not over all the kept text; a panic line is looked for only in
+  // output with a newline.
+  private onConsoleBytes(bytes: Uint8Array): void {
     this.lastIO = this.lastConsoleAt = Date.now();
-    this.consoleBytes++;
-    const text = this.consoleDecoder.decode(new Uint8Array([byte]), { stream: true });
+    this.consoleBytes += bytes.length;
+    const text = this.consoleDecoder.decode(bytes, { stream: true });
     if (!text) return;
-    // Called for every byte psql prints: trimming the kept text (a copy)
-    // and testing PROMPT on all of it (a scan) each time was up to 16 KB
-    // of work per byte on the page's thread. A prompt is at most 3
-    // characters.
+    const base = this.consoleText.length;
     this.consoleText += text;
-    if (this.consoleText.length > 2 * CONSOLE_KEEP) this.consoleText = this.consoleText.slice(-CONSOLE_KEEP);
     this.terminal?.output(text);
-    if (byte === 0x20 && this.consoleBusy && PROMPT.test(this.consoleText.slice(-8))) this.consoleBusy = false;
-    if (byte === 0x0a) {
-      const m = PANIC.exec(this.consoleText.slice(-400));
+    for (let i = this.consoleBusy ? text.indexOf(" ") : -1; i >= 0; i = text.indexOf(" ", i + 1)) {
+      const end = base + i + 1;
+      if (PROMPT.test(this.consoleText.slice(Math.max(0, end - 8), end))) {
+        this.consoleBusy = false;
+        break;
+      }
+    }
+    if (text.includes("\n")) {
+      const m = PANIC.exec(this.consoleText.slice(-(400 + text.length)));
       if (m) this.markDead(m[0].trim());
     }
+    if (this.consoleText.length > 2 * CONSOLE_KEEP) this.consoleText = this.consoleText.slice(-CONSOLE_KEEP);
   }
 
   // syncTerminalSize tells the guest's console tty the terminal's size
   // (the agent's set_winsize: an ioctl, nothing typed, no process started),
   // so psql wraps lines and formats wide results for it.
   async syncTerminalSize(rows: number, cols: number): Promise<void> {
-    if (!this.terminal || !this.emulator || !this.agent.ready) return;
+    if (!this.terminal || !this.worker || !this.agent.ready) return;
     await this.agent.call({ op: "set_winsize", rows, cols }, 15000);
     const now = this.terminal.size();
     if (now.rows === rows && now.cols === cols) this.terminal.pendingResize = false;
@@ -805,9 +861,9 @@ export class PgWasm extends EventTarget {
     let raw: ArrayBuffer;
     await this.quiesce();
     try {
-      raw = await this.emulator.save_state();
+      raw = await this.call<ArrayBuffer>("save_state");
     } finally {
-      await this.emulator.run();
+      await this.call("run");
     }
     this.progress({ phase: "save", message: `Compressing ${fmtMB(raw.byteLength)}` });
     return wrapState(raw, {
@@ -840,7 +896,7 @@ export class PgWasm extends EventTarget {
     this.deadReason = "";
     this.agent.revive();
     try {
-      await this.emulator.restore_state(raw);
+      await this.call("restore_state", [raw], [raw]);
     } catch (err) {
       this.deadReason = wasDead;
       await this.runAndWaitStarted();
@@ -859,7 +915,7 @@ export class PgWasm extends EventTarget {
     if (this.terminal) {
       await this.openConsole(true);
     } else {
-      this.emulator.serial0_send("\r");
+      await this.call("serial0_send", ["\r"]);
     }
     if (this.deadReason) throw new Error(`the VM died after the restore: ${this.deadReason}`);
     let note = "";
@@ -925,9 +981,8 @@ export class PgWasm extends EventTarget {
   private async switchMemory(memoryMB: number): Promise<void> {
     this.progress({ phase: "restore", message: `Switching the VM to ${memoryMB} MB of memory` });
     await this.quiesce();
-    const old = this.emulator;
-    this.emulator = null;
-    await old.destroy();
+    await this.call("destroy").catch(() => undefined);
+    this.stopWorker("the VM was replaced by one with another memory size");
     this.memoryMB = memoryMB;
     await this.createEmulator(VGA_MEMORY_MB, false);
     this.dispatchEvent(new CustomEvent("memory", { detail: { memoryMB } }));
@@ -939,23 +994,9 @@ export class PgWasm extends EventTarget {
   // except under /uploads, which is created. Returns the path written
   // (a name taken already gets a -N suffix: the guest may cache the old one).
   async upload(path: string, bytes: Uint8Array | ArrayBuffer | Blob): Promise<string> {
-    const data = bytes instanceof Blob ? new Uint8Array(await bytes.arrayBuffer()) : bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
-    const fs9p = this.emulator.fs9p;
-    if (path.startsWith(UPLOAD_DIR + "/") && fs9p.SearchPath(UPLOAD_DIR).id === -1) {
-      fs9p.CreateDirectory(UPLOAD_DIR.slice(1), 0);
-    }
-    let target = path;
-    for (let n = 1; fs9p.SearchPath(target).id !== -1; n++) {
-      const dot = path.lastIndexOf(".");
-      const slash = path.lastIndexOf("/");
-      target = dot > slash + 1 ? `${path.slice(0, dot)}-${n}${path.slice(dot)}` : `${path}-${n}`;
-    }
-    try {
-      await this.emulator.create_file(target, data);
-    } catch {
-      throw new Error(`cannot create ${target} in the VM (does its directory exist?)`);
-    }
-    return target;
+    // A copy, given to the worker: the caller keeps its bytes.
+    const data = bytes instanceof Blob ? new Uint8Array(await bytes.arrayBuffer()) : new Uint8Array(bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes));
+    return this.call<string>("upload", [path, data], [data.buffer]);
   }
 
   // download reads a file out of the VM. Files on the guest's tmpfs mounts
@@ -964,7 +1005,7 @@ export class PgWasm extends EventTarget {
     // Flush what the guest still holds in its page cache.
     await this.agent.call({ op: "exec", sql: "COPY (SELECT 1) TO PROGRAM 'sync'" }, 30000).catch(() => undefined);
     try {
-      return await this.emulator.read_file(path);
+      return await this.call<Uint8Array<ArrayBuffer>>("read_file", [path]);
     } catch {
       throw new Error(`no file ${path} in the VM (tmpfs paths like /tmp are not reachable)`);
     }
@@ -1012,7 +1053,7 @@ export class PgWasm extends EventTarget {
       for (const f of this.wsQueue.splice(0)) ws.send(f);
     };
     ws.onmessage = e => {
-      if (e.data instanceof ArrayBuffer) this.emulator?.bus.send("net0-receive", new Uint8Array(e.data));
+      if (e.data instanceof ArrayBuffer) this.send({ t: "net", frame: new Uint8Array(e.data) }, [e.data]);
     };
     ws.onclose = e => {
       if (this.ws !== ws || !this.relayURL) return;
@@ -1099,11 +1140,10 @@ export class PgWasm extends EventTarget {
   }
 
   async destroy(): Promise<void> {
-    clearInterval(this.sampler);
     this.sockets.reset("the VM was stopped");
     if (this.network || this.sessionID) await this.stopNetwork();
-    await this.emulator?.destroy();
-    this.emulator = null;
+    if (this.worker) await this.call("destroy").catch(() => undefined);
+    this.stopWorker("the VM was stopped");
     this.terminal?.dispose();
     this.terminal = null;
     this.status("stopped", "stopped");

@@ -205,24 +205,18 @@ test("engine: reload → restore → Start network, repeated, never panics (#16 
 // ---- the agent's channel (issue #11): virtio-console port 1 ----
 
 // onChannels runs sql through the page's API and counts what the guest
-// wrote meanwhile on each of the agent's channels: the page must use
-// virtio-console (hvc1) and leave the serial port (ttyS1) alone.
+// wrote meanwhile on each of the agent's channels (the emulator's worker
+// counts them: pg.emulatorStats()): the page must use virtio-console (hvc1)
+// and leave the serial port (ttyS1) alone.
 function onChannels(sql, params) {
   return page.evaluate(async ([sql, params]) => {
-    const emu = window.pgwasm.emulator;
-    const n = { virtio: 0, serial: 0 };
-    const virtio = b => (n.virtio += b.length);
-    const serial = () => n.serial++;
-    emu.add_listener("virtio-console1-output-bytes", virtio);
-    emu.add_listener("serial1-output-byte", serial);
-    try {
-      const t = performance.now();
-      const r = await window.pgwasm.query(sql, params);
-      return { rows: r.rows, ms: performance.now() - t, ...n };
-    } finally {
-      emu.remove_listener("virtio-console1-output-bytes", virtio);
-      emu.remove_listener("serial1-output-byte", serial);
-    }
+    const pg = window.pgwasm;
+    const before = await pg.emulatorStats();
+    const t = performance.now();
+    const r = await pg.query(sql, params);
+    const ms = performance.now() - t;
+    const after = await pg.emulatorStats();
+    return { rows: r.rows, ms, virtio: after.virtio1Bytes - before.virtio1Bytes, serial: after.serial1Bytes - before.serial1Bytes };
   }, [sql, params]);
 }
 
@@ -291,16 +285,21 @@ test("engine: a restore while requests are being written: none of their bytes re
     for (let i = 0; i < 5; i++) {
       sent.push(pg.agent.request({ op: "query", sql: "select length($1)", params: [big] }, 600000, false).then(() => "answered", e => e.message));
     }
+    // What the guest writes on the agent's channel reaches the page's
+    // agent client through feed().
     let text = "";
     const dec = new TextDecoder();
-    const seen = b => (text += dec.decode(b, { stream: true }));
-    pg.emulator.add_listener("virtio-console1-output-bytes", seen);
+    const feed = pg.agent.feed;
+    pg.agent.feed = b => {
+      text += dec.decode(b, { stream: true });
+      feed.call(pg.agent, b);
+    };
     try {
       await pg.restoreState(state);
       const r = await pg.query("select 'after the restore'");
       return { lost: await Promise.all(sent), rows: r.rows, text };
     } finally {
-      pg.emulator.remove_listener("virtio-console1-output-bytes", seen);
+      pg.agent.feed = feed;
     }
   }, "r".repeat(900000));
   console.error(`requests in flight at the restore: ${out.lost.join(", ")}`);
@@ -351,10 +350,10 @@ test("engine: a killed VM is shown as dead, not ready (#16 item 2)", async () =>
     const pg = window.pgwasm;
     const r = await pg.runProgram("readlink -f /bin/sh");
     const sh = r.output.trim();
-    const fs9p = pg.emulator.fs9p;
-    const id = fs9p.SearchPath(sh).id;
-    if (id < 0) return "no " + sh;
-    fs9p.inodes[id].status = 4; // unlinked: reads fail with ENOENT
+    // Unlinked: its reads fail with ENOENT (a debugging aid of the
+    // emulator's worker).
+    if (!(await pg.fileExists(sh))) return "no " + sh;
+    await pg.debugBreakFile(sh);
     return sh;
   });
   assert.match(target, /^\//, target);

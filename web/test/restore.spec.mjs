@@ -35,29 +35,13 @@ async function guestUptime() {
   return Number(r.rows[0][0]);
 }
 
-// watchTSC records, for the next save and restore of the page's emulator,
-// its time stamp counter (ms) right before the save and right after the
-// restore: the state holds the first, the guest must resume from it.
-function watchTSC() {
-  return page.evaluate(() => {
-    const emu = window.pgwasm.emulator;
-    const cpu = emu.v86.cpu;
-    const tsc = () => {
-      cpu.store_current_tsc();
-      return ((cpu.current_tsc[1] >>> 0) * 2 ** 32 + (cpu.current_tsc[0] >>> 0)) / 1e6;
-    };
-    const save = emu.save_state.bind(emu);
-    const restore = emu.restore_state.bind(emu);
-    window.tscWatch = {};
-    emu.save_state = async () => {
-      window.tscWatch.saved = tsc();
-      return save();
-    };
-    emu.restore_state = async s => {
-      await restore(s);
-      window.tscWatch.restored = tsc();
-    };
-  });
+// lastTSC is the page's emulator's time stamp counter (ms) right before its
+// last save and right after its last restore (its worker records both:
+// pg.emulatorStats()): the state holds the first, the guest must resume
+// from it.
+async function lastTSC() {
+  const s = await page.evaluate(() => window.pgwasm.emulatorStats());
+  return { saved: s.tscAtSaveMs, restored: s.tscAfterRestoreMs };
 }
 
 // assertClockRuns fails unless the guest's clock advances while the
@@ -80,14 +64,13 @@ test("restore: the guest's clock resumes where the state was saved (#16 item 2)"
   await page.goto(srv.url);
   await waitReady(page, 600000);
   // The page's VM was restored once already (its quick-start state).
-  await watchTSC();
   const blob = await page.evaluate(async () => {
     window.savedState = await window.pgwasm.saveState();
     return window.savedState.size;
   });
   assert.ok(blob > 0);
   await page.evaluate(() => window.pgwasm.restoreState(window.savedState));
-  const w = await page.evaluate(() => window.tscWatch);
+  const w = await lastTSC();
   const jump = w.restored - w.saved;
   console.error(`TSC at the save ${w.saved.toFixed(0)} ms, right after the restore ${w.restored.toFixed(0)} ms (${jump.toFixed(0)} ms)`);
   // Restoring takes a moment, so the counter may be ahead; it must never
