@@ -66,6 +66,7 @@ type Config struct {
 	Browser                     bool
 	BrowserStarts               int
 	IdleRuns, IdleSeconds       int
+	IdleLate                    int
 	BusyRuns                    int
 	CompareBudget               time.Duration
 
@@ -125,6 +126,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.BrowserStarts, "browser-starts", 3, "cold+warm page loads in Chromium, each in a fresh profile")
 	fs.IntVar(&c.IdleRuns, "idle-runs", 3, "idle-page CPU measurements in Chromium, each a fresh browser")
 	fs.IntVar(&c.IdleSeconds, "idle-seconds", 30, "how long each idle-page measurement lasts")
+	fs.IntVar(&c.IdleLate, "idle-late", 180, "seconds after the page became idle when its second idle measurement starts")
 	fs.IntVar(&c.BusyRuns, "busy-runs", 2, "runs of the long query in one page in Chromium, measuring the main thread meanwhile")
 	fs.DurationVar(&c.CompareBudget, "compare-budget", 14*time.Minute, "start no further comparison run after this long; the first of each kind always runs")
 	fs.BoolVar(&c.Quick, "quick", false, "few runs and short benchmarks (about 3 minutes), to try the program; flags given explicitly still win")
@@ -167,6 +169,7 @@ func (c *Config) applyQuick(set map[string]bool) {
 		"pgbench-seconds":   func() { c.PgbenchSeconds = 5 },
 		"browser-starts":    func() { c.BrowserStarts = 1 },
 		"idle-runs":         func() { c.IdleRuns = 1 },
+		"idle-late":         func() { c.IdleLate = 60 },
 		"busy-runs":         func() { c.BusyRuns = 1 },
 		"driver-runs":       func() { c.DriverRuns = 20 },
 		"kysely-runs":       func() { c.KyselyRuns = 3 },

@@ -10,7 +10,9 @@
 // nothing runs (issue #16 item 5): every Chromium process's user+system
 // time over SECONDS, from /proc, once the page has kept its session
 // (autosave) and --settle SECONDS (default 10) more have passed; also split
-// by Chromium process type.
+// by Chromium process type and thread; with --late L the same window again
+// in the same tab L seconds after it became idle (the figure `make bench`
+// holds to the target: a tab left open).
 //
 // With --channels N it measures only the page API's way to the guest agent
 // (issue #11): `select 1` N times and a 1 MB result (10,000 rows of 100
@@ -44,7 +46,7 @@
 // checked: row count and sums as the generator made them.
 //
 //   node web/test/bench.mjs [--queries bench/queries.json] [--runs N]
-//   node web/test/bench.mjs --idle 30 [--settle 10]
+//   node web/test/bench.mjs --idle 30 [--settle 10] [--late 180]
 //   node web/test/bench.mjs --channels 100 [--mb-runs 5]
 //   node web/test/bench.mjs --drivers 50 [--warm 10] [--kysely-runs 5]
 //   node web/test/bench.mjs --busy 2
@@ -163,41 +165,18 @@ try {
     // That query is a change the page keeps (autosave, a few seconds of
     // work): the tab is idle once it is kept.
     await page.waitForFunction(() => !window.pgwasmPage.unsaved(), null, { timeout: 300000, polling: 500 });
+    const idleFrom = Date.now();
     await new Promise(r => setTimeout(r, Number(arg("--settle") || 10) * 1000));
-    // What the emulator does meanwhile (docs/vm.md, "Idle CPU"), counted
-    // in its worker (pg.emulatorStats()): every main_loop call, whether it
-    // left the CPU in HLT, the wait it asked for, the guest instructions it
-    // ran, and the wasm modules v86's JIT handed to V8 (compiled on V8's
-    // thread pool).
-    const stats = () => page.evaluate(() => window.pgwasm.emulatorStats());
-    const e0 = await stats();
-    const a = browserCPU(), t0 = Date.now();
-    await new Promise(r => setTimeout(r, idle * 1000));
-    const b = browserCPU(), wall = (Date.now() - t0) / 1000;
-    const e1 = await stats();
-    const em = {
-      calls: e1.mainLoopCalls - e0.mainLoopCalls, hlt: e1.endedInHlt - e0.endedInHlt, sub1ms: e1.askedUnder1ms - e0.askedUnder1ms,
-      zero: e1.askedZero - e0.askedZero, instr: e1.mainLoopInstructions - e0.mainLoopInstructions, busyMs: e1.mainLoopMs - e0.mainLoopMs,
-      compiles: e1.jitModules - e0.jitModules, compileBytes: e1.jitBytes - e0.jitBytes,
-    };
-    out.idle_cpu_percent_by_thread = Object.fromEntries(Object.entries(b.byThread)
-      .map(([k, v]) => [k, +((100 * (v - (a.byThread[k] || 0))) / wall).toFixed(1)]).filter(([, v]) => v >= 0.5).sort((x, y) => y[1] - x[1]));
-    out.idle_emulator = {
-      main_loop_per_s: +(em.calls / wall).toFixed(1),
-      ended_in_hlt_pct: +((100 * em.hlt) / Math.max(1, em.calls)).toFixed(1),
-      asked_under_1ms_pct: +((100 * em.sub1ms) / Math.max(1, em.calls)).toFixed(1),
-      asked_0_pct: +((100 * em.zero) / Math.max(1, em.calls)).toFixed(1),
-      guest_instr_per_s: Math.round(em.instr / wall),
-      main_loop_busy_pct: +((100 * em.busyMs) / 1000 / wall).toFixed(1),
-      jit_modules_per_s: +(em.compiles / wall).toFixed(1),
-      jit_kb_per_s: +(em.compileBytes / 1024 / wall).toFixed(1),
-    };
-    out.idle_seconds = wall;
-    out.idle_cpu_seconds = b.seconds - a.seconds;
-    out.idle_cpu_percent = (100 * (b.seconds - a.seconds)) / wall;
-    out.idle_processes = b.processes;
-    // By process type: the renderer runs the page and the emulator's worker.
-    out.idle_cpu_percent_by_type = Object.fromEntries(Object.entries(b.byType).map(([k, v]) => [k, (100 * (v - (a.byType[k] || 0))) / wall]));
+    Object.assign(out, await idleWindow(page, idle));
+    // A tab left open: v86's JIT has compiled what the idle guest runs
+    // (its wasm modules' tier-up on V8's threads is most of the first
+    // minute's CPU), so the same window again, --late seconds after the
+    // tab became idle (docs/web.md, "Idle CPU").
+    const late = Number(arg("--late") || 0);
+    if (late > 0) {
+      await new Promise(r => setTimeout(r, Math.max(0, idleFrom + late * 1000 - Date.now())));
+      out.late = { after_seconds: late, ...(await idleWindow(page, idle)) };
+    }
   } else {
     await measurePage(out);
   }
@@ -206,6 +185,46 @@ try {
   await srv.stop();
 }
 console.log(JSON.stringify(out, null, 1));
+
+// idleWindow measures seconds of an idle page: the CPU of every Chromium
+// process (by process type and thread) and what the emulator did meanwhile
+// (docs/vm.md, "Idle CPU"), counted in its worker (pg.emulatorStats()):
+// every main_loop call, whether it left the CPU in HLT, the wait it asked
+// for, the guest instructions it ran, and the wasm modules v86's JIT
+// handed to V8 (compiled on V8's thread pool).
+async function idleWindow(page, seconds) {
+  const out = {};
+  const stats = () => page.evaluate(() => window.pgwasm.emulatorStats());
+  const e0 = await stats();
+  const a = browserCPU(), t0 = Date.now();
+  await new Promise(r => setTimeout(r, seconds * 1000));
+  const b = browserCPU(), wall = (Date.now() - t0) / 1000;
+  const e1 = await stats();
+  const em = {
+    calls: e1.mainLoopCalls - e0.mainLoopCalls, hlt: e1.endedInHlt - e0.endedInHlt, sub1ms: e1.askedUnder1ms - e0.askedUnder1ms,
+    zero: e1.askedZero - e0.askedZero, instr: e1.mainLoopInstructions - e0.mainLoopInstructions, busyMs: e1.mainLoopMs - e0.mainLoopMs,
+    compiles: e1.jitModules - e0.jitModules, compileBytes: e1.jitBytes - e0.jitBytes,
+  };
+  out.idle_cpu_percent_by_thread = Object.fromEntries(Object.entries(b.byThread)
+    .map(([k, v]) => [k, +((100 * (v - (a.byThread[k] || 0))) / wall).toFixed(1)]).filter(([, v]) => v >= 0.5).sort((x, y) => y[1] - x[1]));
+  out.idle_emulator = {
+    main_loop_per_s: +(em.calls / wall).toFixed(1),
+    ended_in_hlt_pct: +((100 * em.hlt) / Math.max(1, em.calls)).toFixed(1),
+    asked_under_1ms_pct: +((100 * em.sub1ms) / Math.max(1, em.calls)).toFixed(1),
+    asked_0_pct: +((100 * em.zero) / Math.max(1, em.calls)).toFixed(1),
+    guest_instr_per_s: Math.round(em.instr / wall),
+    main_loop_busy_pct: +((100 * em.busyMs) / 1000 / wall).toFixed(1),
+    jit_modules_per_s: +(em.compiles / wall).toFixed(1),
+    jit_kb_per_s: +(em.compileBytes / 1024 / wall).toFixed(1),
+  };
+  out.idle_seconds = wall;
+  out.idle_cpu_seconds = b.seconds - a.seconds;
+  out.idle_cpu_percent = (100 * (b.seconds - a.seconds)) / wall;
+  out.idle_processes = b.processes;
+  // By process type: the renderer runs the page and the emulator's worker.
+  out.idle_cpu_percent_by_type = Object.fromEntries(Object.entries(b.byType).map(([k, v]) => [k, (100 * (v - (a.byType[k] || 0))) / wall]));
+  return out;
+}
 
 async function measurePage(out) {
   const page = await browser.ctx.newPage();
