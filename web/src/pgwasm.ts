@@ -27,7 +27,7 @@ export { quoteIdent, type CopyOptions, type CopySource, type CopyError, type Tab
 export type { EmulatorStats } from "./vm-protocol";
 
 export { MEMORY_SIZES };
-export const UPLOAD_DIR = "/uploads";
+export { UPLOAD_DIR } from "./vm-protocol";
 // localStorage key prefix of the network sessions saved states had.
 const NET_KEY = "pgwasm.network.";
 // The relay's close code when its server drains (docs/serve.md).

@@ -1,5 +1,9 @@
 // The messages between PgWasm (the page's thread) and the emulator's worker
-// (vm-worker.ts, which owns v86). Types only: both sides import them.
+// (vm-worker.ts, which owns v86), and what both sides agree on. Both
+// import it, so it stays free of v86 and the page.
+
+// UPLOAD_DIR is where uploads go in the VM (created on the first one).
+export const UPLOAD_DIR = "/uploads";
 
 // Channels the page writes into the VM: ttyS0 (the psql console) and the
 // virtio-console ports (1: the agent, 2: the socket mux).

@@ -9,12 +9,11 @@ import { serialWriter } from "../../harness/serial.mjs";
 import { keepTSCOnRestore } from "../../harness/tsc.mjs";
 import { wholeMillisecondWaits } from "../../harness/yield.mjs";
 import { virtioConsoleWriter, type ChannelWriter } from "../../harness/virtio-console.mjs";
-import type { Channel, EmulatorStats, FromWorker, ToWorker } from "./vm-protocol";
+import { UPLOAD_DIR, type Channel, type EmulatorStats, type FromWorker, type ToWorker } from "./vm-protocol";
 
 // Closed 9p files whose contents stay in memory (see trackFileLoads).
 const KEEP_FILE_BYTES = 48 << 20;
 const SAMPLE_MS = 500;
-const UPLOAD_DIR = "/uploads";
 
 // The worker's global scope (the DOM typings this project compiles with
 // have no WebWorker lib).
