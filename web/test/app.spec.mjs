@@ -11,7 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import tls from "node:tls";
 import { promisify } from "node:util";
-import { startServer, launchBrowser, waitReady, waitScreen, waitMessage, apiQuery, artifacts, screenText } from "./lib.mjs";
+import { startApp, waitReady, waitScreen, waitMessage, apiQuery, artifacts, screenText } from "./lib.mjs";
 
 const run = promisify(execFile);
 
@@ -31,7 +31,7 @@ function tunnelCertSHA256(host, port) {
     });
   });
 }
-let srv, browser, page;
+let app, srv, browser, page;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "pgwasm-webtest-"));
 
 async function openApp() {
@@ -41,25 +41,15 @@ async function openApp() {
   return Date.now() - t;
 }
 
+// The kept session (autosave) has its own tests in ui.spec.mjs; here it
+// would only add saves of the whole VM between the steps.
 before(async () => {
-  fs.mkdirSync(artifacts, { recursive: true });
-  srv = await startServer();
-  browser = await launchBrowser();
-  // The kept session (autosave) has its own tests in ui.spec.mjs; here it
-  // would only add saves of the whole VM between the steps.
-  await browser.ctx.addInitScript(() => {
-    if (!localStorage.getItem("pgwasm.settings")) localStorage.setItem("pgwasm.settings", JSON.stringify({ autosave: false }));
-  });
-  page = await browser.ctx.newPage();
-  page.on("pageerror", e => console.error("pageerror:", e.message));
-  // A reload with work not yet kept asks first (beforeunload): go on.
-  page.on("dialog", d => void d.accept());
+  app = await startApp({ autosave: false });
+  ({ srv, browser, page } = app);
 });
 
 after(async () => {
-  if (page) await page.screenshot({ path: path.join(artifacts, "web-final.png") }).catch(() => {});
-  await browser?.close();
-  await srv?.stop();
+  await app?.close("web");
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -383,7 +373,7 @@ test("full boot from scratch, with progress, chosen in the settings", async () =
 });
 
 test("the example page runs a query through the embedding API", async () => {
-  const p = await browser.ctx.newPage();
+  const p = await app.newPage();
   try {
     await p.goto(srv.url + "example.html");
     await p.waitForSelector("#result table", { timeout: 240000 });

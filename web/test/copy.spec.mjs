@@ -5,23 +5,14 @@
 // The times are `make bench`'s (web/test/bench.mjs --copy), not a test's.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import path from "node:path";
-import { startServer, launchBrowser, waitReady, apiQuery, artifacts, installCSV, COPY_TABLE } from "./lib.mjs";
+import { startApp, waitReady, apiQuery, installCSV, COPY_TABLE } from "./lib.mjs";
 
-let srv, browser, page;
+let app, page;
 
 before(async () => {
-  fs.mkdirSync(artifacts, { recursive: true });
-  srv = await startServer();
-  browser = await launchBrowser();
-  await browser.ctx.addInitScript(() => {
-    if (!localStorage.getItem("pgwasm.settings")) localStorage.setItem("pgwasm.settings", JSON.stringify({ autosave: false }));
-  });
-  page = await browser.ctx.newPage();
-  page.on("pageerror", e => console.error("pageerror:", e.message));
-  page.on("dialog", d => void d.accept());
-  await page.goto(srv.url);
+  app = await startApp({ autosave: false });
+  page = app.page;
+  await page.goto(app.srv.url);
   await waitReady(page);
   await page.evaluate(installCSV);
   await page.evaluate(() => {
@@ -35,11 +26,7 @@ before(async () => {
   await apiQuery(page, COPY_TABLE);
 });
 
-after(async () => {
-  if (page) await page.screenshot({ path: path.join(artifacts, "copy-final.png") }).catch(() => {});
-  await browser?.close();
-  await srv?.stop();
-});
+after(() => app?.close("copy"));
 
 test("copyFrom: a 10 MB CSV string, then the same as a ReadableStream; row count and sums match", async () => {
   const r = await page.evaluate(async () => {

@@ -9,10 +9,9 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import { launchBrowser, root, artifacts } from "./lib.mjs";
+import { root, artifacts, openStatic } from "./lib.mjs";
 import { bundleDrivers } from "./driver-bundle.mjs";
 
 const image = process.env.PGWASM_IMAGE || path.join(root, "build", "image");
@@ -61,24 +60,7 @@ window.sqljs = (max = 2) => postgres({
 progress.textContent = "ready";
 `;
 
-function serveStatic(mounts, { cors = false } = {}) {
-  const types = { ".html": "text/html", ".js": "text/javascript", ".json": "application/json", ".wasm": "application/wasm", ".css": "text/css" };
-  const server = http.createServer((req, res) => {
-    const p = decodeURIComponent(new URL(req.url, "http://x").pathname);
-    const [prefix, dir] = Object.entries(mounts).find(([m]) => p.startsWith(m)) || [];
-    const file = dir && path.join(dir, p.slice(prefix.length));
-    if (!file || !file.startsWith(dir) || !fs.existsSync(file) || !fs.statSync(file).isFile()) { res.writeHead(404, cors ? { "Access-Control-Allow-Origin": "*" } : {}).end(); return; }
-    const headers = { "Content-Type": types[path.extname(file)] || "application/octet-stream" };
-    if (cors) headers["Access-Control-Allow-Origin"] = "*";
-    res.writeHead(200, headers);
-    fs.createReadStream(file).pipe(res);
-  });
-  return new Promise(resolve => server.listen(0, "127.0.0.1", () =>
-    resolve({ url: `http://127.0.0.1:${server.address().port}/`, close: () => new Promise(r => { server.close(r); server.closeAllConnections(); }) })));
-}
-
-let tmp, site, images, browser, p;
-const errors = [];
+let tmp, opened, p, errors;
 
 before(async () => {
   if (!fs.existsSync(path.join(dist, "pgwasm.js"))) throw new Error(`no npm package build in ${dist} (make package)`);
@@ -88,21 +70,14 @@ before(async () => {
   fs.writeFileSync(path.join(tmp, "site", "index.html"), `<!doctype html><meta charset="utf-8"><title>drivers</title>
 <script type="importmap">{ "imports": { "pgwasm": "./pgwasm/pgwasm.js" } }</script>
 <p id="progress">Loading…</p><script type="module" src="main.js"></script>`);
-  site = await serveStatic({ "/pgwasm/": dist, "/": path.join(tmp, "site") });
-  images = await serveStatic({ "/": image }, { cors: true });
-  browser = await launchBrowser();
-  p = await browser.ctx.newPage();
-  p.on("pageerror", e => errors.push(e.message));
-  if (process.env.PGWASM_DEBUG) p.on("console", m => console.error("page:", m.text()));
-  await p.goto(`${site.url}index.html?image=${encodeURIComponent(images.url)}`);
+  opened = await openStatic({ "/pgwasm/": dist, "/": path.join(tmp, "site") }, image, "index.html");
+  ({ p, errors } = opened);
   await p.waitForFunction(() => /ready|failed/.test(document.querySelector("#progress").textContent), null, { timeout: 300000, polling: 250 });
   assert.equal(await p.textContent("#progress"), "ready");
 });
 
 after(async () => {
-  await browser?.close();
-  await site?.close();
-  await images?.close();
+  await opened?.close();
   if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
 });
 

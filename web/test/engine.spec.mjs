@@ -5,10 +5,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import crypto from "node:crypto";
-import path from "node:path";
-import fs from "node:fs";
 import { promisify } from "node:util";
-import { startServer, launchBrowser, waitReady, waitScreen, waitMessage, apiQuery, artifacts, screenText, throttleCPU, pageStatus } from "./lib.mjs";
+import { startApp, waitReady, waitScreen, waitMessage, apiQuery, screenText, throttleCPU, pageStatus } from "./lib.mjs";
 
 const run = promisify(execFile);
 const RATE = Number(process.env.PGWASM_TEST_THROTTLE || 4);
@@ -30,28 +28,21 @@ async function psqlQuery(url, sql) {
   }
 }
 
-let srv, browser, page;
+let app, srv, page;
 const requests = [];
 
 before(async () => {
-  fs.mkdirSync(artifacts, { recursive: true });
   // Throttled 4x on a loaded host, the VM's first TLS handshake and SCRAM
   // exchange after a restore (a forked backend faulting its pages in over
   // 9p) can take longer than the tunnel's default 10 s authentication
   // deadline.
-  srv = await startServer({ extraArgs: ["--tunnel-auth-timeout", "120s"] });
-  browser = await launchBrowser();
-  page = await browser.ctx.newPage();
-  page.on("pageerror", e => console.error("pageerror:", e.message));
+  app = await startApp({ serveArgs: ["--tunnel-auth-timeout", "120s"] });
+  ({ srv, page } = app);
   page.on("request", r => requests.push({ method: r.method(), url: r.url() }));
   await throttleCPU(page, RATE);
 });
 
-after(async () => {
-  if (page) await page.screenshot({ path: path.join(artifacts, "engine-final.png") }).catch(() => {});
-  await browser?.close();
-  await srv?.stop();
-});
+after(() => app?.close("engine"));
 
 // assertAlive fails if the page or the terminal says the VM died.
 async function assertAlive(what) {
@@ -325,7 +316,7 @@ test("engine: the page's API talks to the agent on virtio-console after a full b
 });
 
 test("engine: an image whose agent lacks virtio-console is refused as older than the page", async () => {
-  const p = await browser.ctx.newPage();
+  const p = await app.newPage();
   try {
     await p.route(/\/image\/manifest\.json$/, async route => {
       const m = await (await route.fetch()).json();

@@ -2,10 +2,12 @@
 // Debian's Chromium driven by playwright-core.
 import { spawn } from "node:child_process";
 import fs from "node:fs";
+import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-export { launchBrowser } from "../chromium.mjs";
+import { launchBrowser } from "../chromium.mjs";
+export { launchBrowser };
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const artifacts = path.join(root, "build", "test-artifacts");
@@ -15,7 +17,9 @@ export const artifacts = path.join(root, "build", "test-artifacts");
 // extraArgs go to pgwasm serve as they are.
 export async function startServer({ bin = process.env.PGWASM_BIN || path.join(root, "build/bin/pgwasm"), image = process.env.PGWASM_IMAGE || path.join(root, "build/image"), extraArgs = [] } = {}) {
   if (!fs.existsSync(path.join(image, "manifest.json"))) throw new Error(`no VM image in ${image} (make image snapshot)`);
-  const first = 20000 + Math.floor(Math.random() * 40000);
+  // Tunnel ports below Linux's ephemeral range (32768-60999), as
+  // internal/testkit draws them: an outgoing connection cannot take one.
+  const first = 20000 + Math.floor(Math.random() * (32000 - 20000 - 16));
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "pgwasm-serve-"));
   const ready = path.join(dir, "ready.json");
   const args = ["serve", "--listen", "127.0.0.1:0", "--image", image,
@@ -38,6 +42,95 @@ export async function startServer({ bin = process.env.PGWASM_BIN || path.join(ro
   }
   const url = `http://${JSON.parse(fs.readFileSync(ready, "utf8")).http}/`;
   return { url, log, stop: () => new Promise(r => { proc.on("exit", () => { fs.rmSync(dir, { recursive: true, force: true }); r(); }); proc.kill("SIGTERM"); }) };
+}
+
+// startApp starts what the specs against `pgwasm serve` share: the server
+// (serveArgs go to it as they are), Chromium (granted permissions for the
+// server's origin) and one page from newPage. newPage's pages print their
+// uncaught errors and accept every dialog (a reload with work not yet kept
+// asks first), recording its type in dialogs. With autosave false the kept
+// session (ui.spec.mjs tests it) is off from the first load; elsewhere it
+// would only add saves of the whole VM between the steps. close(name) keeps
+// the page's last screen as build/test-artifacts/<name>-final.png and stops
+// the browser and the server; a failed start closes what it started.
+export async function startApp({ serveArgs = [], autosave = true, permissions = [] } = {}) {
+  fs.mkdirSync(artifacts, { recursive: true });
+  const app = { srv: null, browser: null, page: null, dialogs: [] };
+  app.newPage = async () => {
+    const p = await app.browser.ctx.newPage();
+    p.on("pageerror", e => console.error("pageerror:", e.message));
+    p.on("dialog", d => {
+      app.dialogs.push(d.type());
+      void d.accept();
+    });
+    return p;
+  };
+  app.close = async name => {
+    if (app.page && name) await app.page.screenshot({ path: path.join(artifacts, `${name}-final.png`) }).catch(() => {});
+    await app.browser?.close();
+    await app.srv?.stop();
+  };
+  try {
+    app.srv = await startServer({ extraArgs: serveArgs });
+    app.browser = await launchBrowser();
+    if (permissions.length) await app.browser.ctx.grantPermissions(permissions, { origin: app.srv.url.replace(/\/$/, "") });
+    if (!autosave) {
+      await app.browser.ctx.addInitScript(() => {
+        if (!localStorage.getItem("pgwasm.settings")) localStorage.setItem("pgwasm.settings", JSON.stringify({ autosave: false }));
+      });
+    }
+    app.page = await app.newPage();
+  } catch (err) {
+    await app.close();
+    throw err;
+  }
+  return app;
+}
+
+// serveStatic serves mounts (URL path prefix → directory) as any static
+// host would, for the pages that use the npm package without `pgwasm
+// serve`: GET only, no server routes, a CORS header when cors (as a CDN
+// serving the image to another origin needs). log records every request.
+export function serveStatic(mounts, { cors = false } = {}) {
+  const types = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".json": "application/json", ".wasm": "application/wasm" };
+  const log = [];
+  const server = http.createServer((req, res) => {
+    const p = decodeURIComponent(new URL(req.url, "http://x").pathname);
+    const [prefix, dir] = Object.entries(mounts).find(([m]) => p.startsWith(m)) || [];
+    const file = dir && path.join(dir, p.slice(prefix.length));
+    const ok = file && file.startsWith(dir) && fs.existsSync(file) && fs.statSync(file).isFile();
+    log.push({ path: p, status: ok ? 200 : 404 });
+    const headers = cors ? { "Access-Control-Allow-Origin": "*" } : {};
+    if (!ok) { res.writeHead(404, headers).end(); return; }
+    headers["Content-Type"] = types[path.extname(file)] || "application/octet-stream";
+    headers["Content-Length"] = fs.statSync(file).size;
+    res.writeHead(200, headers);
+    fs.createReadStream(file).pipe(res);
+  });
+  return new Promise(resolve => server.listen(0, "127.0.0.1", () =>
+    resolve({ url: `http://127.0.0.1:${server.address().port}/`, log, close: () => new Promise(r => { server.close(r); server.closeAllConnections(); }) })));
+}
+
+// openStatic serves mounts as a page's site and the VM image in imageDir
+// from another origin (as a CDN would: it needs CORS, nothing more), and
+// opens pagePath?image=<that origin> in Chromium. errors collects the
+// page's uncaught errors; close() stops the browser and both servers.
+export async function openStatic(mounts, imageDir, pagePath) {
+  const site = await serveStatic(mounts);
+  const images = await serveStatic({ "/": imageDir }, { cors: true });
+  const browser = await launchBrowser();
+  const close = async () => { await browser.close(); await site.close(); await images.close(); };
+  try {
+    const p = await browser.ctx.newPage();
+    const errors = [];
+    p.on("pageerror", e => errors.push(e.message));
+    if (process.env.PGWASM_DEBUG) p.on("console", m => console.error("page:", m.text()));
+    await p.goto(`${site.url}${pagePath}?image=${encodeURIComponent(images.url)}`);
+    return { p, errors, site, images, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
 }
 
 // waitReady waits until the page's VM reports ready (or fails).

@@ -10,10 +10,9 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
-import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import { launchBrowser, root, artifacts } from "./lib.mjs";
+import { root, artifacts, openStatic } from "./lib.mjs";
 import { bundleDrivers } from "./driver-bundle.mjs";
 
 const pkgDir = path.join(root, "web", "package");
@@ -121,28 +120,6 @@ for (const resolution of ["Bundler", "NodeNext"]) {
   });
 }
 
-// serveStatic serves dir (and mounts) like any static host: GET only, no
-// server routes, a CORS header when cors. It records every request.
-function serveStatic(mounts, { cors = false } = {}) {
-  const types = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".json": "application/json", ".wasm": "application/wasm" };
-  const log = [];
-  const server = http.createServer((req, res) => {
-    const url = new URL(req.url, "http://x");
-    const p = decodeURIComponent(url.pathname);
-    const [prefix, dir] = Object.entries(mounts).find(([m]) => p.startsWith(m)) || [];
-    const file = dir && path.join(dir, p.slice(prefix.length));
-    const ok = file && file.startsWith(dir) && fs.existsSync(file) && fs.statSync(file).isFile();
-    log.push({ path: p, status: ok ? 200 : 404 });
-    if (!ok) { res.writeHead(404).end(); return; }
-    const headers = { "Content-Type": types[path.extname(file)] || "application/octet-stream", "Content-Length": fs.statSync(file).size };
-    if (cors) headers["Access-Control-Allow-Origin"] = "*";
-    res.writeHead(200, headers);
-    fs.createReadStream(file).pipe(res);
-  });
-  return new Promise(resolve => server.listen(0, "127.0.0.1", () =>
-    resolve({ url: `http://127.0.0.1:${server.address().port}/`, log, close: () => new Promise(r => { server.close(r); server.closeAllConnections(); }) })));
-}
-
 // exampleHTML reads an example page and checks that its import map points
 // where npm install puts the package's module.
 function exampleHTML(name) {
@@ -152,25 +129,10 @@ function exampleHTML(name) {
   return html;
 }
 
-// openExample serves siteDir with the unpacked tarball at
-// /node_modules/pgwasm/, the image from another origin (as a CDN would
-// be: it needs CORS, nothing more), and opens page in Chromium; errors
-// collects the page's uncaught errors.
-async function openExample(siteDir, page) {
-  const site = await serveStatic({ "/node_modules/pgwasm/": unpacked, "/": siteDir });
-  const images = await serveStatic({ "/": image }, { cors: true });
-  const browser = await launchBrowser();
-  const close = async () => { await browser.close(); await site.close(); await images.close(); };
-  try {
-    const p = await browser.ctx.newPage();
-    const errors = [];
-    p.on("pageerror", e => errors.push(e.message));
-    await p.goto(`${site.url}${page}?image=${encodeURIComponent(images.url)}`);
-    return { p, errors, site, images, close };
-  } catch (err) {
-    await close();
-    throw err;
-  }
+// openExample opens an example page with the unpacked tarball at
+// /node_modules/pgwasm/, where npm install puts it.
+function openExample(siteDir, page) {
+  return openStatic({ "/node_modules/pgwasm/": unpacked, "/": siteDir }, image, page);
 }
 
 test("npm pack: the example page boots the VM from the packed package and static image files", async t => {

@@ -9,25 +9,16 @@
 // the CPU throttled) is engine.spec.mjs's.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import path from "node:path";
-import { startServer, launchBrowser, waitReady, apiQuery, artifacts, screenText, pageStatus } from "./lib.mjs";
+import { startApp, waitReady, apiQuery, screenText, pageStatus } from "./lib.mjs";
 
-let srv, browser, page;
+let app, srv, page;
 
 before(async () => {
-  fs.mkdirSync(artifacts, { recursive: true });
-  srv = await startServer();
-  browser = await launchBrowser();
-  page = await browser.ctx.newPage();
-  page.on("pageerror", e => console.error("pageerror:", e.message));
+  app = await startApp();
+  ({ srv, page } = app);
 });
 
-after(async () => {
-  if (page) await page.screenshot({ path: path.join(artifacts, "restore-final.png") }).catch(() => {});
-  await browser?.close();
-  await srv?.stop();
-});
+after(() => app?.close("restore"));
 
 // guestUptime is the guest kernel's monotonic clock (/proc/uptime), in s.
 async function guestUptime() {

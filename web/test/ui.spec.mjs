@@ -6,35 +6,16 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import path from "node:path";
-import { startServer, launchBrowser, waitReady, waitScreen, waitMessage, apiQuery, artifacts, screenText, throttleCPU, mainThreadDuring } from "./lib.mjs";
+import { startApp, waitReady, waitScreen, waitMessage, apiQuery, artifacts, screenText, throttleCPU, mainThreadDuring } from "./lib.mjs";
 
-let srv, browser, page;
+let app, srv, browser, page, dialogs, newPage;
 
 before(async () => {
-  srv = await startServer();
-  browser = await launchBrowser();
-  await browser.ctx.grantPermissions(["clipboard-read", "clipboard-write"], { origin: srv.url.replace(/\/$/, "") });
-  page = await newPage();
+  app = await startApp({ permissions: ["clipboard-read", "clipboard-write"] });
+  ({ srv, browser, page, dialogs, newPage } = app);
 });
 
-after(async () => {
-  if (page) await page.screenshot({ path: path.join(artifacts, "ui-final.png") }).catch(() => {});
-  await browser?.close();
-  await srv?.stop();
-});
-
-// dialogs records every dialog a page shows and accepts it (beforeunload
-// on a reload with unsaved work).
-const dialogs = [];
-async function newPage() {
-  const p = await browser.ctx.newPage();
-  p.on("pageerror", e => console.error("pageerror:", e.message));
-  p.on("dialog", d => {
-    dialogs.push(d.type());
-    void d.accept();
-  });
-  return p;
-}
+after(() => app?.close("ui"));
 
 // typeSQL types a line into psql and waits for re to show.
 async function typeSQL(p, line, re, timeoutMs = 60000) {
