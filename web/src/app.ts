@@ -532,13 +532,6 @@ function ready(vm: PgWasm): void {
   enableVMControls(true);
   showNetwork(vm.network);
   auto.saved = auto.changes; // a fresh start is nothing to keep
-  // After a quick start psql has drawn its prompt twice (the engine's
-  // newline after the size change): if the screen holds nothing else yet,
-  // Ctrl-L has readline clear it and draw one prompt.
-  const prompts = vm.terminal?.text().split("\n").filter(l => l.startsWith("postgres=")) ?? [];
-  if (prompts.length > 1 && prompts.every(l => /^postgres=#\s*$/.test(l))) {
-    vm.sendConsole("\x0c");
-  }
   void refreshStates();
   void refreshUploads();
   if (resumeWanted) {

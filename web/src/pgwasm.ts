@@ -644,6 +644,13 @@ export class PgWasm extends EventTarget {
     if (redraw) await this.call("serial0_send", ["\r"]); // psql redraws its prompt
     await this.waitPrompt(redraw ? mark : -1, 30000);
     this.consoleReady = true;
+    // The redraw leaves the snapshot's prompt above the new one: if the
+    // screen holds nothing else, Ctrl-L has readline clear it and draw one
+    // prompt. It goes before what the user typed meanwhile: sent after,
+    // it would wait in the tty while that statement runs and clear its
+    // result at the next prompt.
+    const prompts = this.terminal.text().split("\n").filter(l => l.startsWith("postgres="));
+    if (redraw && prompts.length > 1 && prompts.every(l => /^postgres=#\s*$/.test(l))) this.toConsole?.("\x0c");
     for (const d of this.inputQueue.splice(0)) this.toConsole?.(d);
     this.terminal.focus();
   }
