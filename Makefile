@@ -84,11 +84,17 @@ container: snapshot ## write the OCI image layout of pgwasm serve (static binary
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/pgwasm-static ./cmd/pgwasm
 	$(PGWASM) image container --binary $(BIN)/pgwasm-static --image $(IMAGE) --out $(BUILD)/container
 
-test: setup image ## run the whole suite: Go unit tests, the real VM, the browser app, the scenarios
-	$(MAKE) --no-print-directory test-go
-	$(MAKE) --no-print-directory test-vm
-	$(MAKE) --no-print-directory test-web
-	$(MAKE) --no-print-directory test-e2e
+# The four suites share nothing but read-only build outputs (ports are drawn
+# at random below the ephemeral range, files go to temporary directories),
+# so they can run side by side. Each but test-go keeps a core busy with the
+# emulator and wants another for Chromium, the harness or the host's
+# PostgreSQL, so one suite per two cores: a 2-core machine runs them in
+# turn. With TEST_JOBS > 1 each suite's output is printed whole when it ends.
+TEST_JOBS ?= $(shell n=$$(nproc); echo $$(( n / 2 > 1 ? n / 2 : 1 )))
+
+test: setup image ## run the whole suite: Go unit tests, the real VM, the browser app, the scenarios (TEST_JOBS at once)
+	$(MAKE) --no-print-directory build snapshot package
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) $(if $(filter-out 1,$(TEST_JOBS)),--output-sync=target) test-go test-vm test-web test-e2e
 
 # The image build's cache lets the kmod tests run on the real Debian kernel's
 # modules and the extension build test reuse the packages it downloaded.
