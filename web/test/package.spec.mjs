@@ -4,7 +4,8 @@
 // with the unpacked tarball by a plain static server, boots the VM in
 // Chromium from a static copy of the image (PGWASM_IMAGE) on another
 // origin: no pgwasm serve at all. Its drivers page runs node-postgres,
-// bundled by esbuild as an app's bundler would, on the packed module. Offline: the consumer gets the tarball
+// bundled by esbuild as an app's bundler would, on the packed module; apps
+// bundled by webpack and by Vite run from their bundler's output alone. Offline: the consumer gets the tarball
 // and web/node_modules' copy of the one dependency, as npm install would.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
