@@ -122,7 +122,20 @@ export interface NetworkInfo {
   portError?: string;
 }
 
-const here = (): string => new URL(".", import.meta.url).href;
+// The files this module loads from its own directory, each named by a
+// literal new URL("./name", import.meta.url): webpack 5 and Vite recognise
+// exactly that form in an app's bundle, emit the file into their output and
+// point the URL at it; unbundled (import map, pgwasm serve) or bundled by
+// esbuild, which leaves it alone, it is the file next to the module.
+const workerURL = (): URL => new URL("./vm-worker.js", import.meta.url);
+const wasmURL = (): URL => new URL("./v86.wasm", import.meta.url);
+const terminalCSSURL = (): URL => new URL("./xterm.css", import.meta.url);
+
+// here is where the package's files are served from, which the image and
+// the server default to: the module's directory, or the bundler's output
+// directory. Not new URL(".", import.meta.url): Vite warns about that in
+// every app build (no such file), and webpack resolves it against the page.
+const here = (): string => new URL(".", workerURL()).href;
 
 function fmtMB(n: number): string {
   return (n / 1048576).toFixed(n < 10485760 ? 1 : 0) + " MB";
@@ -552,7 +565,7 @@ export class PgWasm extends EventTarget {
     const files: Record<string, { loaded: number; total: number }> = {};
     const img = (name: string) => new URL(name, this.imageBase).href;
     const options: any = {
-      wasm_path: new URL("v86.wasm", here()).href,
+      wasm_path: wasmURL().href,
       bios: { url: img("bios.bin") },
       vga_bios: { url: img("vgabios.bin") },
       memory_size: this.memoryMB * 1024 * 1024,
@@ -581,7 +594,7 @@ export class PgWasm extends EventTarget {
       // A worker's script must come from the page's origin: a module
       // embedded from another one (docs/web.md, "Embedding API") starts a
       // blob: worker that imports it (that server sends CORS headers).
-      const url = new URL("vm-worker.js", here());
+      const url = workerURL();
       const src = url.origin === location.origin ? url : URL.createObjectURL(new Blob([`import ${JSON.stringify(url.href)};\n`], { type: "text/javascript" }));
       worker = new Worker(src, { type: "module", name: "pgwasm-vm" });
     } catch (err) {
@@ -1186,7 +1199,7 @@ function ensureTerminalCSS(): void {
   if (document.querySelector("link[data-pgwasm-xterm]")) return;
   const link = document.createElement("link");
   link.rel = "stylesheet";
-  link.href = new URL("xterm.css", here()).href;
+  link.href = terminalCSSURL().href;
   link.dataset.pgwasmXterm = "";
   document.head.appendChild(link);
 }

@@ -4,7 +4,8 @@
 // with the unpacked tarball by a plain static server, boots the VM in
 // Chromium from a static copy of the image (PGWASM_IMAGE) on another
 // origin: no pgwasm serve at all. Its drivers page runs node-postgres,
-// bundled by esbuild as an app's bundler would, on the packed module. Offline: the consumer gets the tarball
+// bundled by esbuild as an app's bundler would, on the packed module; apps
+// bundled by webpack and by Vite run from their bundler's output alone. Offline: the consumer gets the tarball
 // and web/node_modules' copy of the one dependency, as npm install would.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -56,6 +57,17 @@ test("npm pack: the tarball holds what package.json lists, and no more", t => {
   t.diagnostic(`${path.basename(tarball)}: ${files.length} files, ${(packed / 1e6).toFixed(2)} MB packed, ${(size / 1e6).toFixed(2)} MB unpacked`);
   // v86's 11 MB debug build or source maps would pass the checks above.
   assert.ok(packed < 1 << 20, `tarball is ${packed} bytes`);
+});
+
+// webpack 5 and Vite emit a file the module loads only where they find a
+// literal new URL("./name", import.meta.url); the package's own minified
+// build must keep that form (the bundler tests below show it is enough).
+test("npm pack: the module names the files it loads as webpack and Vite detect them", () => {
+  const js = fs.readFileSync(path.join(unpacked, "dist", "pgwasm.js"), "utf8");
+  for (const f of ["vm-worker.js", "v86.wasm", "xterm.css"]) {
+    assert.ok(js.includes(`new URL("./${f}",import.meta.url)`), `no new URL("./${f}", import.meta.url) in dist/pgwasm.js`);
+    assert.ok(manifest.files.includes(`dist/${f}`), `dist/${f} is not in the package`);
+  }
 });
 
 // A consumer's code: the @ts-expect-error lines fail the compile if the
@@ -202,3 +214,115 @@ test("npm pack: the drivers example, bundled by esbuild, runs node-postgres on t
     await close();
   }
 });
+
+// An app that bundles the package with webpack 5 or Vite (their Node APIs,
+// production builds, nothing configured for pgwasm): the bundler must find
+// the worker, v86's WebAssembly and the terminal's style sheet through the
+// module's new URL("./name", import.meta.url) and emit them into its
+// output. Only that output is served (node_modules is not), the image from
+// another origin, and the page boots the VM and answers select 1.
+const appJS = `
+import { boot } from "pgwasm";
+const answer = document.querySelector("#answer");
+boot({ element: document.querySelector("#term"), imageBase: new URLSearchParams(location.search).get("image") })
+  .then(pg => pg.query("select 1 as one"))
+  .then(r => { answer.textContent = r.rows[0][0]; }, err => { answer.textContent = "failed: " + err.message; });
+`;
+const appHTML = script => `<!doctype html>
+<html><head><meta charset="utf-8"><title>pgwasm bundled</title></head>
+<body><output id="answer"></output><div id="term" style="height: 240px"></div>
+${script}
+</body></html>
+`;
+
+// consumerApp makes a project with the unpacked tarball in node_modules,
+// where npm install puts it, and the app's entry point.
+function consumerApp(name) {
+  const dir = path.join(tmp, `app-${name}`);
+  fs.mkdirSync(path.join(dir, "node_modules"), { recursive: true });
+  fs.cpSync(unpacked, path.join(dir, "node_modules", "pgwasm"), { recursive: true });
+  fs.writeFileSync(path.join(dir, "package.json"), JSON.stringify({ name: `app-${name}`, private: true, type: "module" }));
+  fs.writeFileSync(path.join(dir, "main.js"), appJS);
+  return dir;
+}
+
+// Each build returns its output directory, what it emitted from the
+// package ({ "vm-worker.js": "<path in the output>", ... }) and what it
+// warned about (pgwasm must build cleanly in an app); a build that fails
+// throws.
+const bundlers = {
+  async webpack(dir) {
+    const { default: webpack } = await import("webpack");
+    const out = path.join(dir, "dist");
+    const stats = await new Promise((resolve, reject) => {
+      const compiler = webpack({
+        mode: "production", context: dir, entry: "./main.js",
+        output: { path: out, filename: "main.js" },
+        // Its size hints are about the app, not the package.
+        performance: { hints: false },
+      });
+      compiler.run((err, stats) => compiler.close(() => (err ? reject(err) : resolve(stats))));
+    });
+    const info = stats.toJson({ all: false, assets: true, cachedAssets: true, errors: true, warnings: true });
+    assert.deepEqual(info.errors.map(e => e.message), [], "webpack's errors");
+    fs.writeFileSync(path.join(out, "index.html"), appHTML(`<script src="main.js"></script>`));
+    const emitted = {};
+    for (const a of info.assets) {
+      const from = a.info.sourceFilename || "";
+      if (from.startsWith("node_modules/pgwasm/")) emitted[path.posix.basename(from)] = a.name;
+    }
+    return { out, emitted, logged: info.warnings.map(e => e.message) };
+  },
+  async vite(dir) {
+    const { build } = await import("vite");
+    const out = path.join(dir, "dist");
+    fs.writeFileSync(path.join(dir, "index.html"), appHTML(`<script type="module" src="./main.js"></script>`));
+    const logged = [];
+    const logger = {
+      hasWarned: false,
+      info() {},
+      warn: m => logged.push(m),
+      warnOnce: m => logged.push(m),
+      error: m => logged.push(m),
+      clearScreen() {},
+      hasErrorLogged: () => false,
+    };
+    const result = await build({ root: dir, configFile: false, logLevel: "warn", customLogger: logger, build: { outDir: out } });
+    const emitted = {};
+    for (const o of (Array.isArray(result) ? result : [result]).flatMap(r => r.output)) {
+      for (const from of o.type === "asset" ? o.originalFileNames : []) {
+        if (from.startsWith("node_modules/pgwasm/")) emitted[path.posix.basename(from)] = o.fileName;
+      }
+    }
+    return { out, emitted, logged };
+  },
+};
+
+for (const [name, bundle] of Object.entries(bundlers)) {
+  test(`npm pack: an app bundled by ${name} boots the VM with the files ${name} emitted from the package`, async t => {
+    if (!fs.existsSync(path.join(image, "manifest.json"))) throw new Error(`no VM image in ${image} (make snapshot)`);
+    const dir = consumerApp(name);
+    const t0 = Date.now();
+    const { out, emitted, logged } = await bundle(dir);
+    t.diagnostic(`${name}: built in ${((Date.now() - t0) / 1000).toFixed(1)} s; emitted ${JSON.stringify(emitted)}`);
+    const { p, errors, site, images, close } = await openStatic({ "/": out }, image, "index.html");
+    try {
+      await p.waitForFunction(() => document.querySelector("#answer").textContent, null, { timeout: 300000, polling: 250 });
+      assert.equal(await p.textContent("#answer"), "1");
+      await p.screenshot({ path: path.join(artifacts, `web-package-${name}.png`) });
+      assert.deepEqual(errors, []);
+      assert.deepEqual(logged, [], `${name}'s warnings`);
+      // The package's files came from the bundler's output, unchanged where
+      // the bundler copies them as they are (v86.wasm; webpack minifies the
+      // worker and the style sheet again).
+      assert.deepEqual(Object.keys(emitted).sort(), ["v86.wasm", "vm-worker.js", "xterm.css"], `${name} did not emit the package's files`);
+      assert.ok(fs.readFileSync(path.join(out, emitted["v86.wasm"])).equals(fs.readFileSync(path.join(unpacked, "dist", "v86.wasm"))), "the emitted v86.wasm differs");
+      for (const f of Object.values(emitted)) assert.ok(site.log.some(r => r.path === "/" + f && r.status === 200), `${f} not loaded`);
+      const missed = [...site.log, ...images.log].filter(r => r.status !== 200 && r.path !== "/favicon.ico" && !/^\/state-\d+\.json$/.test(r.path));
+      assert.deepEqual(missed, []);
+      assert.ok(images.log.some(r => /^\/state-\d+\.bin\.zst$/.test(r.path)), "no state loaded from the image host");
+    } finally {
+      await close();
+    }
+  });
+}
