@@ -26,7 +26,9 @@ type PackageOptions struct {
 
 // packaged are the files of the app build the package ships under their
 // own names: the module, the licenses of what it bundles, and the three
-// files it loads from its own directory (new URL(name, import.meta.url)):
+// files it loads from its own directory (each a literal
+// new URL("./name", import.meta.url), which webpack and Vite emit into an
+// app's bundle):
 // the emulator's worker (which bundles v86), v86's WebAssembly and xterm's
 // style sheet. So the package's dist/ works from any static host, with no
 // route of pgwasm serve.
