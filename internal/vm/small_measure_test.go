@@ -3,9 +3,7 @@ package vm
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 )
@@ -17,11 +15,7 @@ import (
 // rounds so the JIT's warming shows. PGWASM_MEASURE_SMALL=N rounds
 // (docs/agent-protocol.md, "Where a small request's time goes").
 func TestMeasureSmall(t *testing.T) {
-	dir := os.Getenv("PGWASM_IMAGE")
-	rounds, _ := strconv.Atoi(os.Getenv("PGWASM_MEASURE_SMALL"))
-	if dir == "" || rounds <= 0 {
-		t.Skip("set PGWASM_IMAGE and PGWASM_MEASURE_SMALL=N")
-	}
+	dir, rounds := measureEnv(t, "PGWASM_MEASURE_SMALL")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	v, err := Start(ctx, Options{ImageDir: dir})

@@ -11,6 +11,19 @@ import (
 	"time"
 )
 
+// measureEnv returns the image and the number of rounds of a measurement
+// that runs only when asked (roundsVar=N and PGWASM_IMAGE set), and skips
+// the test otherwise.
+func measureEnv(t *testing.T, roundsVar string) (dir string, rounds int) {
+	t.Helper()
+	dir = os.Getenv("PGWASM_IMAGE")
+	rounds, _ = strconv.Atoi(os.Getenv(roundsVar))
+	if dir == "" || rounds <= 0 {
+		t.Skipf("set PGWASM_IMAGE and %s=N", roundsVar)
+	}
+	return dir, rounds
+}
+
 // TestMeasureResult splits the time of a 1 MB result (10,000 rows of 100
 // bytes, the bench's row) into the guest's part (emulated instructions and
 // the time to the answer's last byte), the harness's (line collection,
@@ -20,12 +33,9 @@ import (
 // "Where a 1 MB result's time goes"). With PGWASM_IMAGE_BEFORE (another
 // image directory) a VM of each image runs, and the rounds alternate
 // between them: before and after in one run.
+
 func TestMeasureResult(t *testing.T) {
-	dir := os.Getenv("PGWASM_IMAGE")
-	rounds, _ := strconv.Atoi(os.Getenv("PGWASM_MEASURE_RESULT"))
-	if dir == "" || rounds <= 0 {
-		t.Skip("set PGWASM_IMAGE and PGWASM_MEASURE_RESULT=N")
-	}
+	dir, rounds := measureEnv(t, "PGWASM_MEASURE_RESULT")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	type target struct {

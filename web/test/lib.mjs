@@ -98,12 +98,13 @@ export function serveStatic(mounts, { cors = false } = {}) {
     const p = decodeURIComponent(new URL(req.url, "http://x").pathname);
     const [prefix, dir] = Object.entries(mounts).find(([m]) => p.startsWith(m)) || [];
     const file = dir && path.join(dir, p.slice(prefix.length));
-    const ok = file && file.startsWith(dir) && fs.existsSync(file) && fs.statSync(file).isFile();
+    const st = file && file.startsWith(dir) ? fs.statSync(file, { throwIfNoEntry: false }) : undefined;
+    const ok = !!st?.isFile();
     log.push({ path: p, status: ok ? 200 : 404 });
     const headers = cors ? { "Access-Control-Allow-Origin": "*" } : {};
     if (!ok) { res.writeHead(404, headers).end(); return; }
     headers["Content-Type"] = types[path.extname(file)] || "application/octet-stream";
-    headers["Content-Length"] = fs.statSync(file).size;
+    headers["Content-Length"] = st.size;
     res.writeHead(200, headers);
     fs.createReadStream(file).pipe(res);
   });

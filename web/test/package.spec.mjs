@@ -141,6 +141,13 @@ function exampleHTML(name) {
   return html;
 }
 
+// failedRequests are the requests of a static page's servers that were not
+// answered 200, but for the favicon and the state metadata the page probes
+// for each memory size (an image need not have them all).
+function failedRequests(...servers) {
+  return servers.flatMap(s => s.log).filter(r => r.status !== 200 && r.path !== "/favicon.ico" && !/^\/state-\d+\.json$/.test(r.path));
+}
+
 // openExample opens an example page with the unpacked tarball at
 // /node_modules/pgwasm/, where npm install puts it.
 function openExample(siteDir, page) {
@@ -163,7 +170,7 @@ test("npm pack: the example page boots the VM from the packed package and static
     // terminal's style sheet from the package's own directory. The only
     // misses: the browser's favicon and the probes for states of memory
     // sizes the image has none for.
-    const missed = [...site.log, ...images.log].filter(r => r.status !== 200 && r.path !== "/favicon.ico" && !/^\/state-\d+\.json$/.test(r.path));
+    const missed = failedRequests(site, images);
     assert.deepEqual(missed, []);
     for (const f of ["dist/pgwasm.js", "dist/v86.wasm", "dist/xterm.css"]) {
       assert.ok(site.log.some(r => r.path === "/node_modules/pgwasm/" + f), `${f} not loaded from the package`);
@@ -318,7 +325,7 @@ for (const [name, bundle] of Object.entries(bundlers)) {
       assert.deepEqual(Object.keys(emitted).sort(), ["v86.wasm", "vm-worker.js", "xterm.css"], `${name} did not emit the package's files`);
       assert.ok(fs.readFileSync(path.join(out, emitted["v86.wasm"])).equals(fs.readFileSync(path.join(unpacked, "dist", "v86.wasm"))), "the emitted v86.wasm differs");
       for (const f of Object.values(emitted)) assert.ok(site.log.some(r => r.path === "/" + f && r.status === 200), `${f} not loaded`);
-      const missed = [...site.log, ...images.log].filter(r => r.status !== 200 && r.path !== "/favicon.ico" && !/^\/state-\d+\.json$/.test(r.path));
+      const missed = failedRequests(site, images);
       assert.deepEqual(missed, []);
       assert.ok(images.log.some(r => /^\/state-\d+\.bin\.zst$/.test(r.path)), "no state loaded from the image host");
     } finally {
