@@ -31,10 +31,15 @@ func newTestServer(t testing.TB, db database, env *testEnv) *server {
 	if env.dir == "" {
 		env.dir = t.TempDir()
 	}
-	for _, name := range []string{"drop_caches", "compact_memory"} {
+	for _, name := range []string{"drop_caches", "compact_memory", "memory.reclaim"} {
 		if err := os.WriteFile(filepath.Join(env.dir, name), nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// 4,900 kB of file cache for prepare_snapshot to reclaim; the file does
+	// not change, so it asks once.
+	if err := os.WriteFile(filepath.Join(env.dir, "meminfo"), []byte("Cached:  5000 kB\nShmem:  100 kB\n"), 0o600); err != nil {
+		t.Fatal(err)
 	}
 	run := func(ctx context.Context, e []string, name string, args ...string) ([]byte, error) {
 		env.commands = append(env.commands, append([]string{name}, args...))
@@ -70,6 +75,8 @@ func newTestServer(t testing.TB, db database, env *testEnv) *server {
 			},
 			dropCaches:    filepath.Join(env.dir, "drop_caches"),
 			compactMemory: filepath.Join(env.dir, "compact_memory"),
+			reclaim:       filepath.Join(env.dir, "memory.reclaim"),
+			meminfo:       filepath.Join(env.dir, "meminfo"),
 		},
 		log:     log,
 		start:   time.Now(),

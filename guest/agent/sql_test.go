@@ -321,22 +321,31 @@ func TestPrepareSnapshot(t *testing.T) {
 	t.Cleanup(db.Close)
 
 	tests := []struct {
-		name   string
-		setup  func(env *testEnv)
-		wantOK bool
-		want   snapshotLog
+		name    string
+		setup   func(env *testEnv)
+		wantOK  bool
+		want    snapshotLog
+		wantErr string
 	}{
-		{name: "all steps", wantOK: true, want: snapshotLog{Checkpoint: true, Synced: true, DroppedCaches: true, Compacted: true}},
+		{name: "all steps", wantOK: true, want: snapshotLog{Checkpoint: true, Synced: true, Reclaimed: true, DroppedCaches: true, Compacted: true}},
 		{
 			name:   "kernel without compaction",
 			setup:  func(env *testEnv) { os.Remove(filepath.Join(env.dir, "compact_memory")) },
 			wantOK: true,
-			want:   snapshotLog{Checkpoint: true, Synced: true, DroppedCaches: true},
+			want:   snapshotLog{Checkpoint: true, Synced: true, Reclaimed: true, DroppedCaches: true},
 		},
 		{
 			name:  "drop_caches missing",
 			setup: func(env *testEnv) { os.Remove(filepath.Join(env.dir, "drop_caches")) },
-			want:  snapshotLog{Checkpoint: true, Synced: true, Compacted: true},
+			want:  snapshotLog{Checkpoint: true, Synced: true, Reclaimed: true, Compacted: true},
+		},
+		{
+			// The root cgroup without the memory controller enabled in
+			// its subtree_control, as our kernel boots (docs/vm.md).
+			name:    "memory.reclaim missing",
+			setup:   func(env *testEnv) { os.Remove(filepath.Join(env.dir, "memory.reclaim")) },
+			want:    snapshotLog{Checkpoint: true, Synced: true, DroppedCaches: true, Compacted: true},
+			wantErr: "cgroup.subtree_control",
 		},
 	}
 	for _, tt := range tests {
@@ -350,12 +359,15 @@ func TestPrepareSnapshot(t *testing.T) {
 			if resp.OK != tt.wantOK {
 				t.Errorf("ok = %v, want %v (%+v)", resp.OK, tt.wantOK, resp)
 			}
+			if !strings.Contains(resp.Error, tt.wantErr) {
+				t.Errorf("error = %q, want it to name %q", resp.Error, tt.wantErr)
+			}
 			got := *resp.Snapshot
 			got.Notes = nil
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("snapshot = %+v, want %+v", got, tt.want)
 			}
-			for file, want := range map[string]string{"drop_caches": "3", "compact_memory": "1"} {
+			for file, want := range map[string]string{"drop_caches": "3", "compact_memory": "1", "memory.reclaim": "4900K"} {
 				if b, err := os.ReadFile(filepath.Join(env.dir, file)); err == nil && string(b) != want {
 					t.Errorf("%s = %q, want %q", file, b, want)
 				}
