@@ -123,32 +123,33 @@ func TestMeasureState(t *testing.T) {
 	t.Logf("| part | raw | zstd (alone) |")
 	t.Logf("|---|---|---|")
 	row("RAM pages equal to a file's page", matched)
-	names := make([]string, 0, len(byFile))
-	for f := range byFile {
-		names = append(names, f)
-	}
-	slices.SortFunc(names, func(a, b string) int { return len(byFile[b]) - len(byFile[a]) })
-	for _, f := range names[:min(12, len(names))] {
-		row("&nbsp;&nbsp;"+f, byFile[f])
-	}
-	// And by directory, for the many small files (catalog pages in shared
-	// buffers are under the data directory).
+	// The largest files, then by directory, for the many small files
+	// (catalog pages in shared buffers are under the data directory).
 	byDir := map[string][]byte{}
 	for f, b := range byFile {
-		byDir[filepath.Dir(filepath.Dir(f))] = append(byDir[filepath.Dir(filepath.Dir(f))], b...)
+		d := filepath.Dir(filepath.Dir(f))
+		byDir[d] = append(byDir[d], b...)
 	}
-	dirs := make([]string, 0, len(byDir))
-	for d := range byDir {
-		dirs = append(dirs, d)
+	for _, f := range largest(byFile, 12) {
+		row("&nbsp;&nbsp;"+f, byFile[f])
 	}
-	slices.SortFunc(dirs, func(a, b string) int { return len(byDir[b]) - len(byDir[a]) })
-	for _, d := range dirs[:min(6, len(dirs))] {
+	for _, d := range largest(byDir, 6) {
 		row("&nbsp;&nbsp;in directories under "+d, byDir[d])
 	}
 	row(fmt.Sprintf("RAM pages of the kernel image (%d-%d MB physical)", kernelStart>>20, (kernelEnd+1<<20-1)>>20), kernel)
 	row("other RAM pages (process and shared memory, slab, page structures)", rest)
 	row("the 9p device: files the guest wrote (the data directory), its reply buffer", guestFiles)
 	row("device state and the info block", append(devices, raw[16:16+infoLen]...))
+}
+
+// largest returns the n keys of m with the longest values, longest first.
+func largest(m map[string][]byte, n int) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b string) int { return len(m[b]) - len(m[a]) })
+	return keys[:min(n, len(keys))]
 }
 
 // filePages maps every non-zero 4 KiB page of every file in the image's 9p
