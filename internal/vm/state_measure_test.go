@@ -46,8 +46,7 @@ func TestMeasureState(t *testing.T) {
 	base := (16 + infoLen + 3) &^ 3
 	buffer := func(m json.RawMessage) []byte {
 		var ref struct {
-			Type string `json:"__state_type__"`
-			ID   *int   `json:"buffer_id"`
+			ID *int `json:"buffer_id"`
 		}
 		if json.Unmarshal(m, &ref) != nil || ref.ID == nil {
 			return nil
@@ -59,6 +58,7 @@ func TestMeasureState(t *testing.T) {
 	// order: find the pair by its shape rather than by its index in the CPU
 	// state, which moves between v86 versions.
 	var bitmap, ram []byte
+	ramIndex := -1
 	for i := 0; i+1 < len(info.State); i++ {
 		bm, pages := buffer(info.State[i+1]), buffer(info.State[i])
 		if len(bm) != memoryMB<<20/4096/8 || len(pages) == 0 {
@@ -69,7 +69,7 @@ func TestMeasureState(t *testing.T) {
 			n += bits.OnesCount8(b)
 		}
 		if n*4096 == len(pages) {
-			bitmap, ram = bm, pages
+			bitmap, ram, ramIndex = bm, pages, i
 			break
 		}
 	}
@@ -106,9 +106,9 @@ func TestMeasureState(t *testing.T) {
 		}
 	}
 	var guestFiles, devices []byte
-	for _, m := range info.State {
-		switch b := buffer(m); {
-		case b != nil && (bytes.Equal(b, ram) || bytes.Equal(b, bitmap)):
+	for i, m := range info.State {
+		switch {
+		case i == ramIndex || i == ramIndex+1:
 		case bytes.Contains(m, []byte(`"9P2000.L"`)):
 			guestFiles = append(guestFiles, nestedBuffers(m, buffer)...)
 		default:
@@ -197,8 +197,8 @@ func filePages(t *testing.T, img *Image) map[[32]byte]string {
 				if page == zero {
 					continue
 				}
-				if _, ok := owner[sha256.Sum256(page[:])]; !ok {
-					owner[sha256.Sum256(page[:])] = prefix + "/" + name
+				if sum := sha256.Sum256(page[:]); owner[sum] == "" {
+					owner[sum] = prefix + "/" + name
 				}
 			}
 		}

@@ -178,19 +178,8 @@ func TestCompressStateRoundTrip(t *testing.T) {
 	if err != nil || mem != 256<<20 {
 		t.Fatalf("inspectState = %d, %v", mem, err)
 	}
-	f, err := os.Open(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	dec, err := zstd.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dec.Close()
-	var got bytes.Buffer
-	if _, err := got.ReadFrom(dec); err != nil || !bytes.Equal(got.Bytes(), raw) {
-		t.Fatalf("round trip differs (err %v)", err)
+	if got := readZstd(t, dst); !bytes.Equal(got, raw) {
+		t.Fatal("round trip differs")
 	}
 }
 
